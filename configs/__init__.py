@@ -1,0 +1,1 @@
+"""Default and example configurations, read with importlib.resources."""

@@ -1,0 +1,1 @@
+"""Report SQL: one question per .sql file, run by spotinference.reports."""

@@ -1,0 +1,58 @@
+"""One exception family for the whole library.
+
+Each error knows the exit code the CLI returns for it and the HTTP status the gateway answers
+with, so neither layer keeps its own mapping::
+
+    SpotError                     exit 1   HTTP 500   an operation failed
+    ├── InputError                exit 2   HTTP 400   the caller asked for something invalid
+    │   └── ConfigError           exit 2   HTTP 500   the configuration file or SPOT_* env is bad
+    ├── NotBuiltError             exit 3   HTTP 501   the command exists in the frame, not yet in code
+    └── StoreError                exit 1   HTTP 500   the database could not do what was asked
+        ├── StoreBusyError        exit 4   HTTP 503   another process held the database too long
+        └── SchemaTooNewError     exit 2   HTTP 500   the database was migrated by a newer spot
+
+The message is one line that says what was wrong; ``hint`` (optional) says what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class SpotError(Exception):
+    exit_code: int = 1
+    http_status: int = 500
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(SpotError):
+    exit_code = 2
+    http_status = 400
+
+
+class ConfigError(InputError):
+    # A bad config is the operator's mistake, but over HTTP it is the server's fault.
+    http_status = 500
+
+
+class NotBuiltError(SpotError):
+    exit_code = 3
+    http_status = 501
+
+
+class StoreError(SpotError):
+    pass
+
+
+class StoreBusyError(StoreError):
+    exit_code = 4
+    http_status = 503
+
+
+class SchemaTooNewError(StoreError):
+    exit_code = 2
