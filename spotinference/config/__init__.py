@@ -1,0 +1,18 @@
+"""Settings: one TOML file plus SPOT_* environment overrides, validated into typed models."""
+
+from .loader import ConfigSource, embedded_config_text, load_settings, locate_config
+from .models import GatewaySettings, ProviderSettings, SshSettings, Tier, VllmSettings
+from .settings import Settings
+
+__all__ = [
+    "ConfigSource",
+    "GatewaySettings",
+    "ProviderSettings",
+    "Settings",
+    "SshSettings",
+    "Tier",
+    "VllmSettings",
+    "embedded_config_text",
+    "load_settings",
+    "locate_config",
+]

@@ -1,0 +1,132 @@
+"""The shape of spot's configuration: gateway, providers, SSH, and the fleet's tiers.
+
+Field names carry their units (``idle_timeout_s``). Secrets are ``SecretStr`` and are read only
+from the environment or from a file named in the config (``*_file``), never from the TOML itself,
+so a config file can be committed or shared without leaking anything.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+TIER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+
+def _default_home() -> Path:
+    return platformdirs.user_data_path("spotinference", appauthor=False)
+
+
+def _read_secret_file(path: Path, key: str) -> SecretStr:
+    path = path.expanduser()
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {key} file {str(path)!r}: {exc.strerror}") from None
+    if not text:
+        raise ValueError(f"{key} file {str(path)!r} is empty")
+    return SecretStr(text)
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+
+
+class ProviderSettings(_Section):
+    """One account at a cloud provider; tiers name it in their ``provider`` key."""
+
+    kind: Literal["hyperstack"] = "hyperstack"
+    base_url: str = "https://infrahub-api.nexgencloud.com/v1"
+    # True when base_url is the local emulator (`spot sim cloud`), which needs no real key.
+    emulator: bool = False
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _load_key_file(self) -> ProviderSettings:
+        if self.api_key is None and self.api_key_file is not None:
+            object.__setattr__(self, "api_key", _read_secret_file(self.api_key_file, "api_key"))
+        return self
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.emulator or self.api_key is not None
+
+
+class SshSettings(_Section):
+    """How spot reaches GPU nodes. Without key_path, the SSH agent and ~/.ssh defaults are used."""
+
+    user: str = "ubuntu"
+    key_path: Path | None = None
+    key_passphrase: SecretStr | None = None
+    key_passphrase_file: Path | None = None
+    connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 15.0
+    command_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+
+    @model_validator(mode="after")
+    def _load_passphrase_file(self) -> SshSettings:
+        if self.key_passphrase is None and self.key_passphrase_file is not None:
+            secret = _read_secret_file(self.key_passphrase_file, "key_passphrase")
+            object.__setattr__(self, "key_passphrase", secret)
+        return self
+
+
+class VllmSettings(_Section):
+    """How the engine is started on a node (`vllm serve` arguments)."""
+
+    quantization: Literal["fp8", "awq", "gptq", "awq_marlin", "gptq_marlin"] | None = None
+    tensor_parallel_size: Annotated[int, Field(ge=1, le=16)] = 1
+    max_model_len: Annotated[int, Field(ge=16)] | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] = 8001
+    extra_args: list[str] = []
+
+
+class Tier(_Section):
+    """A named group of identical nodes serving one model."""
+
+    name: str = ""  # filled from the table key: [tiers.NAME]
+    provider: str
+    flavor: str
+    environment: str
+    region: str | None = None
+    capacity: Literal["spot", "on-demand"] = "on-demand"
+    image: str | None = None
+    # The model's weights (a path on the weights volume or a hub id) and the name clients send.
+    model: str
+    served_model_name: str | None = None
+    vllm: VllmSettings = VllmSettings()
+    weights_volume: str | None = None
+    idle_timeout_s: Annotated[int, Field(ge=30)] = 600
+    wake_timeout_s: Annotated[int, Field(ge=1, le=600)] = 600
+    min_nodes: Annotated[int, Field(ge=0, le=64)] = 0
+    max_nodes: Annotated[int, Field(ge=1, le=64)] = 1
+    fallback: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The name clients put in a request's ``model``."""
+        return self.served_model_name or self.model
+
+    @model_validator(mode="after")
+    def _node_bounds(self) -> Tier:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"min_nodes ({self.min_nodes}) must not exceed max_nodes ({self.max_nodes})")
+        return self
