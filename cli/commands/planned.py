@@ -1,0 +1,48 @@
+"""Commands the product will have but that are not built yet: each says so and exits 3.
+
+They are real entries in `spot --help` so the whole shape of the tool is visible from day one,
+and they never print made-up output.
+"""
+
+from __future__ import annotations
+
+import typer
+
+PLANNED = {
+    "serve": ("Run the OpenAI-compatible gateway in front of the fleet.", 3),
+    "keys": ("Create, list and revoke client API keys.", 3),
+    "up": ("Provision a tier's nodes and start vLLM on them.", 4),
+    "down": ("Delete a tier's nodes.", 4),
+    "wake": ("Restore a hibernated tier.", 4),
+    "hibernate": ("Hibernate a tier (storage keeps billing, the GPU stops).", 4),
+    "status": ("Show tiers, nodes and their states.", 4),
+    "logs": ("Follow a node's engine log.", 4),
+    "ssh": ("Open a shell on a node.", 4),
+    "sample": ("Sample the provider's billing (run by cron every minute).", 6),
+    "cost": ("Invoice-true cost per million tokens, from queries/*.sql.", 6),
+    "bench": ("Benchmark a tier through the gateway and directly.", 7),
+    "sim": ("Run the simulators: `sim engine` (vLLM-compatible) and `sim cloud` (Hyperstack API).", 3),
+    "demo": ("The whole loop on this machine: emulated cloud, gateway, traffic, hibernation, cost.", 8),
+}
+
+
+def register(app: typer.Typer) -> None:
+    for name, (summary, issue) in PLANNED.items():
+        app.command(
+            name,
+            help=f"{summary} (not built yet)",
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        )(_not_built(name, issue))
+
+
+def _not_built(name: str, issue: int):  # noqa: ANN202
+    def command(ctx: typer.Context) -> None:
+        from spotinference.errors import NotBuiltError
+
+        raise NotBuiltError(
+            f"`spot {name}` is not built yet",
+            hint=f"it arrives with issue #{issue}; nothing was done",
+        )
+
+    command.__name__ = name
+    return command
