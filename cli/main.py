@@ -15,7 +15,7 @@ import typer
 
 from spotinference import __version__
 
-from .commands import db, planned, setup
+from .commands import db, gateway, planned, setup
 from .state import CliState
 
 app = typer.Typer(
@@ -60,6 +60,7 @@ def main(
 
 setup.register(app)
 app.add_typer(db.app, name="db")
+gateway.register(app)
 planned.register(app)
 
 

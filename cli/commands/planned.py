@@ -9,8 +9,6 @@ from __future__ import annotations
 import typer
 
 PLANNED = {
-    "serve": ("Run the OpenAI-compatible gateway in front of the fleet.", 3),
-    "keys": ("Create, list and revoke client API keys.", 3),
     "up": ("Provision a tier's nodes and start vLLM on them.", 4),
     "down": ("Delete a tier's nodes.", 4),
     "wake": ("Restore a hibernated tier.", 4),

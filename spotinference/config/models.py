@@ -41,6 +41,10 @@ class GatewaySettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # Off only for local experiments: `spot serve` warns at start when keys are not required.
+    require_keys: bool = True
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    upstream_connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
 
 
 class ProviderSettings(_Section):
@@ -119,6 +123,9 @@ class Tier(_Section):
     min_nodes: Annotated[int, Field(ge=0, le=64)] = 0
     max_nodes: Annotated[int, Field(ge=1, le=64)] = 1
     fallback: str | None = None
+    # Engines already running at fixed addresses (e.g. http://10.0.0.5:8001); the fleet adds the
+    # nodes it manages on top of these.
+    upstreams: list[str] = []
 
     @property
     def model_name(self) -> str:

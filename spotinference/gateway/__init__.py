@@ -1,0 +1,1 @@
+"""Gateway: the OpenAI-compatible Litestar proxy in front of vLLM that counts every token."""

@@ -1,0 +1,127 @@
+"""The gateway's Litestar application: OpenAI routes, health, metrics, and their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Litestar, Request, Response, asgi, get
+from litestar.exceptions import HTTPException
+from litestar.types import Receive, Scope, Send
+
+from ..config import Settings
+from ..keys import KeyRing
+from ..store import SpoolFlusher, Store
+from .errors import GatewayError, error_body
+from .metrics import GatewayMetrics
+from .relay import Relay
+from .routing import Router
+from .usage import UsageRecorder
+
+log = logging.getLogger(__name__)
+
+KEY_REFRESH_S = 0.25
+
+
+@dataclass
+class GatewayOptions:
+    require_keys: bool = True
+    max_body_bytes: int = 4 * 1024 * 1024
+    connect_timeout_s: float = 5.0
+    flush_interval_s: float = 1.0
+
+
+def create_app(store: Store, router: Router, options: GatewayOptions) -> Litestar:
+    metrics = GatewayMetrics()
+    keys = KeyRing(store) if options.require_keys else None
+    writer = store.spool_writer("requests")
+    recorder = UsageRecorder(writer)
+    relay = Relay(
+        router, keys, recorder, metrics,
+        max_body_bytes=options.max_body_bytes, connect_timeout_s=options.connect_timeout_s,
+    )
+    flusher = SpoolFlusher(store, [writer], interval_s=options.flush_interval_s)
+    created = int(time.time())
+
+    @asgi("/v1/chat/completions", copy_scope=False)
+    async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+        await _post_only(scope, receive, send, relay)
+
+    @asgi("/v1/completions", copy_scope=False)
+    async def completions(scope: Scope, receive: Receive, send: Send) -> None:
+        await _post_only(scope, receive, send, relay)
+
+    @get("/v1/models", sync_to_thread=False)
+    def models(request: Request) -> Response[bytes]:
+        try:
+            relay.authenticate(request.scope)  # type: ignore[arg-type]
+        except GatewayError as exc:
+            return Response(exc.body(), status_code=exc.status, media_type="application/json")
+        data = [{"id": m, "object": "model", "created": created, "owned_by": "spotinference"} for m in router.models()]
+        return Response({"object": "list", "data": data})
+
+    @get("/health", sync_to_thread=False)
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "models": router.models(), "spooled_rows_flushed": flusher.rows_flushed}
+
+    @get("/metrics", sync_to_thread=False)
+    def prometheus() -> Response[bytes]:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        flusher.start()
+        refresher = asyncio.create_task(_refresh_keys(keys)) if keys else None
+        try:
+            yield
+        finally:
+            if refresher:
+                refresher.cancel()
+            await relay.close()
+            # Seal this worker's segment and copy what remains, in a thread: it touches DuckDB.
+            await asyncio.to_thread(flusher.stop)
+
+    return Litestar(
+        route_handlers=[chat_completions, completions, models, health, prometheus],
+        lifespan=[lifespan],
+        exception_handlers={HTTPException: _openai_shaped},
+        openapi_config=None,
+        logging_config=None,
+    )
+
+
+async def _post_only(scope: Scope, receive: Receive, send: Send, relay: Relay) -> None:
+    if scope["method"] != "POST":
+        await send({"type": "http.response.start", "status": 405,
+                    "headers": [(b"content-type", b"application/json"), (b"allow", b"POST")]})
+        await send({"type": "http.response.body", "body": error_body(405, f"{scope['method']} is not allowed here: use POST")})
+        return
+    await relay.handle(scope, receive, send)  # type: ignore[arg-type]
+
+
+async def _refresh_keys(keys: KeyRing) -> None:
+    # A revoked key stops working within KEY_REFRESH_S plus one database read.
+    while True:
+        await asyncio.sleep(KEY_REFRESH_S)
+        try:
+            await asyncio.to_thread(keys.refresh)
+        except Exception:  # noqa: BLE001 - keep serving with the last known keys
+            log.exception("API key refresh failed; keeping the previous keys")
+
+
+def _openai_shaped(request: Request, exc: HTTPException) -> Response[bytes]:
+    return Response(error_body(exc.status_code, exc.detail), status_code=exc.status_code, media_type="application/json")
+
+
+def options_from_settings(settings: Settings) -> GatewayOptions:
+    gateway = settings.gateway
+    return GatewayOptions(
+        require_keys=gateway.require_keys,
+        max_body_bytes=gateway.max_body_bytes,
+        connect_timeout_s=gateway.upstream_connect_timeout_s,
+    )

@@ -1,0 +1,79 @@
+"""Running the gateway under uvicorn, with one or more worker processes.
+
+Workers are separate processes, so each builds its own app from a spec passed in the
+environment (uvicorn's factory mode): its own upstream clients, spool writer and flusher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from litestar import Litestar
+
+from ..config import Settings, load_settings
+from ..store import Store
+from .app import create_app, options_from_settings
+from .routing import build_router
+
+SPEC_ENV = "SPOT_GATEWAY_SPEC"
+
+
+@dataclass
+class GatewaySpec:
+    config_path: str | None
+    host: str
+    port: int
+    workers: int
+    static_upstreams: dict[str, list[str]] = field(default_factory=dict)
+
+
+def startup_notes(settings: Settings, spec: GatewaySpec) -> list[str]:
+    """What the operator must know before the first request (the CLI prints these)."""
+    notes = []
+    if not settings.gateway.require_keys:
+        notes.append(
+            "WARNING: API keys are OFF (gateway.require_keys = false): anyone who can reach "
+            f"{spec.host}:{spec.port} can use the engines. Use this for local experiments only."
+        )
+    if spec.static_upstreams:
+        notes.append(
+            "static upstreams only: no provider behind them, so nothing to sample and no budget gate"
+        )
+    router = build_router(settings, spec.static_upstreams)
+    idle = [m for m in router.models() if not router.route(m).nodes]  # type: ignore[union-attr]
+    if idle:
+        notes.append(f"no engine configured yet for: {', '.join(idle)} (requests get 503 until one serves)")
+    return notes
+
+
+def build_app(spec: GatewaySpec) -> Litestar:
+    settings, _ = load_settings(Path(spec.config_path) if spec.config_path else None)
+    store = Store(settings.home)
+    store.migrate()
+    return create_app(store, build_router(settings, spec.static_upstreams), options_from_settings(settings))
+
+
+def app_from_environment() -> Litestar:
+    """uvicorn's factory entry point in each worker."""
+    return build_app(GatewaySpec(**json.loads(os.environ[SPEC_ENV])))
+
+
+def serve(spec: GatewaySpec) -> None:
+    import uvicorn
+
+    os.environ[SPEC_ENV] = json.dumps(asdict(spec))
+    uvicorn.run(
+        "spotinference.gateway.server:app_from_environment",
+        factory=True,
+        host=spec.host,
+        port=spec.port,
+        workers=spec.workers if spec.workers > 1 else None,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,  # the usage log is the access log; per-request logging costs latency
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
