@@ -19,7 +19,6 @@ PLANNED = {
     "sample": ("Sample the provider's billing (run by cron every minute).", 6),
     "cost": ("Invoice-true cost per million tokens, from queries/*.sql.", 6),
     "bench": ("Benchmark a tier through the gateway and directly.", 7),
-    "sim": ("Run the simulators: `sim engine` (vLLM-compatible) and `sim cloud` (Hyperstack API).", 3),
     "demo": ("The whole loop on this machine: emulated cloud, gateway, traffic, hibernation, cost.", 8),
 }
 

@@ -1,0 +1,465 @@
+"""The simulated engine: a raw ASGI app that answers like vLLM's OpenAI server, and its runner.
+
+Routes: ``GET /health``, ``GET /metrics``, ``GET /version``, ``GET /v1/models``,
+``POST /v1/chat/completions``, ``POST /v1/completions``. Tokens come from ``text``, their
+timing from ``timing``, their bytes from ``wire``; ``protocol`` reads requests and
+``validation`` refuses bad ones.
+
+Raw ASGI rather than a framework because the engine must never be what a gateway benchmark
+measures: per token, the work is one sleep, one f-string and one ``send``.
+
+Run it with ``serve()`` (async) or ``run()`` (``spot sim engine`` on the command line); the
+port opens only after ``load_seconds``, as vLLM's does after loading the weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InputError, SpotError
+from . import protocol, text, wire
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import EngineMetrics
+from .scheduler import Scheduler
+from .timing import Timebase, TimingModel
+from .validation import ApiError, not_found_model, parse_json_body
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+VLLM_VERSION = "0.32.0"  # the vLLM whose server this one imitates
+
+# vLLM's CORS middleware adds "vary: Origin" to every response.
+_VARY = (b"vary", b"Origin")
+_JSON = (b"content-type", b"application/json")
+_SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), _VARY]
+_NOT_FOUND = b'{"detail":"Not Found"}'
+_METHOD_NOT_ALLOWED = b'{"detail":"Method Not Allowed"}'
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    timing: TimingModel = field(default_factory=TimingModel)
+    max_model_len: int = 2048
+    seed: int = 0
+    # Where a reply would end on its own (EOS), unless max_tokens or ignore_eos says otherwise.
+    reply_tokens_min: int = 16
+    reply_tokens_max: int = 128
+    max_num_seqs: int = 256
+    kv_cache_tokens: int = 65536
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise InputError("the model name must not be empty")
+        if self.max_model_len < 1:
+            raise InputError(f"max_model_len must be 1 or more, got {self.max_model_len}")
+        if not 1 <= self.reply_tokens_min <= self.reply_tokens_max:
+            raise InputError(
+                f"reply length must satisfy 1 <= min <= max, got {self.reply_tokens_min}..{self.reply_tokens_max}"
+            )
+
+
+@dataclass(slots=True)
+class _Sequence:
+    """One choice of one prompt: a vLLM (child) request."""
+
+    index: int  # the choice index on the wire
+    prompt_tokens: int
+    reply: text.Reply
+    length: int  # tokens it will generate, EOS included
+    finish_reason: str  # "stop" (EOS, its token has no text) or "length"
+    generated: int = 0
+    queued_s: float = 0.0
+
+
+class SimEngine:
+    """The ASGI application. One instance holds the engine's whole state."""
+
+    def __init__(self, config: EngineConfig, timebase: Timebase | None = None) -> None:
+        self.config = config
+        self.timing = config.timing
+        self.timebase = timebase or Timebase()
+        self.vocab = text.Vocabulary.from_seed(config.seed)
+        self.scheduler = Scheduler(config.max_num_seqs, config.kv_cache_tokens)
+        self.started_unix = time.time()
+        self.metrics = EngineMetrics(config.model, config.max_model_len, self.started_unix)
+        self.fingerprint = f"vllm-{VLLM_VERSION}-{text.stable_hash(config.model, config.seed) >> 32:08x}"
+        self._models_permission_id = f"modelperm-{_random_id()}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # no lifespan work: the engine is ready once it exists
+        path, method = scope["path"], scope["method"]
+        if path in ("/v1/chat/completions", "/v1/completions"):
+            if method != "POST":
+                await _respond(send, 405, _METHOD_NOT_ALLOWED, _JSON, allow=b"POST")
+                return
+            await self._generate(scope, receive, send, chat=path == "/v1/chat/completions")
+            return
+        handler = self._gets.get(path)
+        if handler is None:
+            await _respond(send, 404, _NOT_FOUND, _JSON)
+        elif method != "GET" and path != "/metrics":  # vLLM mounts /metrics for every method
+            await _respond(send, 405, _METHOD_NOT_ALLOWED, _JSON, allow=b"GET")
+        else:
+            await handler(self, send)
+
+    # --- plain routes -------------------------------------------------------------------
+
+    async def _health(self, send: Send) -> None:
+        await _respond(send, 200, b"", None)
+
+    async def _version(self, send: Send) -> None:
+        await _respond(send, 200, wire.dumps({"version": VLLM_VERSION}).encode(), _JSON)
+
+    async def _models(self, send: Send) -> None:
+        body = wire.model_list(
+            model=self.config.model,
+            root=self.config.model,
+            max_model_len=self.config.max_model_len,
+            created=int(self.timebase.wall()),
+            permission_id=self._models_permission_id,
+        )
+        await _respond(send, 200, body, _JSON)
+
+    async def _metrics(self, send: Send) -> None:
+        s = self.scheduler
+        body = self.metrics.render(s.running, s.waiting, s.kv_cache_usage).encode()
+        await _respond(send, 200, body, (b"content-type", METRICS_CONTENT_TYPE.encode()))
+
+    _gets = {"/health": _health, "/version": _version, "/v1/models": _models, "/metrics": _metrics}
+
+    # --- generation ---------------------------------------------------------------------
+
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, *, chat: bool) -> None:
+        arrived = self.timebase.clock()
+        body = await _read_body(receive)
+        headers = dict(scope["headers"])
+        try:
+            data = parse_json_body(headers.get(b"content-type", b"").decode("latin-1"), body)
+            request = protocol.parse_chat(data) if chat else protocol.parse_completion(data)
+            if request.model and request.model != self.config.model:
+                raise not_found_model(request.model, self.config.model)
+            budgets = protocol.check_sampling(request, self.config.max_model_len)
+        except ApiError as exc:
+            await _respond(send, exc.status, exc.body(), _JSON)
+            return
+
+        prefix = "chatcmpl-" if chat else "cmpl-"
+        header_id = headers.get(b"x-request-id")
+        request_id = prefix + (header_id.decode("latin-1") if header_id is not None else _random_id())
+        sequences = self._plan(request, budgets)
+        created = int(self.timebase.wall())
+
+        # Like vLLM, a client that goes away cancels its request, streamed or not.
+        task = asyncio.current_task()
+        state = {"finished": False, "disconnected": False}
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["finished"] and task is not None:
+                state["disconnected"] = True
+                task.cancel()
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            if request.stream:
+                await self._stream(send, request, request_id, created, sequences, arrived, state)
+            else:
+                await self._complete(send, request, request_id, created, sequences, arrived, state)
+        except asyncio.CancelledError:
+            if not state["disconnected"]:
+                raise
+            # The client left: the abort is this request's normal end, not an error.
+        finally:
+            watcher.cancel()
+
+    def _plan(self, request: protocol.GenerationRequest, budgets: list[int]) -> list[_Sequence]:
+        sequences = []
+        cfg = self.config
+        for p, (prompt, budget) in enumerate(zip(request.prompts, budgets, strict=True)):
+            for c in range(request.n):
+                key = (request.seed, *prompt.key)
+                reply = text.plan_reply(cfg.seed, key, c, cfg.reply_tokens_min, cfg.reply_tokens_max)
+                if not request.ignore_eos and reply.natural_tokens <= budget:
+                    length, finish = reply.natural_tokens, "stop"
+                else:
+                    length, finish = budget, "length"
+                sequences.append(_Sequence(p * request.n + c, prompt.tokens, reply, length, finish))
+        return sequences
+
+    async def _run(
+        self,
+        sequences: list[_Sequence],
+        arrived: float,
+        on_first: Callable[[], Awaitable[None]] | None,
+        on_token: Callable[[_Sequence, int, bool], Awaitable[None]],
+    ) -> None:
+        """Admit, prefill and decode every sequence; ``on_token(seq, i, last)`` per token."""
+        clock, scheduler, metrics, timing = self.timebase.clock, self.scheduler, self.metrics, self.timing
+        await scheduler.admit(len(sequences))
+        active = list(sequences)
+        prompt_tokens = sum(s.prompt_tokens for s in sequences)
+        scheduled = clock()
+        for seq in sequences:
+            seq.queued_s = scheduled - arrived
+        scheduler.cached_tokens += prompt_tokens
+        try:
+            deadline = scheduled + timing.first_token_s(prompt_tokens, scheduler.running)
+            await self.timebase.sleep_until(deadline)
+            now = clock()
+            metrics.prompt_tokens += prompt_tokens
+            for seq in sequences:
+                metrics.ttft.observe(now - arrived)
+            if on_first is not None:
+                await on_first()
+            last_token_at = now
+            step = 0
+            while active:
+                if step:
+                    deadline += timing.next_token_s(scheduler.running)
+                    await self.timebase.sleep_until(deadline)
+                    now = clock()
+                    itl = now - last_token_at
+                    last_token_at = now
+                for seq in active:
+                    seq.generated += 1
+                    metrics.generation_tokens += 1
+                    scheduler.cached_tokens += 1
+                    if step:
+                        metrics.itl.observe(itl)
+                    last = seq.generated == seq.length
+                    if last:
+                        self._finish(seq, seq.finish_reason, now - arrived)
+                    await on_token(seq, step, last)
+                if any(seq.generated == seq.length for seq in active):
+                    active = [seq for seq in active if seq.generated < seq.length]
+                step += 1
+        finally:
+            for seq in active:
+                if seq.generated < seq.length:  # aborted: what it generated stays counted
+                    self._finish(seq, None, clock() - arrived)
+
+    def _finish(self, seq: _Sequence, reason: str | None, e2e_s: float) -> None:
+        """``reason`` None is an abort: as in vLLM, its tokens stay counted but no request
+        finishes in ``vllm:request_success_total`` or the per-request histograms."""
+        seq.length = seq.generated  # marks it done
+        if reason is not None:
+            metrics = self.metrics
+            metrics.finished[reason] += 1
+            metrics.e2e.observe(e2e_s)
+            metrics.queue_time.observe(seq.queued_s)
+            metrics.request_prompt_tokens.observe(seq.prompt_tokens)
+            metrics.request_generation_tokens.observe(seq.generated)
+        self.scheduler.cached_tokens -= seq.prompt_tokens + seq.generated
+        self.scheduler.release(1)
+
+    def _token_json(self, chat: bool, seq: _Sequence, step: int) -> str:
+        if seq.finish_reason == "stop" and seq.generated == seq.length:
+            return '""'  # the EOS token: counted, but it has no text
+        index = seq.reply.token_index(step)
+        return self.vocab.first_json[index] if chat and step == 0 else self.vocab.tokens_json[index]
+
+    async def _stream(
+        self,
+        send: Send,
+        request: protocol.GenerationRequest,
+        request_id: str,
+        created: int,
+        sequences: list[_Sequence],
+        arrived: float,
+        state: dict[str, bool],
+    ) -> None:
+        framer = wire.StreamFramer(
+            chat=request.chat,
+            request_id=request_id,
+            created=created,
+            model=self.config.model,
+            fingerprint=self.fingerprint,
+            include_usage=request.include_usage,
+            continuous_usage=request.continuous_usage,
+        )
+        chat = request.chat
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+
+        async def on_first() -> None:
+            if chat:  # vLLM sends the role with the first token, not before it
+                for seq in sequences:
+                    chunk = framer.role(seq.index, request.role, seq.prompt_tokens)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        async def on_token(seq: _Sequence, step: int, last: bool) -> None:
+            token_json = self._token_json(chat, seq, step)
+            if last:
+                chunk = framer.last(seq.index, token_json, seq.finish_reason, seq.prompt_tokens, seq.generated)
+            else:
+                chunk = framer.token(seq.index, token_json, seq.prompt_tokens, seq.generated)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        await self._run(sequences, arrived, on_first, on_token)
+        tail = wire.DONE
+        if request.include_usage:
+            prompt_tokens = sum(p.tokens for p in request.prompts)
+            tail = framer.usage(prompt_tokens, sum(s.generated for s in sequences)) + wire.DONE
+        state["finished"] = True
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _complete(
+        self,
+        send: Send,
+        request: protocol.GenerationRequest,
+        request_id: str,
+        created: int,
+        sequences: list[_Sequence],
+        arrived: float,
+        state: dict[str, bool],
+    ) -> None:
+        async def on_token(seq: _Sequence, step: int, last: bool) -> None:
+            return None
+
+        await self._run(sequences, arrived, None, on_token)
+        choices = []
+        for seq in sequences:
+            words = seq.length - 1 if seq.finish_reason == "stop" else seq.length
+            choices.append((seq.reply.text(self.vocab, words, strip_first=request.chat), seq.finish_reason))
+        prompt_tokens = sum(p.tokens for p in request.prompts)
+        completion_tokens = sum(s.generated for s in sequences)
+        common = {
+            "request_id": request_id,
+            "created": created,
+            "model": self.config.model,
+            "fingerprint": self.fingerprint,
+            "choices": choices,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+        }
+        body = wire.chat_response(role=request.role, **common) if request.chat else wire.completion_response(**common)
+        state["finished"] = True
+        await _respond(send, 200, body, _JSON)
+
+
+def _random_id() -> str:
+    return os.urandom(8).hex()  # vLLM's random_uuid(): 16 hex digits
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, content_type: tuple[bytes, bytes] | None, *, allow: bytes | None = None
+) -> None:
+    # Starlette's order: allow (on a 405), content-length, content-type; then CORS's vary.
+    headers = [(b"allow", allow)] if allow is not None else []
+    headers.append((b"content-length", str(len(body)).encode()))
+    if content_type is not None:
+        headers.append(content_type)
+    headers.append(_VARY)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# --- the server -------------------------------------------------------------------------
+
+ReadyCallback = Callable[[str, int], None]
+
+
+async def serve(
+    config: EngineConfig,
+    *,
+    timebase: Timebase | None = None,
+    on_ready: ReadyCallback | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Load (wait ``load_seconds`` with the port closed), then serve until stopped.
+
+    ``on_ready(host, port)`` is called once the port accepts connections (the port is the
+    real one when ``config.port`` is 0).
+    """
+    import uvicorn  # imported here: `spot --help` must not pay for it
+
+    timebase = timebase or Timebase()
+    app = SimEngine(config, timebase)
+    await timebase.sleep(config.timing.load_seconds)
+    sock = _bind(config.host, config.port)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            http=_http_protocol(),
+            ws="none",
+            lifespan="off",
+            access_log=False,
+            log_level=log_level,
+            # Stopping the engine must not wait for the longest stream to finish.
+            timeout_graceful_shutdown=1,
+        )
+    )
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if serving.done():
+                break  # failed to start; awaiting it below raises why
+            await asyncio.sleep(0.005)
+        if server.started and on_ready is not None:
+            host, port = sock.getsockname()[:2]
+            on_ready(host, port)
+        await serving
+    finally:
+        sock.close()
+
+
+def run(config: EngineConfig, *, on_ready: ReadyCallback | None = None, log_level: str = "warning") -> None:
+    """``serve()`` on uvloop (when installed), blocking until the server stops."""
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it everywhere we run
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(config, on_ready=on_ready, log_level=log_level))
+
+
+def _http_protocol() -> str:
+    try:
+        import httptools  # noqa: F401 - only asking whether it is there
+    except ImportError:  # pragma: no cover
+        return "h11"
+    return "httptools"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+    except socket.gaierror as exc:
+        raise InputError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise SpotError(f"cannot listen on {host}:{port}: {exc.strerror}", hint="choose another --port") from None
+    sock.set_inheritable(True)
+    return sock
