@@ -45,3 +45,33 @@ def run_spot(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
 @pytest.fixture
 def spot():
     return run_spot
+
+
+# -- engines and gateways, started once per session ------------------------------------------
+
+@pytest.fixture(scope="session")
+def sim_engine(tmp_path_factory: pytest.TempPathFactory):
+    """`spot sim engine` serving tiny-chat, shared by the session."""
+    from tests.servers import start_sim_engine
+
+    server, url = start_sim_engine(tmp_path_factory.mktemp("sim-engine"))
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    """Real vLLM on the CPU serving tiny-chat (installed and built on first use; ~6 min cold).
+
+    TEST_VLLM_URL=http://127.0.0.1:18000 reuses one already running (started by hand with
+    `python -m tests.engines.real_vllm serve --port 18000`) to iterate faster.
+    """
+    from tests.engines.real_vllm import VllmServer, build_tiny_model, ensure_vllm_installed
+
+    if os.environ.get("TEST_VLLM_URL"):
+        yield os.environ["TEST_VLLM_URL"].rstrip("/")
+        return
+    ensure_vllm_installed()
+    build_tiny_model()
+    with VllmServer() as server:
+        yield server.base_url
