@@ -1,30 +1,39 @@
-"""The byte-level stream editing: the client sees what vLLM would have sent for its options."""
+"""The byte-level stream editing: the client sees what vLLM would have sent for its options.
+
+The chunk shapes are vLLM 0.32's, as captured in tests/engines/VLLM_WIRE_FORMAT.md.
+"""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from spotinference.gateway.sse import StreamState
 
-ROLE = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]'
-TOKEN = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi"},"logprobs":null,"finish_reason":null}]'
-LAST = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"!"},"logprobs":null,"finish_reason":"length","stop_reason":null}]'
-FINAL = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":5,"total_tokens":7,"completion_tokens":2}}'
+HEAD = b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"tiny-chat","choices":'
+ROLE = HEAD + b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]'
+ROLE_TAIL = b',"prompt_token_ids":null,"prompt_text":null}'
+TOKEN = HEAD + b'[{"index":0,"delta":{"content":"hi"},"logprobs":null,"finish_reason":null,"token_ids":null}]'
+FINISH = HEAD + b'[{"index":0,"delta":{"content":"!"},"logprobs":null,"finish_reason":"length","stop_reason":null,"token_ids":null}]'
+FINGERPRINT = b',"system_fingerprint":"vllm-0.32.0-ef105fed"'
+USAGE_CHUNK = HEAD + b'[],"usage":{"prompt_tokens":9,"total_tokens":11,"completion_tokens":2}' + FINGERPRINT + b"}"
+DONE = b"data: [DONE]"
 
 
-def usage(prompt: int, completion: int) -> bytes:
-    return b',"usage":{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}}' % (prompt, prompt + completion, completion)
+def usage(completion: int) -> bytes:
+    return b',"usage":{"prompt_tokens":9,"total_tokens":%d,"completion_tokens":%d,"completion_tokens_details":null}' % (
+        9 + completion, completion)
 
 
-def upstream_stream() -> bytes:
-    """What vLLM sends when asked for include_usage + continuous_usage_stats."""
-    return b"".join([
-        ROLE + usage(5, 0) + b"\n\n",
-        TOKEN + usage(5, 1) + b"\n\n",
-        LAST + usage(5, 2) + b"\n\n",
-        FINAL + b"\n\n",
-        b"data: [DONE]\n\n",
-    ])
+def events(*parts: bytes) -> bytes:
+    return b"".join(p + b"\n\n" for p in parts)
+
+
+# What vLLM sends for each client option set (a, b, c in the capture).
+VLLM_PLAIN = events(ROLE + ROLE_TAIL, TOKEN + b"}", FINISH + FINGERPRINT + b"}", DONE)
+VLLM_INCLUDE = events(ROLE + ROLE_TAIL, TOKEN + b"}", FINISH + b"}", USAGE_CHUNK, DONE)
+VLLM_CONTINUOUS = events(ROLE + usage(0) + ROLE_TAIL, TOKEN + usage(1) + b"}", FINISH + usage(2) + b"}", USAGE_CHUNK, DONE)
 
 
 def relay(state: StreamState, data: bytes, piece: int) -> bytes:
@@ -35,40 +44,38 @@ def relay(state: StreamState, data: bytes, piece: int) -> bytes:
     return out
 
 
-def test_a_client_that_asked_for_nothing_gets_plain_chunks() -> None:
-    for piece in (1, 7, 64, 10_000):  # however the bytes arrive
-        state = StreamState(client_include_usage=False, client_continuous_usage=False)
-        out = relay(state, upstream_stream(), piece)
-        assert out == ROLE + b"}\n\n" + TOKEN + b"}\n\n" + LAST + b"}\n\n" + b"data: [DONE]\n\n"
-        assert state.usage() == (5, 2) and state.finish_reason == "length" and state.done
-        for event in out.split(b"\n\n")[:-2]:
-            json.loads(event[len(b"data: "):])  # still valid JSON
-
-
-def test_a_client_that_asked_for_include_usage_gets_only_the_final_usage_chunk() -> None:
-    state = StreamState(client_include_usage=True, client_continuous_usage=False)
-    out = relay(state, upstream_stream(), 13)
-    assert out == ROLE + b"}\n\n" + TOKEN + b"}\n\n" + LAST + b"}\n\n" + FINAL + b"\n\n" + b"data: [DONE]\n\n"
-
-
-def test_a_client_that_asked_for_everything_gets_the_bytes_unchanged() -> None:
-    state = StreamState(client_include_usage=True, client_continuous_usage=True)
-    assert relay(state, upstream_stream(), 5) == upstream_stream()
-    assert state.usage() == (5, 2)
+@pytest.mark.parametrize("piece", [1, 7, 64, 100_000])
+@pytest.mark.parametrize(
+    ("include", "continuous", "expected"),
+    [(False, False, VLLM_PLAIN), (True, False, VLLM_INCLUDE), (True, True, VLLM_CONTINUOUS)],
+    ids=["no-options", "include-usage", "continuous-usage"],
+)
+def test_the_client_gets_exactly_what_vllm_sends_for_its_options(include: bool, continuous: bool, expected: bytes, piece: int) -> None:
+    # Upstream is always asked for continuous usage; the bytes may arrive split anywhere.
+    state = StreamState(client_include_usage=include, client_continuous_usage=continuous)
+    assert relay(state, VLLM_CONTINUOUS, piece) == expected
+    assert state.usage() == (9, 2) and state.finish_reason == "length" and state.done
+    for event in expected.split(b"\n\n")[:-2]:
+        json.loads(event[len(b"data: "):])
 
 
 def test_an_aborted_stream_keeps_its_last_running_total() -> None:
     state = StreamState(client_include_usage=False, client_continuous_usage=False)
-    partial = upstream_stream().split(LAST)[0]
-    relay(state, partial, 9)
-    assert state.usage() == (5, 1) and not state.done and state.finish_reason is None
+    relay(state, events(ROLE + usage(0) + ROLE_TAIL, TOKEN + usage(1) + b"}"), 9)
+    assert state.usage() == (9, 1) and not state.done and state.finish_reason is None
 
 
-def test_first_token_is_the_first_chunk_with_text_not_the_role_chunk() -> None:
+def test_first_token_is_the_first_chunk_that_counts_a_token_not_the_role_chunk() -> None:
     state = StreamState(client_include_usage=False, client_continuous_usage=False)
-    _, first = state.feed(ROLE + usage(5, 0) + b"\n\n")
-    assert first is False
-    _, first = state.feed(TOKEN + usage(5, 1) + b"\n\n")
-    assert first is True
-    _, first = state.feed(LAST + usage(5, 2) + b"\n\n")
-    assert first is False
+    assert state.feed(events(ROLE + usage(0) + ROLE_TAIL))[1] is False
+    # A token can arrive as empty text (an incomplete UTF-8 piece); it is still the first token.
+    empty_token = HEAD + b'[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":null,"token_ids":null}]'
+    assert state.feed(events(empty_token + usage(1) + b"}"))[1] is True
+    assert state.feed(events(FINISH + usage(2) + b"}"))[1] is False
+
+
+def test_a_held_finish_chunk_is_released_if_the_stream_breaks() -> None:
+    state = StreamState(client_include_usage=False, client_continuous_usage=False)
+    out, _ = state.feed(events(TOKEN + usage(1) + b"}", FINISH + usage(2) + b"}"))
+    assert out == events(TOKEN + b"}")
+    assert state.drain() == events(FINISH + b"}")

@@ -235,13 +235,19 @@ class Relay:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             exchange.error = f"engine stream failed: {type(exc).__name__}: {exc}"
+        finally:
+            if not state.done:
+                # Never hand a half-read stream back to the pool: closing the connection is
+                # what tells vLLM to abort the request and stop generating.
+                upstream.close()
         if not state.done:
             exchange.error = exchange.error or "engine stream ended without [DONE]"
             exchange.status = 502
             self._finish_stream(exchange)
             await send({
                 "type": "http.response.body", "more_body": True,
-                "body": stream_error_event(502, f"the engine failed mid-stream: {exchange.error}", "engine_error"),
+                "body": state.drain() + stream_error_event(
+                    502, f"the engine failed mid-stream: {exchange.error}", "engine_error"),
             })
         exchange.response_complete = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -11,11 +11,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from litestar import Litestar
-
 from ..config import Settings, load_settings
 from ..store import Store
-from .app import create_app, options_from_settings
+from .app import GatewayApp, create_app, options_from_settings
 from .routing import build_router
 
 SPEC_ENV = "SPOT_GATEWAY_SPEC"
@@ -49,14 +47,14 @@ def startup_notes(settings: Settings, spec: GatewaySpec) -> list[str]:
     return notes
 
 
-def build_app(spec: GatewaySpec) -> Litestar:
+def build_app(spec: GatewaySpec) -> GatewayApp:
     settings, _ = load_settings(Path(spec.config_path) if spec.config_path else None)
     store = Store(settings.home)
     store.migrate()
     return create_app(store, build_router(settings, spec.static_upstreams), options_from_settings(settings))
 
 
-def app_from_environment() -> Litestar:
+def app_from_environment() -> GatewayApp:
     """uvicorn's factory entry point in each worker."""
     return build_app(GatewaySpec(**json.loads(os.environ[SPEC_ENV])))
 
