@@ -81,7 +81,7 @@ class Relay:
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True)
             session = aiohttp.ClientSession(
                 node.base_url, connector=connector, timeout=self.timeout, auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
+                skip_auto_headers=("User-Agent", "Accept-Encoding"), cookie_jar=aiohttp.DummyCookieJar(),
             )
             self._sessions[node.base_url] = session
         return session
@@ -145,22 +145,31 @@ class Relay:
         node.in_flight += 1
         in_flight = self.metrics.in_flight.labels(model)
         in_flight.inc()
-        relay = asyncio.ensure_future(self._relay(exchange, send))
+        # The relay runs in this task (no extra hop before the first byte); a small watcher task
+        # cancels it if the client leaves, which closes the upstream connection so that vLLM
+        # aborts the request and frees the GPU.
+        relay_task = asyncio.current_task()
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-        try:
-            done, _ = await asyncio.wait({relay, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if relay not in done and not exchange.response_complete:
-                # The client left: cancelling the relay closes the upstream connection, which
-                # makes vLLM abort the request and free the GPU.
+
+        def client_left(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and not exchange.response_complete and relay_task is not None:
                 exchange.aborted = True
-                relay.cancel()
-            (outcome,) = await asyncio.gather(relay, return_exceptions=True)
-            if isinstance(outcome, OSError) and not exchange.response_complete:
+                relay_task.cancel()
+
+        watcher.add_done_callback(client_left)
+        try:
+            await self._relay(exchange, send)
+        except asyncio.CancelledError:
+            if not exchange.aborted:
+                raise  # the server is shutting down, not the client leaving
+        except OSError:
+            if not exchange.response_complete:
                 exchange.aborted = True  # the server refused a send: the client is gone
-            elif isinstance(outcome, Exception):
-                log.error("relay of %s failed", exchange.request_id, exc_info=outcome)
-                exchange.error = exchange.error or f"gateway error: {type(outcome).__name__}"
+        except Exception as exc:  # noqa: BLE001 - logged with the row, never a bare 500
+            log.error("relay of %s failed", exchange.request_id, exc_info=exc)
+            exchange.error = exchange.error or f"gateway error: {type(exc).__name__}"
         finally:
+            watcher.remove_done_callback(client_left)
             watcher.cancel()
             node.in_flight -= 1
             in_flight.dec()

@@ -9,6 +9,7 @@ from typing import Any
 from .errors import GatewayError
 from .sse import StreamState
 
+_USAGE_OPTIONS = b',"stream_options":{"include_usage":true,"continuous_usage_stats":true}'
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 
@@ -95,5 +96,9 @@ def parse_request(endpoint: str, body: bytes) -> ClientRequest:
     if include and continuous:
         return ClientRequest(endpoint, model, True, body, state)
     # Ask for usage on every chunk: an aborted stream's last running total is what gets billed.
+    if "stream_options" not in payload and body.lstrip().startswith(b"{"):  # UTF-8, not UTF-16/32
+        # The common case: add the member to the client's own bytes instead of re-encoding them.
+        closing = body.rstrip().rfind(b"}")
+        return ClientRequest(endpoint, model, True, body[:closing] + _USAGE_OPTIONS + body[closing:], state)
     payload["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
     return ClientRequest(endpoint, model, True, json.dumps(payload, separators=(",", ":")).encode(), state)

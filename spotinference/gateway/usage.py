@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 
 from ..store import SpoolWriter
@@ -35,5 +35,6 @@ class UsageRecorder:
         self.gateway_id = writer.writer_id
 
     def record(self, row: UsageRow) -> None:
-        # One write(2) to the spool: when it returns, the row survives a kill -9.
-        self.writer.append(asdict(row))
+        # One write(2) to the spool: when it returns, the row survives a kill -9. vars(), not
+        # asdict(): the fields are flat, and asdict's deep copy showed in the relay's profile.
+        self.writer.append(vars(row))
