@@ -29,6 +29,7 @@ from .usage import UsageRecorder, UsageRow
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 10
+UPSTREAM_ATTEMPTS = 3
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer"
 
 
@@ -78,7 +79,9 @@ class Relay:
         """One pooled keep-alive client per engine node."""
         session = self._sessions.get(node.base_url)
         if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True)
+            # Idle connections are dropped before uvicorn's 5 s keep-alive timeout (vLLM's server)
+            # closes them under us.
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4, enable_cleanup_closed=True)
             session = aiohttp.ClientSession(
                 node.base_url, connector=connector, timeout=self.timeout, auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"), cookie_jar=aiohttp.DummyCookieJar(),
@@ -180,13 +183,17 @@ class Relay:
     async def _relay(self, exchange: Exchange, send: Any) -> None:
         request = exchange.request
         assert request is not None and exchange.node is not None
-        headers = {"Content-Type": "application/json", "X-Request-Id": exchange.request_id}
         try:
-            async with self.session(exchange.node).post(request.endpoint, data=request.upstream_body, headers=headers) as upstream:
-                if request.stream and upstream.status == 200:
-                    await self._relay_stream(exchange, upstream, send)
-                else:
-                    await self._relay_whole(exchange, upstream, send)
+            for attempt in range(1, UPSTREAM_ATTEMPTS + 1):
+                try:
+                    await self._exchange(exchange, send)
+                    break
+                except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                    # A keep-alive connection the engine closed under us (vLLM's server drops some
+                    # under load) fails before any answer: try again on another. Once an answer
+                    # has started, a failure is real and is reported, never retried.
+                    if exchange.status or attempt == UPSTREAM_ATTEMPTS:
+                        raise
         except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError, ConnectionRefusedError) as exc:
             if exchange.status:
                 raise
@@ -206,6 +213,16 @@ class Relay:
             self._record(exchange)
             exchange.response_complete = True
             await self._send_error(send, error, exchange.request_id)
+
+    async def _exchange(self, exchange: Exchange, send: Any) -> None:
+        request = exchange.request
+        assert request is not None and exchange.node is not None
+        headers = {"Content-Type": "application/json", "X-Request-Id": exchange.request_id}
+        async with self.session(exchange.node).post(request.endpoint, data=request.upstream_body, headers=headers) as upstream:
+            if request.stream and upstream.status == 200:
+                await self._relay_stream(exchange, upstream, send)
+            else:
+                await self._relay_whole(exchange, upstream, send)
 
     async def _relay_whole(self, exchange: Exchange, upstream: aiohttp.ClientResponse, send: Any) -> None:
         payload = await upstream.read()

@@ -11,16 +11,16 @@ Prints time to first token and end-to-end latency at P50 and P95 per target, and
 added latency (gateway − direct at the same percentile).
 
 With --throughput and an engine URL (e.g. real vLLM on the CPU), it instead measures output
-tokens/s at 64 streams through the gateway and directly, in alternating phases, and prints the
-ratio (target ≥ 97%).
+tokens/s per stream at 64 streams, each client alternating direct and gateway requests so both
+share the same load, and prints the ratio (target ≥ 97%).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
@@ -41,18 +41,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def one_request(session: aiohttp.ClientSession, url: str, headers: dict, max_tokens: int) -> tuple[float, float, int]:
+    """(time to first token, end to end, completion tokens from the server's usage)."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens,
-            "ignore_eos": True, "stream": True}
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
     ttft = None
     tokens = 0
     async with session.post(url, json=body, headers=headers) as response:
         assert response.status == 200, await response.text()
         async for line in response.content:
-            if line.startswith(b"data: {") and (b'"content":"' in line and b'"content":""' not in line):
-                tokens += 1
-                if ttft is None:
-                    ttft = time.perf_counter() - started
+            if ttft is None and line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line:
+                ttft = time.perf_counter() - started
+            elif line.startswith(b'data: {') and b'"choices":[]' in line:
+                tokens = json.loads(line[6:])["usage"]["completion_tokens"]  # vLLM may merge tokens into one chunk
     return (ttft or 0.0), time.perf_counter() - started, tokens
 
 
@@ -73,22 +74,31 @@ async def latency_level(targets: dict[str, tuple[str, dict]], concurrency: int, 
         # Warm-up: open keep-alive connections on every path before measuring.
         await asyncio.gather(*(one_request(session, u, h, 4) for u, h in targets.values() for _ in range(min(concurrency, 8))))
         await asyncio.gather(*(client(i) for i in range(concurrency)))
-    return results
+    return results, failures
 
 
-async def throughput_phase(url: str, headers: dict, concurrency: int, seconds: float) -> float:
-    tokens = 0
+async def interleaved_throughput(targets: dict[str, tuple[str, dict]], concurrency: int, seconds: float) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[str]]]:
+    """Each client alternates targets request by request, so both see the same load at once."""
+    results: dict[str, list[tuple[int, float]]] = {name: [] for name in targets}
+    failures: dict[str, list[str]] = {name: [] for name in targets}
+    names = list(targets)
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
-        async def client() -> None:
-            nonlocal tokens
+        async def client(index: int) -> None:
+            turn = index
             while time.perf_counter() < deadline:
-                _, _, got = await one_request(session, url, headers, 128)
-                tokens += got
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        return tokens / (time.perf_counter() - started)
+                name = names[turn % len(names)]
+                url, headers = targets[name]
+                turn += 1
+                try:
+                    _, e2e, tokens = await one_request(session, url, headers, 128)
+                except (aiohttp.ClientError, AssertionError) as exc:
+                    failures[name].append(f"{type(exc).__name__}: {str(exc)[:120]}")
+                    continue
+                results[name].append((tokens, e2e))
+        await asyncio.gather(*(client(i) for i in range(concurrency)))
+    return results, failures
 
 
 def start_nginx(workdir: Path, upstream: str) -> tuple[subprocess.Popen, str] | None:
@@ -121,7 +131,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=0, help="requests per client per target (default: 200 at 1, fewer higher)")
     parser.add_argument("--engine-url", help="use this engine instead of starting the simulator")
     parser.add_argument("--throughput", action="store_true", help="measure output tokens/s at 64 streams instead")
-    parser.add_argument("--seconds", type=float, default=20.0, help="per throughput phase")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the throughput run")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,16 +184,18 @@ def run_latency(targets: dict, levels: list[int], rounds: int) -> None:
 
 
 def run_throughput(targets: dict, seconds: float) -> None:
-    print(f"output tokens/s at 64 streams, 128-token replies, alternating {seconds:g} s phases")
-    totals = {"direct": [], "gateway": []}
-    for _ in range(2):
-        for name in ("direct", "gateway"):
-            url, headers = targets[name]
-            totals[name].append(asyncio.run(throughput_phase(url, headers, 64, seconds)))
-    direct, gateway = statistics.mean(totals["direct"]), statistics.mean(totals["gateway"])
-    print(f"direct   {direct:10.1f} tok/s  (phases: {', '.join(f'{v:.1f}' for v in totals['direct'])})")
-    print(f"gateway  {gateway:10.1f} tok/s  (phases: {', '.join(f'{v:.1f}' for v in totals['gateway'])})")
-    print(f"gateway / direct = {gateway / direct:.1%}")
+    print(f"output tokens/s per stream at 64 streams, 128-token replies, {seconds:g} s, each client "
+          "alternating direct and gateway requests (tokens from the server's usage)")
+    both = {name: targets[name] for name in ("direct", "gateway")}
+    results, failures = asyncio.run(interleaved_throughput(both, 64, seconds))
+    rate = {}
+    for name, runs in results.items():
+        tokens, busy = sum(t for t, _ in runs), sum(e for _, e in runs)
+        rate[name] = tokens / busy
+        failed = failures[name]
+        print(f"{name:<8} {rate[name]:8.1f} tok/s per stream  x64 = {rate[name] * 64:8.0f} tok/s  "
+              f"({len(runs)} requests, {len(failed)} failed{': ' + failed[0] if failed else ''})")
+    print(f"gateway / direct = {rate['gateway'] / rate['direct']:.1%}")
 
 
 if __name__ == "__main__":
