@@ -22,7 +22,6 @@ def test_gateway_sampler_and_reader_share_the_database_for_20_seconds(home: Path
 
     requests, samples, reads = reports["requests"], reports["samples"], reports["reads"]
     assert requests["rate"] >= 200, requests
-    assert requests["flush_failures"] == 0, requests
     assert samples["runs"] >= 19, samples
     assert reads["failures"] == 0, reads["errors"]
     assert reads["reads"] > 100, reads
@@ -41,9 +40,11 @@ def test_gateway_sampler_and_reader_share_the_database_for_20_seconds(home: Path
 
 
 def test_rows_acknowledged_before_a_kill_9_are_all_in_the_database(home: Path) -> None:
+    # Its own session, so the kill takes the writer and its flush process together, as a
+    # crash of the whole gateway would.
     proc = subprocess.Popen(
         worker_command("acked", 60), env=worker_env(home), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
     )
     acked: list[str] = []
     reader = threading.Thread(target=lambda: acked.extend(
@@ -59,7 +60,7 @@ def test_rows_acknowledged_before_a_kill_9_are_all_in_the_database(home: Path) -
     writing_since = time.monotonic()
     while (len(acked) < 3000 or time.monotonic() - writing_since < 2.5) and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     reader.join()
     assert proc.returncode == -signal.SIGKILL
@@ -75,5 +76,5 @@ def test_rows_acknowledged_before_a_kill_9_are_all_in_the_database(home: Path) -
     missing = set(acked) - stored
     assert not missing, f"{len(missing)} acknowledged rows lost, e.g. {sorted(missing)[:3]}"
     assert rows == len(stored), "a row was copied twice"
-    assert rows > result.rows, "the writer's own flusher should have copied rows before the kill"
+    assert rows > result.rows, "the writer's flush process should have copied rows before the kill"
     assert store.spool_files() == (0, 0)

@@ -2,8 +2,8 @@
 
 Roles (``python -m tests.workers.store_load ROLE SECONDS``; SPOT_HOME names the data directory):
 
-* ``requests``: the gateway: spool one request row per append at RATE rows/s, a background
-  flusher copying them into DuckDB every half second.
+* ``requests``: the gateway: spool one request row per append at RATE rows/s, with the gateway's
+  own flush process copying them into DuckDB every half second.
 * ``samples``: cron's sampler: every second, one transaction with a run row and 3 sample rows.
 * ``reads``: an operator: aggregate queries over both tables in a loop.
 * ``acked``: a gateway that prints each row id once ``append`` returns (for the kill -9 test).
@@ -23,7 +23,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from spotinference.store import SpoolFlusher, Store
+from spotinference.store import Store
+from spotinference.store.flush_process import SpoolFlushProcess
 
 
 def request_row(request_id: str) -> dict[str, object]:
@@ -57,8 +58,9 @@ def wait_stats(store: Store) -> dict[str, float]:
 
 
 def role_requests(store: Store, seconds: float, rate: float) -> dict[str, object]:
-    writer = store.spool_writer("requests")
-    flusher = SpoolFlusher(store, [writer], interval_s=0.5).start()
+    writer = store.spool_writer("requests", rotate_after_s=0.5)
+    flusher = SpoolFlushProcess(store, writer, interval_s=0.5)
+    flusher.start()
     interval = 1.0 / rate
     sent = 0
     start = time.monotonic()
@@ -69,7 +71,7 @@ def role_requests(store: Store, seconds: float, rate: float) -> dict[str, object
             sent += 1
         time.sleep(interval / 2)
     flusher.stop()
-    return {"rows": sent, "rate": sent / (time.monotonic() - start), "flush_failures": flusher.failures}
+    return {"rows": sent, "rate": sent / (time.monotonic() - start)}
 
 
 def role_samples(store: Store, seconds: float) -> dict[str, object]:
@@ -119,8 +121,9 @@ def role_reads(store: Store, seconds: float) -> dict[str, object]:
 
 
 def role_acked(store: Store, seconds: float) -> dict[str, object]:
-    writer = store.spool_writer("requests")
-    flusher = SpoolFlusher(store, [writer], interval_s=0.2).start()
+    writer = store.spool_writer("requests", rotate_after_s=0.2)
+    flusher = SpoolFlushProcess(store, writer, interval_s=0.2)
+    flusher.start()
     start = time.monotonic()
     sent = 0
     while time.monotonic() - start < seconds:
