@@ -79,11 +79,18 @@ class SshSettings(_Section):
     """How spot reaches GPU nodes. Without key_path, the SSH agent and ~/.ssh defaults are used."""
 
     user: str = "ubuntu"
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
     key_path: Path | None = None
     key_passphrase: SecretStr | None = None
     key_passphrase_file: Path | None = None
     connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 15.0
     command_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    keepalive_s: Annotated[float, Field(ge=0)] = 15.0
+    # Host, port, user and identity from ~/.ssh/config apply unless set here explicitly.
+    config_file: Path | None = Path("~/.ssh/config")
+    # Pinned host keys (first contact records a node's key; a changed key is refused).
+    # Default: known_hosts in spot's data directory.
+    known_hosts_file: Path | None = None
 
     @model_validator(mode="after")
     def _load_passphrase_file(self) -> SshSettings:

@@ -1,0 +1,177 @@
+"""The Provider interface: what the fleet and the billing sampler need from a cloud.
+
+A provider rents VMs. The fleet creates them from a ``VmSpec``, watches them as ``Vm`` snapshots,
+hibernates and restores them, and deletes them; the sampler reads ``BillingItem``s. Each
+implementation maps its own states onto ``VmPhase`` (the fleet maps phases plus engine health
+onto node states) and raises only ``providers.errors`` exceptions, so callers never see HTTP.
+
+Every method is synchronous and bounded by the implementation's own retry deadline: a method
+either returns or raises within it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+
+class VmPhase(StrEnum):
+    """Where a VM is in its life, as the provider reports it."""
+
+    CREATING = "creating"  # Hyperstack CREATING, BUILD
+    RUNNING = "running"  # ACTIVE (``Vm.ready`` says whether it can take traffic yet)
+    HIBERNATING = "hibernating"
+    HIBERNATED = "hibernated"
+    RESTORING = "restoring"
+    STOPPED = "stopped"  # SHUTOFF and friends: billed in full, never used to save money
+    DELETING = "deleting"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class FirewallRule:
+    """One inbound TCP rule: ``port_min..port_max`` from ``remote_ip_prefix`` (a CIDR)."""
+
+    port_min: int
+    port_max: int
+    remote_ip_prefix: str
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True, slots=True)
+class VmSpec:
+    """What to create. ``name`` is unique per provider account: it is the idempotency key."""
+
+    name: str
+    flavor: str
+    environment: str
+    key_name: str
+    image: str | None = None
+    volume_names: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    firewall_rules: tuple[FirewallRule, ...] = ()
+    assign_floating_ip: bool = True
+    user_data: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Vm:
+    """A snapshot of one VM. ``provider_id`` is a string whatever the provider's id type."""
+
+    provider_id: str
+    name: str
+    phase: VmPhase
+    ready: bool  # running, booted, and reachable at ``ip`` (Hyperstack: ACTIVE + active + IP attached)
+    status: str  # the provider's own status word, for display and events
+    flavor: str
+    ip: str | None = None  # the public (floating) address, once attached
+    private_ip: str | None = None
+    gpu: str | None = None
+    gpu_count: int = 0
+    environment: str | None = None
+    labels: tuple[str, ...] = ()
+    created_at: datetime | None = None
+    # Set only by the cloud emulator (`spot sim cloud`): the node's directory on this machine and
+    # the ports its engine and sshd listen on, since every emulated VM shares 127.0.0.1.
+    node_dir: Path | None = None
+    engine_port: int | None = None
+    ssh_port: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Flavor:
+    name: str
+    gpu: str | None
+    gpu_count: int
+    can_hibernate: bool
+    region: str | None = None
+    stock_available: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BillingItem:
+    """One resource's line in the provider's billing usage, as read at one moment."""
+
+    resource_id: str
+    resource_type: str  # vm | volume | ...
+    name: str | None
+    usd_per_hour: Decimal | None  # None once the resource is terminated
+    total_bill_usd: Decimal  # the provider's cumulative bill for the resource
+    active: bool
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+class Provider(ABC):
+    """One account at one cloud. Implementations take their settings and an injectable clock."""
+
+    #: the provider's configured name (the key under ``[providers.NAME]``)
+    name: str
+
+    # -- VMs ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def create_vm(self, spec: VmSpec) -> Vm:
+        """Create a VM, or return the one already named ``spec.name`` (never a duplicate)."""
+
+    @abstractmethod
+    def get_vm(self, provider_id: str) -> Vm | None:
+        """The VM, or None once it is gone."""
+
+    @abstractmethod
+    def find_vm(self, name: str) -> Vm | None:
+        """The VM with exactly this name, or None."""
+
+    @abstractmethod
+    def list_vms(self, name_prefix: str = "") -> list[Vm]:
+        """Every VM whose name starts with ``name_prefix`` (all pages)."""
+
+    @abstractmethod
+    def hibernate_vm(self, provider_id: str) -> None:
+        """Start hibernating a running VM (returns at once; watch ``get_vm``)."""
+
+    @abstractmethod
+    def restore_vm(self, provider_id: str) -> None:
+        """Start restoring a hibernated VM. Raises InsufficientCapacityError when refused for lack of GPUs."""
+
+    @abstractmethod
+    def delete_vm(self, provider_id: str) -> None:
+        """Delete the VM; a VM that is already gone is not an error."""
+
+    @abstractmethod
+    def add_firewall_rule(self, provider_id: str, rule: FirewallRule) -> None:
+        """Open an inbound port (adding a rule that already exists is not an error)."""
+
+    # -- what the fleet prepares once ----------------------------------------------------------
+
+    @abstractmethod
+    def ensure_key_pair(self, name: str, environment: str, public_key: str) -> None:
+        """Register an SSH public key under ``name`` unless it is already there."""
+
+    @abstractmethod
+    def ensure_volume(self, name: str, environment: str, size_gb: int) -> str:
+        """The id of the volume named ``name``, created if missing."""
+
+    @abstractmethod
+    def get_flavor(self, name: str, region: str | None = None) -> Flavor | None:
+        """The flavor, or None when the provider has no flavor of that name."""
+
+    # -- money -----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def billing_usage(self) -> list[BillingItem]:
+        """Every resource's current rate and cumulative bill, active and terminated."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self) -> Provider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
