@@ -15,7 +15,7 @@ import typer
 
 from spotinference import __version__
 
-from .commands import db, gateway, planned, setup, sim
+from .commands import db, fleet, gateway, money, planned, setup, sim
 from .state import CliState
 
 app = typer.Typer(
@@ -61,6 +61,8 @@ def main(
 setup.register(app)
 app.add_typer(db.app, name="db")
 gateway.register(app)
+fleet.register(app)
+money.register(app)
 app.add_typer(sim.app, name="sim")
 planned.register(app)
 

@@ -9,15 +9,6 @@ from __future__ import annotations
 import typer
 
 PLANNED = {
-    "up": ("Provision a tier's nodes and start vLLM on them.", 4),
-    "down": ("Delete a tier's nodes.", 4),
-    "wake": ("Restore a hibernated tier.", 4),
-    "hibernate": ("Hibernate a tier (storage keeps billing, the GPU stops).", 4),
-    "status": ("Show tiers, nodes and their states.", 4),
-    "logs": ("Follow a node's engine log.", 4),
-    "ssh": ("Open a shell on a node.", 4),
-    "sample": ("Sample the provider's billing (run by cron every minute).", 6),
-    "cost": ("Invoice-true cost per million tokens, from queries/*.sql.", 6),
     "bench": ("Benchmark a tier through the gateway and directly.", 7),
     "demo": ("The whole loop on this machine: emulated cloud, gateway, traffic, hibernation, cost.", 8),
 }

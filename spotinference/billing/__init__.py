@@ -1,0 +1,1 @@
+"""Billing: the sampler (`spot sample`) and the cost report's inputs."""
