@@ -95,7 +95,7 @@ def test_init_writes_a_starter_config_and_refuses_to_overwrite(spot) -> None:
     first = spot("init")
     assert first.returncode == 0 and "wrote" in first.stdout
     text = Path("spot.toml").read_text()
-    assert "[tiers.tiny]" in text
+    assert "[tiers.demo]" in text
     assert spot("doctor").returncode == 0  # the written file is picked up as ./spot.toml and valid
 
     again = spot("init", "--example", "hyperstack")
@@ -104,7 +104,7 @@ def test_init_writes_a_starter_config_and_refuses_to_overwrite(spot) -> None:
 
     forced = spot("init", "--example", "hyperstack", "--force", "--json")
     assert forced.returncode == 0 and json.loads(forced.stdout)["example"] == "hyperstack"
-    assert "[tiers.qwen32-spot]" in Path("spot.toml").read_text()
+    assert "[tiers.llama70-spot]" in Path("spot.toml").read_text()
 
 
 def test_db_status_and_migrate_report_the_schema(spot, home: Path) -> None:

@@ -34,12 +34,12 @@ def write(path: Path, text: str) -> Path:
 def test_embedded_default_describes_a_local_fleet_with_a_fallback() -> None:
     settings, source = load_settings()
     assert source.path is None and source.how == "embedded default"
-    assert set(settings.tiers) == {"tiny", "tiny-ondemand"}
-    tiny = settings.tiers["tiny"]
-    assert tiny.name == "tiny" and tiny.capacity == "spot" and tiny.fallback == "tiny-ondemand"
-    assert settings.providers[tiny.provider].emulator
+    assert set(settings.tiers) == {"demo", "demo-ondemand"}
+    demo = settings.tiers["demo"]
+    assert demo.name == "demo" and demo.capacity == "spot" and demo.fallback == "demo-ondemand"
+    assert settings.providers[demo.provider].emulator
     # The fallback repeats the model; requests for it route to the primary tier.
-    assert settings.tier_for_model("tiny-chat").name == "tiny"
+    assert settings.tier_for_model("tiny-chat").name == "demo"
     assert settings.tier_for_model("no-such-model") is None
 
 
@@ -59,14 +59,14 @@ def test_config_file_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_every_value_can_be_overridden_by_a_spot_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPOT_GATEWAY__PORT", "9001")
-    monkeypatch.setenv("SPOT_TIERS__TINY__IDLE_TIMEOUT_S", "120")
-    monkeypatch.setenv("SPOT_TIERS__TINY__VLLM__MAX_MODEL_LEN", "256")
+    monkeypatch.setenv("SPOT_TIERS__DEMO__IDLE_TIMEOUT_S", "120")
+    monkeypatch.setenv("SPOT_TIERS__DEMO__VLLM__MAX_MODEL_LEN", "256")
     monkeypatch.setenv("SPOT_HOME", "/tmp/elsewhere")
     settings, _ = load_settings()
     assert settings.gateway.port == 9001
-    assert settings.tiers["tiny"].idle_timeout_s == 120
-    assert settings.tiers["tiny"].vllm.max_model_len == 256
-    assert settings.tiers["tiny"].flavor == "sim-cpu-1"  # the rest of the tier still from the file
+    assert settings.tiers["demo"].idle_timeout_s == 120
+    assert settings.tiers["demo"].vllm.max_model_len == 256
+    assert settings.tiers["demo"].flavor == "sim-cpu-1"  # the rest of the tier still from the file
     assert settings.home == Path("/tmp/elsewhere")
 
 
@@ -119,8 +119,8 @@ def test_a_bad_config_names_file_key_value_and_expectation(edit: tuple[str, str]
 
 
 def test_a_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SPOT_TIERS__TINY__MIN_NODES", "-1")
-    with pytest.raises(ConfigError, match=r"environment variable SPOT_TIERS__TINY__MIN_NODES: tiers\.tiny\.min_nodes = '-1'"):
+    monkeypatch.setenv("SPOT_TIERS__DEMO__MIN_NODES", "-1")
+    with pytest.raises(ConfigError, match=r"environment variable SPOT_TIERS__DEMO__MIN_NODES: tiers\.demo\.min_nodes = '-1'"):
         load_settings()
 
 
@@ -166,6 +166,10 @@ def test_the_hyperstack_example_is_a_valid_config(monkeypatch: pytest.MonkeyPatc
 
     write(Path("spot.toml"), embedded_config_text("hyperstack.example.toml"))
     settings, _ = load_settings()
-    assert settings.tier_for_model("qwen2.5-32b-instruct").name == "qwen32-spot"
-    assert settings.tiers["qwen32-spot"].vllm.quantization == "awq_marlin"
+    spot_tier = settings.tier_for_model("llama-3.3-70b-instruct")
+    assert spot_tier.name == "llama70-spot" and spot_tier.capacity == "spot"
+    assert spot_tier.vllm.quantization == "fp8" and spot_tier.vllm.tensor_parallel_size == 2
+    assert settings.tiers[spot_tier.fallback].capacity == "on-demand"
+    assert settings.tiers["qwen72-a100"].vllm.quantization == "awq_marlin"
+    assert all(t.weights_volume for t in settings.tiers.values())
     assert settings.providers["hyperstack"].api_key is None

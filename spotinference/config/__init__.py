@@ -1,7 +1,7 @@
 """Settings: one TOML file plus SPOT_* environment overrides, validated into typed models."""
 
 from .loader import ConfigSource, embedded_config_text, load_settings, locate_config
-from .models import GatewaySettings, ProviderSettings, SshSettings, Tier, VllmSettings
+from .models import GatewaySettings, ProviderSettings, SimEngineSettings, SshSettings, Tier, VllmSettings
 from .settings import Settings
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Settings",
     "SshSettings",
     "Tier",
+    "SimEngineSettings",
     "VllmSettings",
     "embedded_config_text",
     "load_settings",

@@ -45,6 +45,9 @@ class GatewaySettings(_Section):
     require_keys: bool = True
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     upstream_connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    # The address GPU nodes see the gateway's connections come from: their engine port is
+    # opened to this address only (a CIDR, e.g. 203.0.113.7/32). Required for real providers.
+    egress_cidr: str | None = None
 
 
 class ProviderSettings(_Section):
@@ -56,6 +59,11 @@ class ProviderSettings(_Section):
     emulator: bool = False
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
+    # Where nodes accept SSH from (a CIDR). Narrow it to your own address where you can.
+    ssh_cidr: str = "0.0.0.0/0"
+    # How spot reaches a node: "auto" uses the local transport for emulated nodes without an
+    # SSH port and SSH for everything else.
+    node_transport: Literal["auto", "ssh", "local"] = "auto"
 
     @field_validator("base_url")
     @classmethod
@@ -103,11 +111,24 @@ class SshSettings(_Section):
 class VllmSettings(_Section):
     """How the engine is started on a node (`vllm serve` arguments)."""
 
+    # The bootstrap installs exactly this version when the node's vLLM differs.
+    version: str = "0.32.0"
+    # An already installed `vllm` to use instead of installing one (e.g. the CPU build on a laptop).
+    executable: str | None = None
     quantization: Literal["fp8", "awq", "gptq", "awq_marlin", "gptq_marlin"] | None = None
     tensor_parallel_size: Annotated[int, Field(ge=1, le=16)] = 1
     max_model_len: Annotated[int, Field(ge=16)] | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 8001
     extra_args: list[str] = []
+
+
+class SimEngineSettings(_Section):
+    """The timing of `spot sim engine` on a tier whose ``engine = "sim"`` (no GPU needed)."""
+
+    ttft_ms: Annotated[float, Field(ge=0)] = 40.0
+    itl_ms: Annotated[float, Field(ge=0)] = 8.0
+    load_seconds: Annotated[float, Field(ge=0)] = 2.0
+    seed: int = 0
 
 
 class Tier(_Section):
@@ -123,8 +144,16 @@ class Tier(_Section):
     # The model's weights (a path on the weights volume or a hub id) and the name clients send.
     model: str
     served_model_name: str | None = None
+    # "vllm" on real GPUs; "sim" runs `spot sim engine` on the node (emulated fleets, demos).
+    engine: Literal["vllm", "sim"] = "vllm"
     vllm: VllmSettings = VllmSettings()
+    sim: SimEngineSettings = SimEngineSettings()
     weights_volume: str | None = None
+    weights_volume_gb: Annotated[int, Field(ge=1, le=65536)] = 200
+    # Idle tiers and `spot down` hibernate (only storage bills). Flavors labelled
+    # `no-hibernation` are refused for such tiers; set false to run them, then only
+    # `spot down --terminate` stops their bill.
+    hibernate: bool = True
     idle_timeout_s: Annotated[int, Field(ge=30)] = 600
     wake_timeout_s: Annotated[int, Field(ge=1, le=600)] = 600
     min_nodes: Annotated[int, Field(ge=0, le=64)] = 0
