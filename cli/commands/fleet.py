@@ -1,21 +1,182 @@
-"""`spot up/down/wake/hibernate/status/logs/ssh`: the fleet's lifecycle."""
+"""`spot up/down/wake/hibernate/status/logs/ssh`: the fleet's lifecycle.
+
+Each command is a few lines over ``spotinference.fleet``; progress arrives as callbacks and is
+rendered here, one line per step on stderr (a live view that also reads well in a log).
+"""
 
 from __future__ import annotations
 
+import sys
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from ..output import print_json, print_table
+from ..state import CliState
+from .options import JsonOption
+
+if TYPE_CHECKING:
+    from spotinference.fleet.context import FleetContext, Progress
+
+TierArg = Annotated[str, typer.Argument(help="The tier's name, as in [tiers.NAME] of the config.", show_default=False)]
+NodeArg = Annotated[str, typer.Argument(help="The node's name, e.g. spot-demo-1 (see `spot status`).", show_default=False)]
+
+
+@contextmanager
+def _fleet(ctx: typer.Context, *, quiet: bool = False):  # noqa: ANN202
+    from spotinference.fleet.context import FleetContext
+
+    state: CliState = ctx.obj
+    started = time.monotonic()
+
+    def render(update: Progress) -> None:
+        if quiet:
+            return
+        where = update.node or update.tier
+        sys.stderr.write(f"[{time.monotonic() - started:6.1f}s] {where}: {update.message}\n")
+        sys.stderr.flush()
+
+    fleet_context = FleetContext(state.settings, state.store(), on_progress=render)
+    try:
+        yield fleet_context
+    finally:
+        fleet_context.close()
+
+
+def _show_status(context: FleetContext, tier: str | None, *, json: bool) -> None:
+    from spotinference.fleet.status import fleet_status
+
+    rows = fleet_status(context, tier)
+    if json:
+        print_json([row.to_json() for row in rows])
+        return
+    if not rows:
+        typer.echo("no nodes" + (f" in tier {tier}" if tier else "") + " (create them with `spot up TIER`)")
+        return
+    print_table(
+        None,
+        ["tier", "node", "state", "provider id", "ip", "gpu", "$/h", "up since", "last request"],
+        [
+            (
+                r.tier if r.configured else f"{r.tier} (not configured)", r.name, r.state.value, r.provider_id, r.ip,
+                f"{r.gpu_count}× {r.gpu}" if r.gpu else r.flavor,
+                f"{r.usd_per_hour:.3f}" if r.usd_per_hour is not None else "?",
+                r.up_since.strftime("%Y-%m-%d %H:%M:%S") if r.up_since else "",
+                r.last_request.strftime("%Y-%m-%d %H:%M:%S") if r.last_request else "",
+            )
+            for r in rows
+        ],
+    )
+
+
+def up(
+    ctx: typer.Context,
+    tier: TierArg,
+    nodes: Annotated[int | None, typer.Option("--nodes", "-n", help="How many nodes (default: min_nodes, at least 1).")] = None,
+    json: JsonOption = False,
+) -> None:
+    """Create and bootstrap a tier's nodes (or restore hibernated ones) until they serve."""
+    from spotinference.fleet.operations import Fleet
+
+    with _fleet(ctx, quiet=json) as context:
+        Fleet(context).up(tier, nodes=nodes)
+        _show_status(context, tier, json=json)
+
+
+def wake(ctx: typer.Context, tier: TierArg, json: JsonOption = False) -> None:
+    """Restore a hibernated tier and wait until its nodes serve."""
+    from spotinference.fleet.operations import Fleet
+
+    with _fleet(ctx, quiet=json) as context:
+        Fleet(context).wake(tier)
+        _show_status(context, tier, json=json)
+
+
+def hibernate(ctx: typer.Context, tier: TierArg, json: JsonOption = False) -> None:
+    """Hibernate a tier: the GPU stops billing, its disk, volumes and IP keep billing."""
+    from spotinference.fleet.operations import Fleet
+
+    with _fleet(ctx, quiet=json) as context:
+        Fleet(context).down(tier, reason="spot hibernate")
+        _show_status(context, tier, json=json)
+
+
+def down(
+    ctx: typer.Context,
+    tier: TierArg,
+    terminate: Annotated[bool, typer.Option("--terminate", help="Delete the nodes instead of hibernating them.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Hibernate a tier's nodes (default), or delete them with --terminate (weights volumes stay)."""
+    from spotinference.fleet.operations import Fleet
+
+    if terminate and not yes:
+        if not sys.stdin.isatty():
+            from spotinference.errors import InputError
+
+            raise InputError("--terminate deletes the nodes: add --yes to confirm when not at a terminal")
+        typer.confirm(f"Delete every node of tier {tier}? Their local disks are lost (weights volumes stay)", abort=True)
+    with _fleet(ctx, quiet=json) as context:
+        Fleet(context).down(tier, terminate=terminate)
+        _show_status(context, tier, json=json)
+
+
+def status(
+    ctx: typer.Context,
+    tier: Annotated[str | None, typer.Argument(help="Only this tier.", show_default=False)] = None,
+    json: JsonOption = False,
+) -> None:
+    """One row per node: tier, state, provider id, IP, GPU, current rate, up since, last request."""
+    with _fleet(ctx, quiet=True) as context:
+        _show_status(context, tier, json=json)
+
+
+def logs(
+    ctx: typer.Context,
+    node: NodeArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many recent lines to show first.")] = 200,
+) -> None:
+    """Show a node's engine log (the systemd journal on real nodes)."""
+    from spotinference.fleet.access import node_logs
+
+    with _fleet(ctx, quiet=True) as context:
+        try:
+            for line in node_logs(context, node, follow=follow, lines=lines):
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+
+
+def ssh(
+    ctx: typer.Context,
+    node: NodeArg,
+    command: Annotated[list[str] | None, typer.Argument(help="A command to run instead of a shell (after --).", show_default=False)] = None,
+) -> None:
+    """Open a shell on a node, or run a command on it: `spot ssh NODE -- nvidia-smi`."""
+    import os
+
+    from spotinference.fleet.access import node_shell_argv, run_on_node
+
+    with _fleet(ctx, quiet=True) as context:
+        if command:
+            result = run_on_node(context, node, command)
+            sys.stdout.write(result.stdout)
+            sys.stderr.write(result.stderr)
+            raise typer.Exit(result.exit_status)
+        argv = node_shell_argv(context, node)
+    os.execvp(argv[0], argv)
 
 
 def register(app: typer.Typer) -> None:
-    from .planned import _not_built
-
-    for name, summary in {
-        "up": "Provision a tier's nodes and start vLLM on them.",
-        "down": "Hibernate a tier's nodes, or delete them with --terminate.",
-        "wake": "Restore a hibernated tier.",
-        "hibernate": "Hibernate a tier (storage keeps billing, the GPU stops).",
-        "status": "Show tiers, nodes and their states.",
-        "logs": "Follow a node's engine log.",
-        "ssh": "Open a shell on a node, or run a command on it.",
-    }.items():
-        app.command(name, help=f"{summary} (not built yet)",
-                    context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_not_built(name, 4))
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("wake")(wake)
+    app.command("hibernate")(hibernate)
+    app.command("status")(status)
+    app.command("logs")(logs)
+    app.command("ssh")(ssh)

@@ -15,6 +15,7 @@ port opens only after ``load_seconds``, as vLLM's does after loading the weights
 from __future__ import annotations
 
 import asyncio
+import hmac
 import os
 import socket
 import time
@@ -42,6 +43,7 @@ _VARY = (b"vary", b"Origin")
 _JSON = (b"content-type", b"application/json")
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), _VARY]
 _NOT_FOUND = b'{"detail":"Not Found"}'
+_UNAUTHORIZED = b'{"error":"Unauthorized"}'
 _METHOD_NOT_ALLOWED = b'{"detail":"Method Not Allowed"}'
 
 
@@ -58,6 +60,9 @@ class EngineConfig:
     reply_tokens_max: int = 128
     max_num_seqs: int = 256
     kv_cache_tokens: int = 65536
+    # Like `vllm serve --api-key` (which also reads VLLM_API_KEY): /v1 routes then need
+    # "Authorization: Bearer <key>"; /health and /metrics stay open.
+    api_key: str | None = field(default_factory=lambda: os.environ.get("VLLM_API_KEY") or None)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -96,11 +101,21 @@ class SimEngine:
         self.metrics = EngineMetrics(config.model, config.max_model_len, self.started_unix)
         self.fingerprint = f"vllm-{VLLM_VERSION}-{text.stable_hash(config.model, config.seed) >> 32:08x}"
         self._models_permission_id = f"modelperm-{_random_id()}"
+        self._bearer = f"Bearer {config.api_key}".encode() if config.api_key else None
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return hmac.compare_digest(value, self._bearer or b"")
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # no lifespan work: the engine is ready once it exists
         path, method = scope["path"], scope["method"]
+        if self._bearer is not None and path.startswith("/v1") and not self._authorized(scope):
+            await _respond(send, 401, _UNAUTHORIZED, _JSON)
+            return
         if path in ("/v1/chat/completions", "/v1/completions"):
             if method != "POST":
                 await _respond(send, 405, _METHOD_NOT_ALLOWED, _JSON, allow=b"POST")
