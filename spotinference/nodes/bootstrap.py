@@ -171,8 +171,8 @@ class Bootstrap:
             # The engine leads its own process group (setsid): stop all of it, then start afresh.
             pid_file = shlex.quote(layout.pid_file)
             self.transport.run(
-                f'pid=$(cat {pid_file}); kill -TERM -- -"$pid" 2>/dev/null; '
-                f"flock -w 10 {lock} true || kill -KILL -- -\"$pid\" 2>/dev/null; flock -w 5 {lock} true"
+                f'pid=$(cat {pid_file}); kill -TERM -"$pid" 2>/dev/null; '
+                f"flock -w 10 {lock} true || kill -KILL -\"$pid\" 2>/dev/null; flock -w 5 {lock} true"
             )
             result.restarted = True
         self.transport.run(f"/bin/sh {shlex.quote(layout.boot_script)}")

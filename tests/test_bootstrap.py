@@ -1,0 +1,135 @@
+"""The engine bootstrap over the local transport: a real `spot sim engine` started in a node
+directory the way `spot sim cloud`'s VMs run it, idempotent, restarted only when its plan changes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from spotinference.config import SimEngineSettings, Tier, VllmSettings
+from spotinference.nodes.bootstrap import Bootstrap
+from spotinference.nodes.engine_unit import EnginePlan, NodeLayout
+from spotinference.nodes.local import LocalTransport
+from tests.servers import free_port
+
+
+def _tier(**changes: object) -> Tier:
+    base = dict(name="demo", provider="sim", flavor="sim-cpu-1", environment="sim-local", engine="sim",
+                model="tiny-chat", vllm=VllmSettings(max_model_len=512), sim=SimEngineSettings(load_seconds=0.2))
+    base.update(changes)
+    return Tier(**base)
+
+
+def _wait_healthy(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"engine at {url} never became healthy")
+
+
+def _pid(layout: NodeLayout) -> int:
+    return int(Path(layout.pid_file).read_text())
+
+
+def _alive(pid: int) -> bool:
+    # A killed engine whose parent (init, here) has not reaped it yet is a zombie: dead.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _stop(layout: NodeLayout) -> None:
+    pid_file = Path(layout.pid_file)
+    if pid_file.exists():
+        try:
+            os.killpg(int(pid_file.read_text()), 9)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def node(tmp_path: Path):
+    layout = NodeLayout.for_node(str(tmp_path / "node-1"))
+    yield layout
+    _stop(layout)
+
+
+def test_bootstrap_starts_the_engine_and_a_second_run_changes_nothing(node: NodeLayout) -> None:
+    port = free_port()
+    plan = EnginePlan(tier=_tier(), layout=node, host="127.0.0.1", port=port, api_key="sk-engine-test")
+    transport = LocalTransport("spot-demo-1")
+
+    first = Bootstrap(transport, plan).run()
+    url = f"http://127.0.0.1:{port}"
+    _wait_healthy(url)
+    assert first.changed_anything and any("started" in step for step in first.changed)
+    # The key is in a file only its owner reads, and the engine demands it on /v1 as vLLM does.
+    env_file = Path(node.env_file)
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert "VLLM_API_KEY=sk-engine-test" in env_file.read_text()
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    models = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer sk-engine-test"})
+    assert models.status_code == 200 and models.json()["data"][0]["id"] == "tiny-chat"
+    pid = _pid(node)
+
+    second = Bootstrap(transport, plan).run()
+    assert second.changed == [] and not second.restarted
+    assert _pid(node) == pid and _alive(pid)
+
+
+def test_a_changed_plan_rewrites_the_files_and_restarts_the_engine_once(node: NodeLayout) -> None:
+    port = free_port()
+    transport = LocalTransport("spot-demo-1")
+    plan = EnginePlan(tier=_tier(), layout=node, host="127.0.0.1", port=port, api_key="k1")
+    Bootstrap(transport, plan).run()
+    _wait_healthy(f"http://127.0.0.1:{port}")
+    old_pid = _pid(node)
+
+    changed = EnginePlan(tier=_tier(served_model_name="tiny-chat-v2"), layout=node, host="127.0.0.1", port=port, api_key="k1")
+    result = Bootstrap(transport, changed).run()
+    assert result.restarted
+    assert [step for step in result.changed if step.startswith("wrote")] == [f"wrote {node.run_script}"]
+    _wait_healthy(f"http://127.0.0.1:{port}")
+    assert not _alive(old_pid)
+    models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer k1"}).json()
+    assert models["data"][0]["id"] == "tiny-chat-v2"
+
+
+def test_the_boot_script_starts_one_engine_however_often_it_runs(node: NodeLayout) -> None:
+    # The emulator runs boot scripts when a VM becomes ACTIVE, and a wake's bootstrap may run it
+    # at the same moment: the engine's lock lets only the first start.
+    port = free_port()
+    transport = LocalTransport("spot-demo-1")
+    Bootstrap(transport, EnginePlan(tier=_tier(), layout=node, host="127.0.0.1", port=port, api_key="k")).run()
+    pid = _pid(node)
+    for _ in range(3):
+        transport.run(f"/bin/sh {node.boot_script}")
+    assert _pid(node) == pid and _alive(pid)
+    _wait_healthy(f"http://127.0.0.1:{port}")
+
+
+def test_the_systemd_unit_runs_vllm_with_the_tiers_arguments() -> None:
+    tier = _tier(engine="vllm", model="/mnt/weights/Llama-3.3-70B-Instruct-FP8", served_model_name="llama-3.3-70b",
+                 vllm=VllmSettings(quantization="fp8", tensor_parallel_size=2, max_model_len=16384, extra_args=["--enable-prefix-caching"]))
+    plan = EnginePlan(tier=tier, layout=NodeLayout.for_node(None), host="0.0.0.0", port=8001, api_key="k")
+    files = plan.files()
+    assert set(files) == {"/etc/spot/engine.env", "/opt/spot/run-engine.sh", "/etc/systemd/system/spot-engine.service"}
+    run = files["/opt/spot/run-engine.sh"][0].decode()
+    assert ("exec /opt/spot/vllm/bin/vllm serve /mnt/weights/Llama-3.3-70B-Instruct-FP8 --served-model-name llama-3.3-70b"
+            " --host 0.0.0.0 --port 8001 --tensor-parallel-size 2 --quantization fp8 --max-model-len 16384"
+            " --enable-prefix-caching") in run
+    assert "k" not in run.split("exec", 1)[1].split()  # the key travels in the env file, never argv
+    unit = files["/etc/systemd/system/spot-engine.service"][0].decode()
+    assert "ExecStart=/bin/sh /opt/spot/run-engine.sh" in unit and "WantedBy=multi-user.target" in unit
+    assert files["/etc/spot/engine.env"][1] == 0o600
