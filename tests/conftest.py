@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.sshd"]
+
 ROOT = Path(__file__).resolve().parents[1]
 SPOT = Path(sys.executable).with_name("spot")
 

@@ -10,6 +10,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from .errors import NodeCommandError
+
 
 @dataclass(frozen=True, slots=True)
 class CommandResult:
@@ -62,3 +64,14 @@ class Transport(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def command_error(node: str, result: CommandResult, *, tail_chars: int = 2000) -> NodeCommandError:
+    """The NodeCommandError for a failed ``result``, shared by every transport so messages match:
+    one line naming the node, the command and its status, ending with stderr's last line."""
+    tail = result.stderr[-tail_chars:]
+    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+    shown = result.command if len(result.command) <= 80 else result.command[:77] + "..."
+    message = f"node {node}: command {shown!r} exited {result.exit_status}"
+    return NodeCommandError(f"{message}: {last}" if last else message, node=node, command=result.command,
+                            exit_status=result.exit_status, stderr=tail)
