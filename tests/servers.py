@@ -95,3 +95,18 @@ def start_gateway(home: Path, upstreams: dict[str, str], *, extra_env: dict[str,
     server = ServerProcess(command, env=clean_env(home, **(extra_env or {})), log_path=home / f"gateway-{port}.log",
                            health_url=f"{url}/health")
     return server.start(), url
+
+
+def start_sim_cloud(tmp_dir: Path, *extra_flags: str, port: int | None = None) -> tuple[ServerProcess, str]:
+    """`spot sim cloud` with its state in ``tmp_dir/sim-cloud`` (unless a --state-dir is among the flags).
+
+    Returns the server and its root URL: the Hyperstack API is at ``url + "/v1"``, the admin API
+    at ``url + "/_sim"``. Pass the same ``tmp_dir`` again to restart it on the same state.
+    """
+    port = port or free_port()
+    command = [str(SPOT), "sim", "cloud", "--port", str(port), "--state-dir", str(tmp_dir / "sim-cloud"),
+               *extra_flags]
+    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(command, env=clean_env(tmp_dir / "sim-cloud-home"),
+                           log_path=tmp_dir / f"sim-cloud-{port}.log", health_url=f"{url}/v1/billing/alive")
+    return server.start(), url

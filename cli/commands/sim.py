@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..state import CliState
+
 app = typer.Typer(
-    help="Run the simulators: `sim engine` (vLLM-compatible OpenAI server).",
+    help=(
+        "Run the simulators: `sim engine` (vLLM-compatible OpenAI server) and `sim cloud` "
+        "(Hyperstack API emulator whose VMs are directories on this machine)."
+    ),
     no_args_is_help=True,
 )
 
@@ -82,5 +88,83 @@ def engine(
 
     def ready(bound_host: str, bound_port: int) -> None:
         typer.echo(f"spot sim engine: serving {model} on http://{bound_host}:{bound_port}", err=True)
+
+    run(config, on_ready=ready, log_level=log_level)
+
+
+@app.command("cloud")
+def cloud(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8780,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    state_dir: Annotated[
+        Path | None,
+        typer.Option("--state-dir", help="Where the account is kept (state.json, nodes/). [default: $SPOT_HOME/sim-cloud]",
+                     show_default=False),
+    ] = None,
+    create_seconds: Annotated[
+        float, typer.Option("--create-seconds", help="Create: CREATING for 1/3 of this, BUILD for 2/3, then ACTIVE.")
+    ] = 20.0,
+    hibernate_seconds: Annotated[float, typer.Option("--hibernate-seconds", help="HIBERNATING before HIBERNATED.")] = 10.0,
+    restore_seconds: Annotated[float, typer.Option("--restore-seconds", help="RESTORING before ACTIVE.")] = 15.0,
+    delete_seconds: Annotated[float, typer.Option("--delete-seconds", help="DELETING before the VM is gone (404).")] = 3.0,
+    time_scale: Annotated[
+        float, typer.Option("--time-scale", help="Emulated seconds per real second (delays and billing minutes).")
+    ] = 1.0,
+    ssh_port: Annotated[
+        int | None,
+        typer.Option("--ssh-port", help="Port of an sshd on 127.0.0.1 that reaches every node, reported in each VM.",
+                     show_default=False),
+    ] = None,
+    rate_limit_per_minute: Annotated[
+        int, typer.Option("--rate-limit-per-minute", help="Past this many /v1 requests in a minute: 429 (0: no limit).")
+    ] = 500,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="Accept only this api_key header [default: any non-empty key].",
+                     show_default=False),
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level (info: one line per request).")] = "warning",
+) -> None:
+    """Emulate Hyperstack's API on this machine, for tests, demos and trying spot without an account.
+
+    Point a Hyperstack provider at http://HOST:PORT/v1 (any api_key is accepted unless
+    --api-key is given). VMs go through Hyperstack's states with the delays given (in emulated seconds), bill per
+    emulated minute (full rate while running, storage while hibernated), and each is a
+    directory under STATE_DIR/nodes/ whose boot/*.sh scripts run when it becomes ACTIVE and
+    whose run/*.pid processes are killed when it stops. The state survives restarts. An admin
+    API at /_sim (faults, reclaims, clock advance, state dump) drives it from tests.
+    """
+    from spotinference.sim.cloud.lifecycle import Delays
+    from spotinference.sim.cloud.server import CloudConfig, run
+
+    for name, value in (("--create-seconds", create_seconds), ("--hibernate-seconds", hibernate_seconds),
+                        ("--restore-seconds", restore_seconds), ("--delete-seconds", delete_seconds)):
+        if value < 0:
+            raise typer.BadParameter(f"must be 0 or more, got {value:g}", param_hint=name)
+    if time_scale <= 0:
+        raise typer.BadParameter(f"must be more than 0, got {time_scale:g}", param_hint="--time-scale")
+    if rate_limit_per_minute < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--rate-limit-per-minute")
+    if api_key is not None and not api_key:
+        raise typer.BadParameter("must not be empty", param_hint="--api-key")
+    if state_dir is None:
+        state: CliState = ctx.obj
+        state_dir = state.settings.home / "sim-cloud"
+    config = CloudConfig(
+        state_dir=state_dir.expanduser().resolve(),
+        host=host,
+        port=port,
+        delays=Delays(create_s=create_seconds, hibernate_s=hibernate_seconds, restore_s=restore_seconds,
+                      delete_s=delete_seconds),
+        time_scale=time_scale,
+        ssh_port=ssh_port,
+        rate_limit_per_minute=rate_limit_per_minute,
+        api_key=api_key,
+    )
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        typer.echo(f"spot sim cloud: Hyperstack API on http://{bound_host}:{bound_port}/v1 "
+                   f"(state in {config.state_dir}, time x{time_scale:g})", err=True)
 
     run(config, on_ready=ready, log_level=log_level)

@@ -1,0 +1,98 @@
+"""The admin API at ``/_sim`` (no auth, not Hyperstack's): faults, reclaims, the clock, a dump.
+
+* ``POST /_sim/faults`` a fault (see ``faults``); ``DELETE /_sim/faults`` clears them all.
+* ``POST /_sim/reclaim {"vm_id": ID, "mode": "error"|"vanish"}``: a spot VM taken back.
+* ``POST /_sim/advance {"seconds": X}``: move the emulated clock X seconds ahead.
+* ``GET /_sim/state``: everything, including a counter of ``/v1`` requests per ``METHOD path``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from . import billing, render
+from .account import bad_request
+from .faults import FaultBook, FaultError, parse_fault
+from .lifecycle import Cloud
+from .routing import Request, Response, Router, ok
+
+
+class Admin:
+    def __init__(self, cloud: Cloud, faults: FaultBook, requests: Counter[str], *, ssh_port: int | None,
+                 settings: dict[str, Any]) -> None:
+        self.cloud = cloud
+        self.faults = faults
+        self.requests = requests
+        self.ssh_port = ssh_port
+        self.settings = settings
+
+    def register(self, router: Router) -> None:
+        router.add("POST", "/_sim/faults", self.add_fault)
+        router.add("DELETE", "/_sim/faults", self.clear_faults)
+        router.add("POST", "/_sim/reclaim", self.reclaim)
+        router.add("POST", "/_sim/advance", self.advance)
+        router.add("GET", "/_sim/state", self.state)
+
+    def add_fault(self, req: Request) -> Response:
+        try:
+            fault = parse_fault(req.json())
+        except FaultError as exc:
+            raise bad_request(str(exc)) from None
+        self.faults.add(fault)
+        return ok("Fault queued", faults=self.faults.pending())
+
+    def clear_faults(self, req: Request) -> Response:
+        self.faults.clear()
+        return ok("Faults cleared", faults=[])
+
+    def reclaim(self, req: Request) -> Response:
+        body = req.json_object()
+        vm_id = body.get("vm_id")
+        if not isinstance(vm_id, int) or isinstance(vm_id, bool):
+            raise bad_request("vm_id must be a VM id (a whole number)")
+        self.cloud.reclaim(vm_id, body.get("mode", "error"))
+        return ok(f"Virtual machine {vm_id} reclaimed")
+
+    def advance(self, req: Request) -> Response:
+        seconds = req.json_object().get("seconds")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+            raise bad_request("seconds must be a number, 0 or more")
+        self.cloud.advance(float(seconds))
+        return ok("Clock advanced", **self._clock())
+
+    def _clock(self) -> dict[str, Any]:
+        now = self.cloud.clock.now_us()
+        return {"emulated_seconds": now / 1_000_000, "now": self.cloud.clock.iso_at(now),
+                "time_scale": self.cloud.clock.time_scale}
+
+    def state(self, req: Request) -> Response:
+        cloud, world, clock = self.cloud, self.cloud.world, self.cloud.clock
+        vms = []
+        for vm in sorted(world.vms.values(), key=lambda v: v.id):
+            item: dict[str, Any] = render.instance_json(vm, world, clock, ssh_port=self.ssh_port) if vm.exists else {
+                "id": vm.id, "name": vm.name, "status": "DELETED"}
+            item["pending"] = [{"at": clock.iso_at(due), "in_seconds": (due - clock.now_us()) / 1e6, "status": status}
+                               for due, status in vm.pending]
+            item["terminated_at"] = clock.iso_at(vm.terminated_us)
+            item["bill"] = {"minutes": vm.meter.minutes, "total_usd": str(billing.total_usd(vm.meter)),
+                            "usd_per_hour": str(billing.vm_usd_per_hour(vm))}
+            vms.append(item)
+        volumes = []
+        for vol in sorted(world.volumes.values(), key=lambda v: v.id):
+            volumes.append({**render.volume_json(vol, world, clock), "terminated_at": clock.iso_at(vol.terminated_us),
+                            "bill": {"minutes": vol.meter.minutes, "total_usd": str(billing.total_usd(vol.meter))}})
+        return ok(
+            "Emulator state",
+            clock=self._clock(),
+            settings=self.settings,
+            environments=[render.environment_json(e, clock) for e in world.environments.values()],
+            keypairs=[render.keypair_json(k, world, clock) for k in world.keypairs.values()],
+            volumes=volumes,
+            vms=vms,
+            counters=dict(world.counters),
+            spent_usd=str(billing.spent_usd(world)),
+            faults=self.faults.pending(),
+            requests=dict(self.requests),
+            state_dir=str(cloud.state_dir),
+        )
