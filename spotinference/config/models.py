@@ -59,6 +59,11 @@ class ProviderSettings(_Section):
     emulator: bool = False
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
+    # One HTTP attempt takes at most request_timeout_s; one logical call, retries included, at
+    # most retry_deadline_s; retries back off from retry_base_s, doubling, with jitter.
+    request_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    retry_deadline_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    retry_base_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     # Where nodes accept SSH from (a CIDR). Narrow it to your own address where you can.
     ssh_cidr: str = "0.0.0.0/0"
     # How spot reaches a node: "auto" uses the local transport for emulated nodes without an
