@@ -84,6 +84,10 @@ def run() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130:  # Typer turns Ctrl-C inside a command into a silent Exit(130)
+            sys.stderr.write("interrupted: nothing recorded is lost; run the same command again to resume\n")
+        raise
     except Exception as exc:  # noqa: BLE001 - the boundary: anything else is a bug, said plainly
         if debug:
             raise

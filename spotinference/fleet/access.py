@@ -38,8 +38,12 @@ def node_logs(ctx: FleetContext, name: str, *, follow: bool, lines: int = 200) -
 
 def run_on_node(ctx: FleetContext, name: str, argv: list[str]) -> CommandResult:
     tier, vm = locate(ctx, name)
+    command = shlex.join(argv)
+    if vm.node_dir:
+        # An emulated VM's filesystem is its node directory: commands start there, as in / on a VM.
+        command = f"cd {shlex.quote(str(vm.node_dir))} && {command}"
     with ctx.transport(vm, tier) as transport:
-        return transport.run(shlex.join(argv), check=False)
+        return transport.run(command, check=False)
 
 
 def node_shell_argv(ctx: FleetContext, name: str) -> list[str]:
@@ -51,5 +55,8 @@ def node_shell_argv(ctx: FleetContext, name: str) -> list[str]:
         return ["/bin/sh", "-c", f"cd {shlex.quote(str(vm.node_dir))} && exec {shlex.quote(shell)} -i"]
     from ..nodes.ssh import SshTarget, ssh_command_argv
 
+    # The system ssh client trusts only pinned keys: a first contact through our transport pins it.
+    with ctx.transport(vm, tier) as transport:
+        transport.run("true")
     target = SshTarget(node=vm.name, host=vm.ip or "", port=vm.ssh_port or ctx.settings.ssh.port, user=ctx.settings.ssh.user)
     return ssh_command_argv(target, ctx.settings.ssh, known_hosts_path(ctx.settings), None)

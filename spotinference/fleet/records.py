@@ -38,7 +38,7 @@ class NodeRecord:
 
 @dataclass(frozen=True)
 class FleetEvent:
-    at: datetime
+    event_at: datetime
     tier: str
     node: str | None
     provider_id: str | None
@@ -112,8 +112,8 @@ class FleetRecords:
     def events(self, *, tier: str | None = None, node: str | None = None, limit: int = 100) -> list[FleetEvent]:
         with self.store.reading() as con:
             rows = con.execute(
-                "SELECT at, tier, node, provider_id, from_state, to_state, reason, detail FROM fleet_events"
-                " WHERE (? IS NULL OR tier = ?) AND (? IS NULL OR node = ?) ORDER BY at DESC LIMIT ?",
+                "SELECT event_at, tier, node, provider_id, from_state, to_state, reason, detail FROM fleet_events"
+                " WHERE (? IS NULL OR tier = ?) AND (? IS NULL OR node = ?) ORDER BY event_at DESC LIMIT ?",
                 [tier, tier, node, node, limit],
             ).fetchall()
         return [FleetEvent(*r[:7], json.loads(r[7]) if r[7] else None) for r in rows]

@@ -17,7 +17,7 @@ CREATE TABLE nodes (
 );
 
 CREATE TABLE fleet_events (
-    at              TIMESTAMPTZ NOT NULL,
+    event_at        TIMESTAMPTZ NOT NULL,
     tier            VARCHAR NOT NULL,
     node            VARCHAR,                  -- null for a tier-level decision
     provider_id     VARCHAR,
