@@ -116,7 +116,10 @@ class Fleet:
             provider.add_firewall_rule(vm.provider_id, rule)
         last = ctx.records.nodes().get(vm.name)
         waking = last is not None and last.state in (NodeState.WAKING, NodeState.HIBERNATED)
-        if not waking:
+        if waking:
+            # Splits a wake into the provider's restore and the engine's start in the event log.
+            ctx.records.decision(tier=tier.name, node=vm.name, reason="VM restored: engine starting")
+        else:
             ctx.note(tier, vm.name, vm, NodeState.BOOTSTRAPPING, "VM ready: starting the engine")
         plan = EnginePlan(
             tier=tier, layout=layout_for(vm), host=engine_bind_host(vm), port=engine_port(vm, tier),
