@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import csv
+import sys
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from ..output import print_json
+from ..state import CliState
+from .options import JsonOption
+
+if TYPE_CHECKING:
+    from spotinference.costs import CostReport
+
+BY_CHOICES = ("day", "tier", "model", "key", "resource", "utilisation")
+_FORMATS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (UTC unless an offset is given)"
 
 
 def register(app: typer.Typer) -> None:
@@ -10,5 +27,262 @@ def register(app: typer.Typer) -> None:
 
     app.command("sample", help="Sample the provider's billing (run by cron every minute). (not built yet)",
                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_not_built("sample", 6))
-    app.command("cost", help="Invoice-true cost per million tokens, from queries/*.sql. (not built yet)",
-                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_not_built("cost", 6))
+    app.command("cost")(cost)
+
+
+def _moment(option: str, text: str | None) -> datetime | None:
+    from spotinference.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"{option} {text!r} is not a date or time: expected {_FORMATS}") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def cost(
+    ctx: typer.Context,
+    days: Annotated[float | None, typer.Option("--days", help="Trailing window in days, ending now (default 7).", show_default=False)] = None,
+    since: Annotated[str | None, typer.Option("--since", help=f"Window start: {_FORMATS}.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Window end (exclusive), same formats; default now.")] = None,
+    by: Annotated[str | None, typer.Option("--by", help=f"Break the window down by: {', '.join(BY_CHOICES)}.")] = None,
+    json: JsonOption = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (the breakdown rows with --by, else the headline).")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a publishable economics page in Markdown.")] = False,
+    plot: Annotated[bool, typer.Option("--plot", help="Plot spend and cost per million output tokens per day in the terminal; `--plot FILE.png` writes a PNG.")] = False,
+    plot_file: Annotated[Path | None, typer.Argument(metavar="[FILE.png]", help="With --plot: the PNG to write.", show_default=False)] = None,
+) -> None:
+    """Invoice-true cost per million tokens: billed spend between samples over tokens served."""
+    from spotinference.costs import Window, report, trailing_window
+    from spotinference.errors import InputError
+
+    if by is not None and by not in BY_CHOICES:
+        raise InputError(f"--by {by!r} is not one of: {', '.join(BY_CHOICES)}")
+    if sum([json, as_csv, markdown]) > 1:
+        raise InputError("choose one of --json, --csv, --markdown")
+    if plot_file is not None and not plot:
+        raise InputError(f"{plot_file} is only taken after --plot (spot cost --plot FILE.png)")
+    if days is not None and since is not None:
+        raise InputError("give either --days or --since/--until, not both")
+    now = datetime.now(UTC)
+    start, end = _moment("--since", since), _moment("--until", until)
+    if start is not None:
+        window = Window(start, end or now)
+    elif end is not None:
+        window = trailing_window(7 if days is None else days, end)
+    else:
+        window = trailing_window(7 if days is None else days, now)
+    state: CliState = ctx.obj
+    store = state.store()
+    if plot:
+        _plot(report(store, window, by="day", now=now), plot_file)
+        return
+    result = report(store, window, by=by, now=now)
+    if json:
+        print_json(_jsonable(result.to_dict()))
+    elif as_csv:
+        _csv(result)
+    elif markdown:
+        sys.stdout.write(_markdown(result))
+    else:
+        _table(result)
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+def _usd(value: Decimal | None, places: int = 2) -> str:
+    if value is None:
+        return "unobservable"
+    return f"${value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP):,}"
+
+
+def _rate(value: Decimal | None, observable: bool) -> str:
+    if not observable:
+        return "unobservable"
+    return "undefined (no output tokens)" if value is None else f"{_usd(value)} / M output tokens"
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return _usd(value, 4 if key == "statement_usd" else 2) if key.endswith("usd") or "usd_per" in key else str(value)
+    if isinstance(value, float):
+        return f"{value:.1%}" if key in ("share", "token_share", "coverage", "busy_share") else f"{value:,.2f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return float(value)  # JSON numbers; exact to the bill's 1e-6 USD (DECIMAL(38, 6))
+    return value
+
+
+def _warnings(r: CostReport) -> list[str]:
+    out = []
+    if not r.observable:
+        out.append("UNOBSERVABLE: no good billing sample in this window, so its spend is unknown (not $0). "
+                   "Is `spot sample` running (cron)?")
+    elif r.gaps:
+        missing = r.window_minutes - r.covered_minutes
+        out.append(f"COVERAGE GAPS: billing was observed in {r.coverage:.2%} of the window's minutes "
+                   f"({missing:,} minute(s) missing in {len(r.gaps)} gap(s)); spend accrued in a gap is "
+                   "counted at the first good sample after it, which may fall outside the window.")
+    return out
+
+
+def _headline(r: CostReport) -> list[tuple[str, str]]:
+    return [
+        ("window", f"{r.window.start.isoformat()} → {r.window.end.isoformat()} (UTC)"),
+        ("cost per million output tokens", _rate(r.usd_per_mtok_output, r.observable)),
+        ("cost per million tokens (prompt + completion)",
+         _rate(r.usd_per_mtok_total, r.observable).replace(" output", "")),
+        ("spend", _usd(r.spend_usd)),
+        ("tokens", f"{r.prompt_tokens:,} prompt + {r.completion_tokens:,} completion"),
+        ("billing coverage", f"{r.coverage:.2%} of {r.window_minutes:,} minutes"),
+    ]
+
+
+def _hosted_rows(r: CostReport) -> list[list[str]]:
+    rows = []
+    for c in r.comparisons:
+        ratio = "" if c.spend_ratio is None else f"{c.spend_ratio:.2f}×"
+        rows.append([f"{c.provider} {c.model}", _usd(c.usd_per_mtok_input), _usd(c.usd_per_mtok_output),
+                     _usd(c.hosted_usd), ratio])
+    return rows
+
+
+_HOSTED_COLS = ["hosted API (list price)", "$/M input", "$/M output", "same tokens there", "our spend ÷ theirs"]
+
+
+def _table(r: CostReport) -> None:
+    from rich.table import Table
+
+    from ..output import console
+
+    con = console()
+    for line in _warnings(r):
+        con.print(f"[bold red]{line}[/bold red]")
+    head = Table(title="spot cost: invoice-true", title_justify="left", show_header=False)
+    head.add_column()
+    head.add_column()
+    for name, value in _headline(r):
+        head.add_row(name, value)
+    con.print(head)
+    for g in r.gaps[:10]:
+        con.print(f"  gap {g.start.isoformat()} → {g.end.isoformat()} ({g.minutes} min)")
+    if len(r.gaps) > 10:
+        con.print(f"  … and {len(r.gaps) - 10} more gap(s) (see --json)")
+    if r.by is not None:
+        table = Table(title=f"by {r.by}", title_justify="left")
+        cols = list(r.breakdown[0]) if r.breakdown else []
+        for col in cols:
+            table.add_column(col)
+        for row in r.breakdown:
+            table.add_row(*(_cell(k, v) for k, v in row.items()))
+        con.print(table if cols else f"by {r.by}: no rows in this window")
+    if r.hosted is not None:
+        hosted = Table(title=f"hosted APIs: {r.hosted.note}", title_justify="left")
+        for col in _HOSTED_COLS:
+            hosted.add_column(col)
+        for row in _hosted_rows(r):
+            hosted.add_row(*row)
+        con.print(hosted)
+    con.print(r.scope)
+
+
+def _csv(r: CostReport) -> None:
+    out = csv.writer(sys.stdout)
+    if r.by is not None:
+        cols = list(r.breakdown[0]) if r.breakdown else []
+        out.writerow(cols)
+        for row in r.breakdown:
+            out.writerow(["" if v is None else (v.isoformat() if hasattr(v, "isoformat") else v) for v in row.values()])
+        return
+    data = r.to_dict()
+    keys = ["window_start", "window_end", "observable", "spend_usd", "prompt_tokens", "completion_tokens",
+            "usd_per_mtok_output", "usd_per_mtok_total", "coverage"]
+    out.writerow(keys)
+    out.writerow(["" if data[k] is None else (data[k].isoformat() if hasattr(data[k], "isoformat") else data[k]) for k in keys])
+
+
+def _md_table(cols: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(r: CostReport) -> str:
+    parts = [f"# Serving economics, {r.window.start:%Y-%m-%d %H:%M} to {r.window.end:%Y-%m-%d %H:%M} UTC\n"]
+    parts += [f"> **{line}**\n" for line in _warnings(r)]
+    parts.append(_md_table(["figure", "value"], [[k, v] for k, v in _headline(r)]))
+    parts.append(
+        "\n**Method.** Spend is read from the provider's billing API once a minute: the sum of the "
+        "increases of each resource's cumulative bill between consecutive samples (a decrease is a "
+        "counter reset, never negative spend). Cost per million output tokens is that spend divided "
+        "by the completion tokens the gateway served in the same window. No list price × time "
+        f"estimate is used. {r.scope}\n"
+    )
+    if r.gaps:
+        parts.append("\n## Billing gaps\n\n" + _md_table(
+            ["from", "to", "minutes"], [[g.start.isoformat(), g.end.isoformat(), str(g.minutes)] for g in r.gaps[:50]]))
+    if r.by is not None and r.breakdown:
+        cols = list(r.breakdown[0])
+        parts.append(f"\n## By {r.by}\n\n" + _md_table(cols, [[_cell(k, v) for k, v in row.items()] for row in r.breakdown]))
+    if r.hosted is not None:
+        parts.append(f"\n## Hosted APIs for comparison\n\nList prices as of {r.hosted.as_of} ({r.hosted.note}); "
+                     "'same tokens there' prices this window's prompt and completion tokens at each list price.\n\n"
+                     + _md_table(_HOSTED_COLS, _hosted_rows(r)))
+    return "\n".join(parts)
+
+
+def _plot(r: CostReport, target: Path | None) -> None:
+    days = r.breakdown
+    if target is not None:
+        _plot_png(r, target)
+        return
+    for line in _warnings(r):
+        typer.echo(line)
+    spends = [row["spend_usd"] for row in days if row["spend_usd"] is not None]
+    rates = [row["usd_per_mtok_output"] for row in days if row["usd_per_mtok_output"] is not None]
+    top_s, top_r = max(spends, default=Decimal(0)), max(rates, default=Decimal(0))
+    width = 40
+    typer.echo(f"{'day':<11} {'spend':>12}  {'':<{width}}  {'$/M output':>12}")
+    for row in days:
+        s, rate = row["spend_usd"], row["usd_per_mtok_output"]
+        bar = "" if s is None or not top_s else "█" * round(width * float(s / top_s))
+        rbar = "" if rate is None or not top_r else "▒" * round(20 * float(rate / top_r))
+        typer.echo(f"{row['day'].isoformat():<11} {_usd(s) if s is not None else 'unobserved':>12}  {bar:<{width}}  "
+                   f"{_usd(rate) if rate is not None else '-':>12} {rbar}")
+    typer.echo(r.scope)
+
+
+def _plot_png(r: CostReport, path: Path) -> None:
+    from spotinference.errors import InputError
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError("--plot FILE.png needs matplotlib, which is not installed",
+                         hint="pip install 'spotinference[plot]', or use --plot alone for a terminal chart") from None
+    days = [row["day"] for row in r.breakdown]
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
+    top.bar(days, [float(row["spend_usd"] or 0) for row in r.breakdown])
+    top.set_ylabel("spend (USD)")
+    bottom.plot(days, [float(row["usd_per_mtok_output"]) if row["usd_per_mtok_output"] is not None else float("nan")
+                       for row in r.breakdown], marker="o")
+    bottom.set_ylabel("USD / M output tokens")
+    fig.suptitle("spot cost: invoice-true spend and cost per million output tokens (UTC days)")
+    fig.savefig(path)
+    typer.echo(f"wrote {path}")

@@ -1,0 +1,59 @@
+"""The daily billing roll-up (table ``billing_daily``, migration 0006).
+
+Whole UTC days that ended at least ``SETTLE`` before ``now`` are summed from the raw samples with
+the same ``billing_increases`` definition every report uses, a few days per transaction so no
+refresh holds the database for long (the first refresh of a year of samples takes about a minute
+in total, in short steps; later ones add a day). Rolled days are never rewritten: a sample is
+written with the sampler's clock, so once a day is over (plus a margin for a run in flight at
+midnight) no row can arrive for it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from ..store import Store
+
+SETTLE = timedelta(hours=1)
+DAYS_PER_STEP = 7
+
+_FIRST_UNROLLED = """
+SELECT coalesce((SELECT max(day) + 1 FROM billing_daily),
+                (SELECT CAST(min(sampled_at) AT TIME ZONE 'UTC' AS DATE) FROM billing_samples))
+"""
+
+_ROLL = """
+INSERT INTO billing_daily
+SELECT day, resource_id, resource_type, tier, sum(increase_usd), count(*),
+       max(sampled_at), arg_max(total_bill_usd, sampled_at)
+FROM billing_increases($day_start, $day_end)
+GROUP BY day, resource_id, resource_type, tier
+"""
+
+
+def _midnight(day) -> datetime:  # noqa: ANN001 - a datetime.date
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def refresh(store: Store, now: datetime) -> int:
+    """Roll up every settled day not yet rolled; returns how many days were added.
+
+    Days without samples add no rows; the reports read such days raw (there is nothing to read),
+    so the roll-up stays correct whatever the gaps.
+    """
+    last = (now - SETTLE).astimezone(UTC).date()  # days before this one are settled
+    with store.reading() as con:
+        (cursor,) = con.execute(_FIRST_UNROLLED).fetchone()
+    added = 0
+    while cursor is not None and cursor < last:
+        stop = min(cursor + timedelta(days=DAYS_PER_STEP), last)
+        with store.transaction() as con:
+            (rolled,) = con.execute("SELECT max(day) FROM billing_daily").fetchone()
+            if rolled is not None and rolled >= cursor:  # another process got here first
+                cursor = rolled + timedelta(days=1)
+                continue
+            con.execute("SET enable_progress_bar = false")  # never draw on the user's terminal
+            con.execute(_ROLL, {"day_start": _midnight(cursor), "day_end": _midnight(stop)})
+        added += (stop - cursor).days
+        cursor = stop
+    return added
