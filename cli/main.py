@@ -15,7 +15,7 @@ import typer
 
 from spotinference import __version__
 
-from .commands import db, fleet, gateway, money, planned, setup, sim
+from .commands import billing, db, fleet, gateway, money, planned, setup, sim
 from .state import CliState
 
 app = typer.Typer(
@@ -63,6 +63,7 @@ app.add_typer(db.app, name="db")
 gateway.register(app)
 fleet.register(app)
 money.register(app)
+billing.register(app)  # after money: replaces its `sample` stub
 app.add_typer(sim.app, name="sim")
 planned.register(app)
 

@@ -6,6 +6,7 @@ import os
 import stat
 import tempfile
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import ConfigSource, Settings, load_settings, locate_config
@@ -37,6 +38,7 @@ def run_checks(config_path: Path | None = None) -> list[Check]:
     checks.append(check_config(settings, source))
     checks.append(check_data_dir(settings.home))
     checks.append(check_database(settings.home))
+    checks.append(check_sampler(settings))
     checks.extend(check_provider_credentials(settings))
     checks.append(check_ssh_key(settings))
     return checks
@@ -92,6 +94,36 @@ def check_database(home: Path) -> Check:
             "inspect the *.rejected files: their rows were kept but could not be loaded",
         )
     return Check("database", True, detail)
+
+
+def check_sampler(settings: Settings, now: datetime | None = None) -> Check:
+    """The age of the last good billing sample: the budget gate closes when it passes the limit."""
+    from .billing.runs import last_good_runs, sampled_providers
+
+    providers = sampled_providers(settings)
+    if not providers:
+        return Check("sampler", True, "no provider configured: nothing to sample")
+    limit = settings.budget.max_sample_age_s
+    fix = "install the cron line from `spot cron`, or run `spot sample --every 60`"
+    try:
+        with Store(settings.home).reading() as con:
+            runs = last_good_runs(con, providers)
+    except SpotError as exc:
+        return Check("sampler", False, f"cannot read the samples: {exc}", exc.hint)
+    if not runs:
+        # A fresh install has no sample yet: not a failure of this machine, but said plainly.
+        return Check("sampler", True, f"no sample yet: {fix}")
+    now = now or datetime.now(UTC)
+    ages = []
+    for name in providers:
+        run = runs.get(name)
+        ages.append(f"{name}: never" if run is None else f"{name}: {(now - run.finished_at).total_seconds():.0f} s ago")
+    stale = [n for n in providers if n not in runs or (now - runs[n].finished_at).total_seconds() > limit]
+    detail = f"last good sample {', '.join(ages)} (limit {limit} s)"
+    if stale:
+        effect = "spend is unobservable" if settings.budget.daily_usd is None else "the budget gate is closed"
+        return Check("sampler", False, f"{detail}: {effect} while billing is stale", fix)
+    return Check("sampler", True, detail)
 
 
 def check_provider_credentials(settings: Settings) -> list[Check]:

@@ -8,8 +8,10 @@ so a config file can be committed or shared without leaking anything.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -48,6 +50,36 @@ class GatewaySettings(_Section):
     # The address GPU nodes see the gateway's connections come from: their engine port is
     # opened to this address only (a CIDR, e.g. 203.0.113.7/32). Required for real providers.
     egress_cidr: str | None = None
+    # A streamed request held while its tier wakes gets an SSE comment this often, so proxies
+    # and SDKs do not time out.
+    keepalive_s: Annotated[float, Field(gt=0, le=120)] = 15.0
+    # How often the gateway checks each engine's /health, and asks the provider for VM states.
+    health_interval_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    provider_refresh_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # While a tier's traffic is on its fallback, how often to try the tier itself again.
+    fallback_retry_s: Annotated[float, Field(gt=0)] = 60.0
+
+
+class BudgetSettings(_Section):
+    """The daily budget the gateway's gate enforces from billing samples (``[budget]``)."""
+
+    # USD per day; None: no budget (the gate stays open and says so).
+    daily_usd: Annotated[Decimal, Field(ge=0)] | None = None
+    # The day the budget covers starts at midnight in this IANA time zone (e.g. "Europe/Paris").
+    timezone: str = "UTC"
+    # No good billing sample for longer than this: spend is unobservable and the gate closes.
+    max_sample_age_s: Annotated[int, Field(ge=1, le=86400)] = 180
+    # How often the gate's cached state is recomputed from the store.
+    refresh_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone name (e.g. 'UTC', 'Europe/Paris')") from None
+        return value
 
 
 class ProviderSettings(_Section):
@@ -159,8 +191,12 @@ class Tier(_Section):
     # `no-hibernation` are refused for such tiers; set false to run them, then only
     # `spot down --terminate` stops their bill.
     hibernate: bool = True
-    idle_timeout_s: Annotated[int, Field(ge=30)] = 600
+    idle_timeout_s: Annotated[int, Field(ge=1)] = 600
     wake_timeout_s: Annotated[int, Field(ge=1, le=600)] = 600
+    # Requests held at once while the tier wakes; more get 503 with Retry-After.
+    max_held_requests: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    # A freshly woken tier stays up at least this long, whatever its traffic.
+    min_awake_s: Annotated[int, Field(ge=0)] = 120
     min_nodes: Annotated[int, Field(ge=0, le=64)] = 0
     max_nodes: Annotated[int, Field(ge=1, le=64)] = 1
     fallback: str | None = None

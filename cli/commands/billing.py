@@ -1,0 +1,201 @@
+"""`spot sample` (cron, every minute) and `spot cron` (the lines that schedule it)."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+import shlex
+import shutil
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..output import print_error, print_json
+from ..state import CliState
+from .options import JsonOption
+
+if TYPE_CHECKING:
+    from spotinference.billing.sampler import SampleRun
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sample")(sample)
+    app.command("cron")(cron)
+
+
+def sample(
+    ctx: typer.Context,
+    json: JsonOption = False,
+    every: Annotated[
+        float | None,
+        typer.Option("--every", help="Sample every SECONDS until Ctrl-C (for setups without cron).",
+                     metavar="SECONDS", show_default=False, min=1),
+    ] = None,
+) -> None:
+    """Sample the provider's billing once (cron runs this every minute; see `spot cron`)."""
+    from spotinference.billing.sampler import sample as run_sample
+    from spotinference.errors import InputError, SpotError
+
+    state: CliState = ctx.obj
+    settings, store = state.settings, state.store()
+    if every is None:
+        began = time.monotonic()
+        try:
+            result = run_sample(settings, store)
+        except SpotError as exc:  # nothing could be recorded (e.g. the database stayed busy)
+            if json:
+                print_json({"ok": False, "resources": 0, "duration_s": round(time.monotonic() - began, 3),
+                            "run_id": None, "sampled_at": None, "spend_usd_since_last": None,
+                            "error": exc.message, "skipped": False, "runs": []})
+            raise
+        _render(result, json=json, lines=False)
+        if not result.ok:
+            raise typer.Exit(result.exit_code)
+        return
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                _render(run_sample(settings, store), json=json, lines=True)
+            except InputError:
+                raise  # the configuration is wrong: no later run can do better
+            except Exception as exc:  # noqa: BLE001 - a failed run (even the database's) must not stop the loop
+                print_error(getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}", getattr(exc, "hint", None))
+            time.sleep(max(0.0, every - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        sys.stderr.write("spot sample: stopped\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return float(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _render(result: SampleRun, *, json: bool, lines: bool) -> None:
+    if json:
+        data = _jsonable(result.to_dict())
+        if lines:  # one object per line, so a loop's output is JSON Lines
+            sys.stdout.write(jsonlib.dumps(data) + "\n")
+            sys.stdout.flush()
+        else:
+            print_json(data)
+    elif result.ok and not result.skipped:
+        spend = result.spend_usd_since_last
+        since = "" if spend is None else f", ${spend:.6f} billed since the last sample"
+        sampled = result.sampled_at.isoformat(timespec="seconds") if result.sampled_at else "?"
+        typer.echo(f"sampled {result.resources} resource(s) at {sampled} in {result.duration_s:.2f} s"
+                   f" (run {result.run_id}){since}")
+    if result.skipped:
+        sys.stderr.write(f"spot sample: {result.skipped_because}\n")
+    elif not result.ok:
+        print_error(f"billing sample failed: {result.error}", result.hint)
+    for problem in result.errors:
+        sys.stderr.write(f"spot sample: warning: {problem}\n")
+    sys.stderr.flush()
+
+
+# -- spot cron ----------------------------------------------------------------------------------
+
+def _spot_executable() -> str:
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "spot" and argv0.exists():
+        return str(argv0.resolve())
+    beside = Path(sys.executable).with_name("spot")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("spot")
+    if found:
+        return str(Path(found).resolve())
+    return f"{sys.executable} -m spotinference_cli.main"
+
+
+def _systemd_quote(word: str) -> str:
+    if word and not any(c in word for c in " \t\"'\\%$;"):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$") + '"'
+
+
+def cron(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Print the crontab line and a systemd service + timer that run `spot sample` every minute."""
+    from spotinference.config import locate_config
+
+    state: CliState = ctx.obj
+    settings = state.settings
+    source = locate_config(state.config_path)
+    spot = _spot_executable()
+    home = settings.home.expanduser().resolve()
+    workdir = Path.cwd().resolve()
+    config = source.path.resolve() if source.path is not None else None
+    spot_words = shlex.split(spot) if " -m " in spot else [spot]
+    args = [*spot_words, *(["--config", str(config)] if config else []), "sample"]
+    log_file = home / "sample.log"
+
+    command = (f"cd {shlex.quote(str(workdir))} && SPOT_HOME={shlex.quote(str(home))} "
+               f"{shlex.join(args)} >> {shlex.quote(str(log_file))} 2>&1")
+    crontab = "* * * * * " + command.replace("%", "\\%")  # cron turns a bare % into a newline
+    service = "\n".join([
+        "[Unit]",
+        "Description=spotinference billing sampler (spot sample)",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        f"WorkingDirectory={_systemd_quote(str(workdir))}",
+        f"Environment={_systemd_quote(f'SPOT_HOME={home}')}",
+        f"ExecStart={' '.join(_systemd_quote(a) for a in args)}",
+        "",
+    ])
+    timer = "\n".join([
+        "[Unit]",
+        "Description=Run spot sample every minute",
+        "",
+        "[Timer]",
+        "OnCalendar=minutely",
+        "AccuracySec=1s",
+        "Unit=spot-sample.service",
+        "",
+        "[Install]",
+        "WantedBy=timers.target",
+        "",
+    ])
+    notes = _notes(settings)
+    if json:
+        print_json({"crontab": crontab, "systemd": {"spot-sample.service": service, "spot-sample.timer": timer},
+                    "spot": spot, "home": str(home), "config": str(config) if config else None, "notes": notes})
+        return
+    out = [
+        "# crontab -e, then add (spot sample every minute; its output goes to sample.log):",
+        crontab,
+        "",
+        "# or systemd: save these two files in ~/.config/systemd/user/, then",
+        "#   systemctl --user daemon-reload && systemctl --user enable --now spot-sample.timer",
+        "# ~/.config/systemd/user/spot-sample.service",
+        service,
+        "# ~/.config/systemd/user/spot-sample.timer",
+        timer,
+    ]
+    out += [f"# note: {n}" for n in notes]
+    typer.echo("\n".join(out))
+
+
+def _notes(settings: Any) -> list[str]:
+    from spotinference.billing.runs import sampled_providers
+
+    notes = []
+    for name in sampled_providers(settings):
+        provider = settings.providers[name]
+        env_name = f"SPOT_PROVIDERS__{name.upper()}__API_KEY"
+        if not provider.emulator and provider.api_key_file is None and os.environ.get(env_name):
+            notes.append(f"provider {name}'s API key comes from ${env_name}, which cron and systemd do not see: "
+                         f"set providers.{name}.api_key_file instead (spot never prints the key)")
+    return notes

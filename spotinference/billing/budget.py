@@ -1,0 +1,286 @@
+"""The budget gate's state: today's spend, the burn rate, and how fresh billing is.
+
+The gateway asks ``BudgetGate.state`` before forwarding a request; the answer is a cached
+``GateState`` that a background thread recomputes every ``budget.refresh_s``, so the request path
+reads one attribute and never the database. ``gate_state(store, settings, now)`` is the same
+computation as a pure function.
+
+Reasons (``GateState.reason``)::
+
+    ok                    open    fresh samples; spend and its projection are under the budget
+    no_budget             open    no [budget] daily_usd: nothing to enforce (figures still shown)
+    billing_unobservable  closed  HTTP 503: no good sample within max_sample_age_s (fail closed)
+    budget_exhausted      closed  HTTP 429: spend >= budget, or the projection crosses it
+                                  before the next sample (closes_early)
+
+Definitions:
+
+* Today is the calendar day of ``now`` in ``budget.timezone``; today's spend is
+  ``queries/spend.sql`` over [midnight, next midnight): the sum of the increases of each
+  resource's cumulative bill between consecutive good samples whose later sample falls today (a
+  decrease is a counter reset, never negative spend). The same file `spot cost` reads.
+* The last good sample is the oldest of the sampled providers' latest ok runs (their
+  ``finished_at``): if any provider's billing is stale, spend is unobservable.
+* Burn is the sum of the current hourly rates of the active resources in each provider's latest
+  ok run. The sampling interval is the gap between a provider's last two ok runs (clamped to
+  1 s .. max_sample_age_s; 60 s with only one run).
+* Projected spend is what the next sample should show: spend + burn × (interval, or the time
+  already elapsed since the last sample if longer) / 3600. Closing when it reaches the budget is
+  closing early, because the bill accrues whether or not requests are refused.
+
+It reopens by itself: a fresh sample ends ``billing_unobservable``; midnight ends
+``budget_exhausted`` (today's spend starts again from the first sample after it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ..config import Settings
+from ..reports import query_text
+from ..store import Store
+from .runs import last_good_runs, sampled_providers
+
+log = logging.getLogger("spotinference.billing.budget")
+
+DEFAULT_SAMPLE_INTERVAL_S = 60.0
+_HOUR = Decimal(3600)
+
+Clock = Callable[[], datetime]
+OnChange = Callable[["GateState", "GateState"], None]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class GateState:
+    open: bool
+    reason: str  # ok | no_budget | billing_unobservable | budget_exhausted
+    spend_today_usd: Decimal | None  # None when today's spend could not be read
+    burn_usd_per_hour: Decimal | None  # None without a good run
+    last_good_sample_at: datetime | None
+    sample_age_s: float | None
+    budget_usd: Decimal | None
+    closes_early: bool  # closed because the projection crosses the budget, not spend itself
+    message: str
+    projected_spend_usd: Decimal | None = None
+    day: date | None = None  # today, in the budget's time zone
+    checked_at: datetime | None = None
+    retry_after_s: int | None = None  # for a closed gate: when asking again may help
+
+    @property
+    def http_status(self) -> int | None:
+        """What the gateway answers while closed (None: open)."""
+        if self.open:
+            return None
+        return 429 if self.reason == "budget_exhausted" else 503
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the store said at ``fetched_at``: everything ``evaluate`` needs but the clock."""
+
+    day: date
+    spend_today_usd: Decimal
+    burn_usd_per_hour: Decimal | None
+    last_good_sample_at: datetime | None
+    sample_interval_s: float
+    fetched_at: datetime
+    missing_providers: tuple[str, ...] = ()
+    good_run_ids: tuple[str, ...] = ()  # the latest ok run of each sampled provider
+
+
+def _day_bounds(now: datetime, zone: str) -> tuple[date, datetime, datetime]:
+    tz = ZoneInfo(zone)
+    today = now.astimezone(tz).date()
+    start = datetime.combine(today, dtime(0), tzinfo=tz).astimezone(UTC)
+    end = datetime.combine(today + timedelta(days=1), dtime(0), tzinfo=tz).astimezone(UTC)
+    return today, start, end
+
+
+_BURN = """
+SELECT coalesce(sum(usd_per_hour), 0) FROM billing_samples
+WHERE active AND usd_per_hour IS NOT NULL AND list_contains($runs, run_id) AND sampled_at >= $since
+"""
+
+
+def read_snapshot(store: Store, settings: Settings, now: datetime, previous: Snapshot | None = None) -> Snapshot:
+    """Read today's spend, the burn rate and the freshness of billing from the store.
+
+    Spend only changes when a sampler run succeeds: given the ``previous`` snapshot of the same
+    day with the same latest ok runs, its spend and burn are reused and only the (cheap) run
+    lookup touches the store.
+    """
+    today, start, end = _day_bounds(now, settings.budget.timezone)
+    providers = sampled_providers(settings)
+    with store.reading() as con:
+        runs = last_good_runs(con, providers)
+        run_ids = tuple(runs[p].run_id for p in sorted(runs))
+        if previous is not None and previous.day == today and previous.good_run_ids == run_ids:
+            spend, burn = previous.spend_today_usd, previous.burn_usd_per_hour
+        else:
+            row = con.execute(query_text("spend"), {"window_start": start, "window_end": end}).fetchone()
+            spend = row[0] if row is not None and row[0] is not None else Decimal(0)
+            burn = None
+            if runs:
+                (burn,) = con.execute(_BURN, {"runs": list(run_ids),
+                                              "since": min(r.started_at for r in runs.values())}).fetchone()
+    missing = tuple(p for p in providers if p not in runs)
+    last_good = None if missing or not runs else min(r.finished_at for r in runs.values())
+    gaps = [(r.started_at - r.previous_started_at).total_seconds() for r in runs.values() if r.previous_started_at]
+    interval = max(gaps) if gaps else DEFAULT_SAMPLE_INTERVAL_S
+    interval = min(max(interval, 1.0), float(settings.budget.max_sample_age_s))
+    return Snapshot(today, Decimal(spend), None if burn is None else Decimal(burn), last_good, interval, now,
+                    missing, run_ids)
+
+
+def evaluate(snapshot: Snapshot | None, settings: Settings, now: datetime, *, error: str | None = None) -> GateState:
+    """The gate's state at ``now`` from what the store said (``snapshot``, None if never read)."""
+    budget_cfg = settings.budget
+    budget = budget_cfg.daily_usd
+    today, _, day_end = _day_bounds(now, budget_cfg.timezone)
+    until_midnight = max(1, int((day_end - now).total_seconds()) + 1)
+    common: dict[str, Any] = {"budget_usd": budget, "day": today, "checked_at": now}
+
+    if snapshot is None:
+        why = f"billing samples could not be read ({error})" if error else "billing samples not read yet"
+        if budget is None:
+            return GateState(True, "no_budget", None, None, None, None, closes_early=False,
+                             message=f"no daily budget configured; {why}", **common)
+        return GateState(False, "billing_unobservable", None, None, None, None, closes_early=False,
+                         message=f"{why}: serving blind is refused", retry_after_s=30, **common)
+
+    last = snapshot.last_good_sample_at
+    age = None if last is None else max(0.0, (now - last).total_seconds())
+    stale = age is None or age > budget_cfg.max_sample_age_s
+    spend = snapshot.spend_today_usd if snapshot.day == today else None  # the day rolled over since
+    burn = snapshot.burn_usd_per_hour
+    projected = None
+    if spend is not None and burn is not None and last is not None:
+        horizon_s = max(snapshot.sample_interval_s, (now - last).total_seconds())
+        projected = spend + burn * Decimal(str(round(horizon_s, 3))) / _HOUR
+    figures = dict(spend_today_usd=spend, burn_usd_per_hour=burn, last_good_sample_at=last, sample_age_s=age,
+                   projected_spend_usd=projected, **common)
+
+    if stale:
+        if last is None:
+            missing = ", ".join(snapshot.missing_providers) or "any provider"
+            freshness = f"no good billing sample yet from {missing}"
+        else:
+            freshness = f"the last good billing sample is {age:.0f} s old (limit {budget_cfg.max_sample_age_s} s)"
+        if error:
+            freshness += f"; the store could not be read ({error})"
+    if budget is None:
+        note = f"; {freshness}" if stale else ""
+        return GateState(True, "no_budget", closes_early=False, message=f"no daily budget configured{note}",
+                         **figures)
+    if spend is not None and spend >= budget:
+        return GateState(False, "budget_exhausted", closes_early=False, retry_after_s=until_midnight,
+                         message=f"today's spend ${spend:.2f} has reached the daily budget ${budget:.2f}; "
+                                 f"it resets at midnight ({budget_cfg.timezone})", **figures)
+    if stale:
+        return GateState(False, "billing_unobservable", closes_early=False, retry_after_s=30,
+                         message=f"{freshness}: spend is unobservable, so serving is refused "
+                                 "(is `spot sample` running? see `spot cron`)", **figures)
+    if spend is None:  # fresh samples but a snapshot of yesterday: wait for the next refresh
+        return GateState(False, "billing_unobservable", closes_early=False, retry_after_s=5,
+                         message="today's spend has not been read yet", **figures)
+    if projected is not None and projected >= budget:
+        return GateState(False, "budget_exhausted", closes_early=True, retry_after_s=until_midnight,
+                         message=f"today's spend ${spend:.2f} plus the burn ${burn:.2f}/h until the next "
+                                 f"sample would reach the daily budget ${budget:.2f}: closed early", **figures)
+    return GateState(True, "ok", closes_early=False,
+                     message=f"today's spend ${spend:.2f} of ${budget:.2f}", **figures)
+
+
+def gate_state(store: Store, settings: Settings, now: datetime) -> GateState:
+    """The gate's state at ``now``, read from the store (the pure form of ``BudgetGate``)."""
+    return evaluate(read_snapshot(store, settings, now), settings, now)
+
+
+class BudgetGate:
+    """The gate's state, kept current by a background thread; ``state`` never touches the store.
+
+    Before the first refresh the gate is closed (fail closed). When a refresh cannot read the
+    store, the last snapshot is re-evaluated at the new time, so the gate still closes once its
+    samples grow stale. ``on_change(old, new)`` is called (from the refreshing thread) whenever
+    ``open`` or ``reason`` changes, e.g. to hibernate the fleet when the budget is spent.
+    """
+
+    def __init__(self, store: Store, settings: Settings, *, clock: Clock = _utc_now,
+                 on_change: OnChange | None = None, refresh_s: float | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.refresh_s = refresh_s if refresh_s is not None else settings.budget.refresh_s
+        self._clock = clock
+        self._on_change = on_change
+        self._snapshot: Snapshot | None = None
+        self._state = evaluate(None, settings, clock())
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._refresh_lock = threading.Lock()
+        self.refreshes = 0  # completed refreshes, for tests and metrics
+        self.last_error: str | None = None
+
+    @property
+    def state(self) -> GateState:
+        return self._state
+
+    def refresh(self) -> GateState:
+        """Recompute the state now (what the background thread does every ``refresh_s``)."""
+        with self._refresh_lock:
+            now = self._clock()
+            error = None
+            try:
+                self._snapshot = read_snapshot(self.store, self.settings, now, self._snapshot)
+            except Exception as exc:  # noqa: BLE001 - a busy or broken store must not stop the gate
+                error = " ".join(str(exc).split()) or type(exc).__name__
+                log.info("budget gate: store unreadable: %s", error)
+            old, new = self._state, evaluate(self._snapshot, self.settings, now, error=error)
+            self._state, self.last_error = new, error
+            self.refreshes += 1
+        if self._on_change is not None and (old.open, old.reason) != (new.open, new.reason):
+            try:
+                self._on_change(old, new)
+            except Exception:  # noqa: BLE001 - the caller's hook must not stop the refreshes
+                log.exception("budget gate: on_change failed")
+        return new
+
+    def start(self) -> BudgetGate:
+        """Refresh once (so the first request sees a real state), then keep refreshing."""
+        if self._thread is not None:
+            return self
+        self._stop.clear()
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name="budget-gate", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            self.refresh()
+
+    def __enter__(self) -> BudgetGate:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,355 @@
+"""One `spot sample` run: read each provider's billing usage and record it, all or nothing.
+
+A run reads every sampled provider's per-resource usage (active and deleted resources), then
+writes, in one transaction, one ``billing_samples`` row per resource and one ``sample_runs`` row
+per provider, even when the provider has no resource at all: "idle fleet, billing healthy, $0"
+and "billing unobservable" are different rows, never a missing row. A provider that cannot be
+read gets a failed ``sample_runs`` row (``ok = false`` and the one-line error, which never holds
+the API key) and none of its resources.
+
+Overlap (cron every minute while a slow run is still retrying): runs take a non-blocking
+``flock`` on ``$SPOT_HOME/sample.lock`` for their whole length. A run that finds it held writes
+nothing and returns ``skipped``: the run in progress will record this minute (as ok or failed),
+so skipping neither double-writes nor hides a failure; if that run never records anything, the
+minute is a coverage gap, as it should be. The kernel drops the lock of a killed run.
+
+Times are ours, UTC: ``started_at`` before the provider call, ``sampled_at`` when its answer
+arrived (the provider gives no "as of"), ``finished_at`` when the rows are written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ..config import Settings
+from ..errors import ConfigError, SpotError, StoreError
+from ..fleet.naming import parse_node_name
+from ..providers.base import BillingItem, Provider
+from ..providers.registry import open_provider
+from ..store import Store
+from .runs import sampled_providers
+
+log = logging.getLogger("spotinference.billing.sampler")
+
+LOCK_FILE = "sample.lock"
+_MICRO = Decimal("0.000001")  # the columns' scale: DECIMAL(18, 6)
+_MAX_ERROR_CHARS = 500
+_VOLUME_TWIN = re.compile(r"^(?P<base>.+)-(?P<index>[1-9][0-9]{0,2})$")
+
+Clock = Callable[[], datetime]
+ProviderFactory = Callable[[Settings, str], Provider]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ProviderRun:
+    """One provider's part of a run: one ``sample_runs`` row."""
+
+    provider: str
+    run_id: str
+    started_at: datetime
+    finished_at: datetime
+    ok: bool
+    resource_count: int
+    sampled_at: datetime | None = None  # None when the provider could not be read
+    error: str | None = None
+    exit_code: int = 0  # what the CLI exits with for this failure (the error's own code)
+    hint: str | None = None
+    # Sum of the resources' bill increases since this provider's previous ok run (None: no
+    # previous ok run to compare with). Same rules as the reports: a decrease is a counter reset.
+    spend_usd_since_last: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class SampleRun:
+    """One invocation: a run per sampled provider, or ``skipped`` when another run held the lock."""
+
+    runs: tuple[ProviderRun, ...]
+    duration_s: float
+    skipped: bool = False
+    skipped_because: str | None = None
+    errors: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        """True when every provider was read and recorded (a skipped run failed at nothing)."""
+        return all(run.ok for run in self.runs)
+
+    @property
+    def resources(self) -> int:
+        return sum(run.resource_count for run in self.runs)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.runs[0].run_id if len(self.runs) == 1 else (",".join(r.run_id for r in self.runs) or None)
+
+    @property
+    def sampled_at(self) -> datetime | None:
+        times = [run.sampled_at for run in self.runs if run.sampled_at is not None]
+        return min(times) if times else None
+
+    @property
+    def spend_usd_since_last(self) -> Decimal | None:
+        parts = [run.spend_usd_since_last for run in self.runs]
+        if not parts or any(p is None for p in parts):
+            return None
+        return sum(parts, Decimal(0))  # type: ignore[arg-type]
+
+    @property
+    def error(self) -> str | None:
+        failed = [f"{run.provider}: {run.error}" for run in self.runs if not run.ok]
+        return "; ".join(failed) or None
+
+    @property
+    def exit_code(self) -> int:
+        return next((run.exit_code or 1 for run in self.runs if not run.ok), 0)
+
+    @property
+    def hint(self) -> str | None:
+        return next((run.hint for run in self.runs if not run.ok and run.hint), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shape `spot sample --json` prints (Decimals are left for the caller to render)."""
+        data: dict[str, Any] = {
+            "ok": self.ok,
+            "resources": self.resources,
+            "duration_s": round(self.duration_s, 3),
+            "run_id": self.run_id,
+            "sampled_at": self.sampled_at,
+            "spend_usd_since_last": self.spend_usd_since_last,
+            "error": self.error,
+            "skipped": self.skipped,
+            "runs": [
+                {
+                    "provider": r.provider, "run_id": r.run_id, "ok": r.ok, "resources": r.resource_count,
+                    "started_at": r.started_at, "sampled_at": r.sampled_at, "finished_at": r.finished_at,
+                    "spend_usd_since_last": r.spend_usd_since_last, "error": r.error,
+                }
+                for r in self.runs
+            ],
+        }
+        if self.skipped:
+            data["message"] = self.skipped_because
+        return data
+
+
+@dataclass
+class _Reading:
+    provider: str
+    run_id: str
+    started_at: datetime
+    sampled_at: datetime | None = None
+    items: list[BillingItem] = field(default_factory=list)
+    error: str | None = None
+    exit_code: int = 0
+    hint: str | None = None
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+def sample(
+    settings: Settings,
+    store: Store,
+    *,
+    clock: Clock = _utc_now,
+    provider_factory: ProviderFactory = open_provider,
+    refresh_rollup: bool = True,
+) -> SampleRun:
+    """Sample every provider once and record the result (see the module docstring).
+
+    Raises ConfigError when no provider is configured, and StoreError when the rows cannot be
+    written (then nothing was recorded); a provider's failure is recorded, not raised.
+    """
+    providers = sampled_providers(settings)
+    if not providers:
+        raise ConfigError(
+            "no provider is configured, so there is no billing to sample",
+            hint="add a [providers.NAME] table to the config file",
+        )
+    began = time.perf_counter()
+    with _exclusive_run(store.home) as holder:
+        if holder is not None:
+            return SampleRun((), time.perf_counter() - began, skipped=True,
+                             skipped_because=f"another `spot sample` is in progress ({holder}); this run skipped")
+        readings = [_read(settings, name, clock, provider_factory) for name in providers]
+        runs = _record(store, settings, readings, clock)
+    duration_s = time.perf_counter() - began
+    errors: tuple[str, ...] = ()
+    if refresh_rollup and any(run.ok for run in runs):
+        errors = _refresh_rollup(store, clock())
+    return SampleRun(tuple(runs), duration_s, errors=errors)
+
+
+def _read(settings: Settings, name: str, clock: Clock, provider_factory: ProviderFactory) -> _Reading:
+    reading = _Reading(name, str(uuid.uuid4()), clock())
+    try:
+        with provider_factory(settings, name) as provider:
+            reading.items = provider.billing_usage()
+        reading.sampled_at = clock()
+    except SpotError as exc:
+        reading.error, reading.exit_code, reading.hint = exc.message, exc.exit_code, exc.hint
+    except Exception as exc:  # noqa: BLE001 - recorded as a failed run: a bug must not look like $0
+        reading.error, reading.exit_code = f"internal error: {type(exc).__name__}: {exc}", 70
+    if reading.error is not None:
+        reading.error = _one_line(reading.error, settings, name)
+        log.info("billing of provider %s unreadable: %s", name, reading.error)
+    return reading
+
+
+def _one_line(message: str, settings: Settings, provider: str) -> str:
+    config = settings.providers.get(provider)
+    key = config.api_key.get_secret_value() if config is not None and config.api_key is not None else ""
+    if key:
+        message = message.replace(key, "***")  # providers never put it there; make sure of it
+    message = " ".join(message.split())
+    return message[:_MAX_ERROR_CHARS]
+
+
+# -- recording ----------------------------------------------------------------------------------
+
+_INSERT_SAMPLE = "INSERT INTO billing_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_RUN = "INSERT INTO sample_runs VALUES (?, ?, ?, ?, ?, ?, ?)"
+_PREVIOUS_RUN = """
+SELECT run_id, started_at FROM sample_runs WHERE ok AND provider = ? ORDER BY started_at DESC LIMIT 1
+"""
+_PREVIOUS_TOTALS = """
+SELECT resource_type, resource_id, total_bill_usd FROM billing_samples WHERE run_id = ? AND sampled_at >= ?
+"""
+
+
+def _record(store: Store, settings: Settings, readings: list[_Reading], clock: Clock) -> list[ProviderRun]:
+    runs = []
+    try:
+        with store.transaction() as con:
+            for reading in readings:
+                runs.append(_record_one(con, settings, reading, clock))
+    except duckdb.Error as exc:
+        raise StoreError(f"could not record the billing samples: {' '.join(str(exc).split())}") from None
+    return runs
+
+
+def _record_one(con: duckdb.DuckDBPyConnection, settings: Settings, r: _Reading, clock: Clock) -> ProviderRun:
+    if r.error is not None:
+        finished_at = clock()
+        con.execute(_INSERT_RUN, [r.run_id, r.provider, r.started_at, finished_at, False, r.error, 0])
+        return ProviderRun(r.provider, r.run_id, r.started_at, finished_at, False, 0, error=r.error,
+                           exit_code=r.exit_code, hint=r.hint)
+    tier_of = tier_resolver(settings, r.provider)
+    rows = [
+        [r.run_id, r.sampled_at, r.provider, item.resource_id, item.resource_type, item.name, tier_of(item),
+         _micro(item.usd_per_hour), _micro(item.total_bill_usd), item.active, json.dumps(item.raw, default=str)]
+        for item in r.items
+    ]
+    since_last = _spend_since_last(con, r.provider, {(row[4], row[3]): row[8] for row in rows})
+    if rows:
+        con.executemany(_INSERT_SAMPLE, rows)
+    finished_at = clock()
+    con.execute(_INSERT_RUN, [r.run_id, r.provider, r.started_at, finished_at, True, None, len(rows)])
+    return ProviderRun(r.provider, r.run_id, r.started_at, finished_at, True, len(rows), sampled_at=r.sampled_at,
+                       spend_usd_since_last=since_last)
+
+
+def _micro(value: Decimal | None) -> Decimal | None:
+    return None if value is None else Decimal(value).quantize(_MICRO, rounding=ROUND_HALF_EVEN)
+
+
+def _spend_since_last(
+    con: duckdb.DuckDBPyConnection, provider: str, totals: dict[tuple[str, str], Decimal]
+) -> Decimal | None:
+    # A resource is (type, id): a provider numbers its VMs and its volumes separately.
+    previous = con.execute(_PREVIOUS_RUN, [provider]).fetchone()
+    if previous is None:
+        return None
+    before = {(kind, rid): total for kind, rid, total in con.execute(_PREVIOUS_TOTALS, list(previous)).fetchall()}
+    spend = Decimal(0)
+    for key, total in totals.items():
+        prior = before.get(key)
+        # New since the last run: its whole bill; a decrease is a counter reset: the new value.
+        spend += total if prior is None or total < prior else total - prior
+    return spend
+
+
+def tier_resolver(settings: Settings, provider: str) -> Callable[[BillingItem], str | None]:
+    """Which tier a billed resource belongs to: a VM by its node name (``spot-<tier>-<n>``), a
+    volume by its tier's ``weights_volume`` (or the numbered twin later nodes use); else None."""
+    volumes = {t.weights_volume: t.name for t in settings.tiers.values()
+               if t.provider == provider and t.weights_volume}
+
+    def tier_of(item: BillingItem) -> str | None:
+        name = item.name or ""
+        if item.resource_type != "volume":
+            parsed = parse_node_name(name)
+            if parsed is not None:
+                return parsed[0]
+        if item.resource_type != "vm":
+            if name in volumes:
+                return volumes[name]
+            twin = _VOLUME_TWIN.match(name)
+            if twin is not None and twin["base"] in volumes:
+                return volumes[twin["base"]]
+        return None
+
+    return tier_of
+
+
+def _refresh_rollup(store: Store, now: datetime) -> tuple[str, ...]:
+    # The reports' daily roll-up (spotinference.costs.rollup) adds whole settled days; keeping it
+    # current here keeps every spend query (the gate's included) scanning a day of raw samples.
+    # A failure costs only speed: the reports refresh it themselves.
+    try:
+        from ..costs import rollup
+
+        rollup.refresh(store, now)
+    except Exception as exc:  # noqa: BLE001 - the samples are recorded; this is housekeeping
+        log.info("billing roll-up not refreshed: %s", exc)
+        return (f"roll-up not refreshed: {' '.join(str(exc).split())}",)
+    return ()
+
+
+# -- overlap ------------------------------------------------------------------------------------
+
+@contextmanager
+def _exclusive_run(home: Path) -> Iterator[str | None]:
+    """Yields None while this process holds the sample lock, else who holds it (no waiting)."""
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot open {home / LOCK_FILE}: {exc.strerror}",
+            hint="set SPOT_HOME (or `home` in the config) to a writable directory",
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            yield holder or "holder unknown"
+            return
+        note = f"pid {os.getpid()}, since {datetime.now(UTC).isoformat(timespec='seconds')}".encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note, 0)
+        try:
+            yield None
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
