@@ -14,10 +14,11 @@ from ..errors import InputError, SpotError
 from ..nodes.bootstrap import Bootstrap
 from ..nodes.engine_unit import EnginePlan
 from ..nodes.errors import NodeError
-from ..providers import Provider, Vm, VmPhase
+from ..providers import InsufficientCapacityError, Provider, Vm, VmPhase
 from .connect import engine_bind_host, engine_port, layout_for
 from .context import FleetContext
 from .engine_keys import engine_key
+from .locks import tier_lock
 from .naming import belongs_to, node_name, tier_prefix
 from .preflight import check_tier, firewall_rules, prepare
 from .states import NodeState, node_state
@@ -28,6 +29,10 @@ UP_DEADLINE_S = 3600.0  # a fresh node: create, boot, install vLLM, load weights
 class FleetTimeoutError(SpotError):
     exit_code = 7
     http_status = 504
+
+
+class NodeLostError(NodeError):
+    """A node's VM was taken back by the provider (a spot reclaim): ERROR, or gone."""
 
 
 class Fleet:
@@ -48,17 +53,31 @@ class Fleet:
         indexes = range(1, count + 1)
         return self._each(tier, indexes, lambda i: self._bring_up(tier, provider, i, UP_DEADLINE_S, "spot up"))
 
-    def wake(self, tier_name: str, *, reason: str = "spot wake") -> list[str]:
+    def wake(self, tier_name: str, *, reason: str = "spot wake", replace_lost: bool = True) -> list[str]:
         """Restore the tier's hibernated nodes and wait until they serve (a tier with no node gets
-        its first one, as `up` would). Single flight: only a HIBERNATED VM is ever restored."""
+        its first one, as `up` would). Single flight: only a HIBERNATED VM is ever restored.
+
+        ``replace_lost=False`` (the gateway, which has a fallback to turn to) raises
+        NodeLostError instead of replacing a VM the provider took back (ERROR, or gone)."""
         tier = self.ctx.tier(tier_name)
         provider = self.ctx.provider(tier.provider)
         existing = self._tier_vms(tier, provider)
+        if not replace_lost:
+            self._check_not_lost(tier, existing)
         if not existing:
             return self.up(tier.name)
         self.ctx.records.decision(tier=tier.name, reason=reason)
         indexes = sorted(int(vm.name.rsplit("-", 1)[1]) for vm in existing)
         return self._each(tier, indexes, lambda i: self._bring_up(tier, provider, i, float(tier.wake_timeout_s), reason))
+
+    def _check_not_lost(self, tier: Tier, existing: list[Vm]) -> None:
+        failed = [vm for vm in existing if vm.phase is VmPhase.ERROR]
+        if failed:
+            raise NodeLostError(f"node {failed[0].name} is in {failed[0].status} (spot VM reclaimed?)", node=failed[0].name)
+        names = {vm.name for vm in existing}
+        for record in self.ctx.records.nodes().values():
+            if record.tier == tier.name and record.name not in names and record.state not in (NodeState.TERMINATED,):
+                raise NodeLostError(f"node {record.name} is gone at the provider (spot VM reclaimed?)", node=record.name)
 
     def _bring_up(self, tier: Tier, provider: Provider, index: int, deadline_s: float, reason: str) -> str:
         ctx = self.ctx
@@ -67,12 +86,14 @@ class Fleet:
         vm = provider.find_vm(name)
         state = node_state(vm, engine_healthy=ctx.engine_healthy(vm, tier) if vm else False)
         ctx.note(tier, name, vm, state, f"{reason}: found")
-        recreated = bootstrapped = False
+        recreated = bootstrapped = restore_called = restore_seen = False
         while True:
             if vm is None:
                 spec = prepare(ctx.settings, tier, provider, index)
-                ctx.progress(tier.name, name, f"creating {tier.flavor} in {tier.environment}")
-                vm = provider.create_vm(spec)
+                with tier_lock(ctx.settings.home, tier.name):
+                    # create_vm looks the name up first: a second process finds the first's VM.
+                    ctx.progress(tier.name, name, f"creating {tier.flavor} in {tier.environment}")
+                    vm = provider.create_vm(spec)
                 ctx.note(tier, name, vm, NodeState.PROVISIONING, reason)
             elif vm.phase is VmPhase.ERROR:
                 if recreated:
@@ -81,9 +102,22 @@ class Fleet:
                 ctx.note(tier, name, vm, NodeState.FAILED, f"VM in {vm.status} (reclaimed?): replacing it")
                 provider.delete_vm(vm.provider_id)
                 recreated = True
+            elif vm.phase is VmPhase.HIBERNATED and restore_called and not restore_seen:
+                pass  # the provider has not started our restore yet: wait, never restore twice
             elif vm.phase is VmPhase.HIBERNATED:
-                ctx.progress(tier.name, name, "restoring from hibernation")
-                provider.restore_vm(vm.provider_id)
+                if restore_called:
+                    # Accepted, then back to HIBERNATED: the provider could not place it.
+                    raise InsufficientCapacityError(
+                        f"the restore of node {name} did not complete: the VM went back to {vm.status}",
+                        provider=tier.provider, hint="no GPU capacity for this restore now: try later or a fallback tier",
+                    )
+                with tier_lock(ctx.settings.home, tier.name):
+                    # Single flight across processes: restore only a VM still HIBERNATED under the lock.
+                    current = provider.get_vm(vm.provider_id)
+                    if current is not None and current.phase is VmPhase.HIBERNATED:
+                        ctx.progress(tier.name, name, "restoring from hibernation")
+                        provider.restore_vm(vm.provider_id)
+                        restore_called = True
                 ctx.note(tier, name, vm, NodeState.WAKING, reason)
             elif vm.phase is VmPhase.STOPPED:
                 raise NodeError(f"node {name} is shut off ({vm.status}) and bills in full", node=name,
@@ -104,6 +138,7 @@ class Fleet:
                 )
             ctx.sleep(ctx.poll_interval_s)
             vm = provider.get_vm(vm.provider_id) if vm is not None else None
+            restore_seen = restore_seen or (vm is not None and vm.phase is VmPhase.RESTORING)
             if vm is not None:
                 last = ctx.records.nodes().get(name)
                 state = node_state(vm, engine_healthy=False, last_state=last.state if last else None)

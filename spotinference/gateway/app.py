@@ -27,6 +27,7 @@ from .usage import UsageRecorder
 
 if TYPE_CHECKING:
     from ..store import SpoolWriter
+    from .fleet_runtime import FleetRuntime
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class GatewayOptions:
     max_body_bytes: int = 4 * 1024 * 1024
     connect_timeout_s: float = 5.0
     flush_interval_s: float = 1.0
+    keepalive_s: float = 15.0
 
 
 class GatewayApp:
@@ -62,14 +64,17 @@ class GatewayApp:
         await self.litestar(scope, receive, send)
 
 
-def create_app(store: Store, router: Router, options: GatewayOptions) -> GatewayApp:
+def create_app(store: Store, router: Router, options: GatewayOptions, runtime: FleetRuntime | None = None) -> GatewayApp:
     metrics = GatewayMetrics()
+    if runtime is not None:
+        metrics.track_tiers(runtime.snapshots)
     keys = KeyRing(store) if options.require_keys else None
     writer = store.spool_writer("requests")
     recorder = UsageRecorder(writer)
     relay = Relay(
         router, keys, recorder, metrics,
         max_body_bytes=options.max_body_bytes, connect_timeout_s=options.connect_timeout_s,
+        keepalive_s=options.keepalive_s,
     )
     flusher = SpoolFlushProcess(store, writer, interval_s=options.flush_interval_s)
     created = int(time.time())
@@ -93,7 +98,8 @@ def create_app(store: Store, router: Router, options: GatewayOptions) -> Gateway
 
     @get("/health", sync_to_thread=False)
     def health() -> dict[str, Any]:
-        return {"status": "ok", "models": router.models()}
+        tiers = runtime.snapshots() if runtime is not None else []
+        return {"status": "ok", "models": router.models(), "tiers": tiers}
 
     @get("/metrics", sync_to_thread=False)
     def prometheus() -> Response[bytes]:
@@ -104,12 +110,16 @@ def create_app(store: Store, router: Router, options: GatewayOptions) -> Gateway
         flusher.start()
         sealer = asyncio.create_task(_seal_segments(writer, options.flush_interval_s))
         refresher = asyncio.create_task(_refresh_keys(keys)) if keys else None
+        if runtime is not None:
+            runtime.start()
         try:
             yield
         finally:
             sealer.cancel()
             if refresher:
                 refresher.cancel()
+            if runtime is not None:
+                await runtime.stop()
             await relay.close()
             # Seal this worker's segment and copy what remains, in a thread: it touches DuckDB.
             await asyncio.to_thread(flusher.stop)
@@ -160,4 +170,5 @@ def options_from_settings(settings: Settings) -> GatewayOptions:
         require_keys=gateway.require_keys,
         max_body_bytes=gateway.max_body_bytes,
         connect_timeout_s=gateway.upstream_connect_timeout_s,
+        keepalive_s=gateway.keepalive_s,
     )

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -31,5 +36,33 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS_S, registry=self.registry,
         )
 
+    def track_tiers(self, snapshots: Callable[[], list[dict[str, Any]]]) -> None:
+        """Per-tier gauges, read from the tier controllers at scrape time."""
+        self.registry.register(_TierCollector(snapshots))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+TIER_STATES = ("serving", "waking", "asleep", "hibernating", "degraded")
+
+
+class _TierCollector(Collector):
+    def __init__(self, snapshots: Callable[[], list[dict[str, Any]]]) -> None:
+        self.snapshots = snapshots
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's protocol
+        state = GaugeMetricFamily("spot_tier_state", "1 for the tier's current state.", labels=["tier", "state"])
+        held = GaugeMetricFamily("spot_tier_held_requests", "Requests held while the tier wakes.", labels=["tier"])
+        wake = GaugeMetricFamily("spot_tier_wake_elapsed_seconds", "Seconds since the current wake began (0: none).", labels=["tier"])
+        idle = GaugeMetricFamily("spot_tier_idle_countdown_seconds", "Seconds until the idle tier hibernates (-1: not counting down).", labels=["tier"])
+        last = GaugeMetricFamily("spot_tier_last_request_timestamp_seconds", "Unix time of the tier's last request (0: none).", labels=["tier"])
+        for snap in self.snapshots():
+            tier = snap["tier"]
+            for name in TIER_STATES:
+                state.add_metric([tier, name], 1.0 if snap["state"] == name else 0.0)
+            held.add_metric([tier], snap["held_requests"])
+            wake.add_metric([tier], snap["wake_elapsed_s"] or 0.0)
+            idle.add_metric([tier], -1.0 if snap["idle_countdown_s"] is None else snap["idle_countdown_s"])
+            last.add_metric([tier], snap["last_request_at"] or 0.0)
+        yield from (state, held, wake, idle, last)

@@ -23,7 +23,7 @@ from ..keys import KeyRing
 from .errors import GatewayError, stream_error_event
 from .metrics import GatewayMetrics
 from .requests import ClientGone, ClientRequest, header, parse_request, read_body
-from .routing import Node, Router
+from .routing import Node, Route, Router
 from .usage import UsageRecorder, UsageRow
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class Exchange:
     aborted: bool = False
     recorded: bool = False
     response_complete: bool = False  # the last byte was handed to the server
+    headers_sent: bool = False  # a held stream already got its 200 and keep-alive comments
+    wake_wait_s: float | None = None  # time held while the tier woke
 
 
 class Relay:
@@ -64,6 +66,7 @@ class Relay:
         *,
         max_body_bytes: int,
         connect_timeout_s: float,
+        keepalive_s: float = 15.0,
     ) -> None:
         self.router = router
         self.keys = keys
@@ -71,6 +74,7 @@ class Relay:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=None)
+        self.keepalive_s = keepalive_s
         self._sessions: dict[str, aiohttp.ClientSession] = {}
 
     # -- upstream clients ------------------------------------------------------------------
@@ -126,13 +130,11 @@ class Relay:
                     404, f"The model '{exchange.request.model}' does not exist (known models: {known})",
                     param="model", code="model_not_found",
                 )
-            node = route.pick()
-            if node is None:
+            if route.controller is None and not route.nodes:
                 raise GatewayError(
                     503, f"no engine is serving tier '{route.tier}' for model '{route.model}' right now",
                     code="no_serving_node", retry_after_s=RETRY_AFTER_S,
                 )
-            exchange.node = node
         except ClientGone:
             return
         except GatewayError as exc:
@@ -140,12 +142,11 @@ class Relay:
             self._record(exchange)
             await self._send_error(send, exc, exchange.request_id)
             return
-        await self._relay_watching_client(exchange, receive, send)
+        await self._relay_watching_client(exchange, route, receive, send)
 
-    async def _relay_watching_client(self, exchange: Exchange, receive: Any, send: Any) -> None:
-        node, model = exchange.node, exchange.request.model  # type: ignore[union-attr]
-        assert node is not None
-        node.in_flight += 1
+    async def _relay_watching_client(self, exchange: Exchange, route: Route, receive: Any, send: Any) -> None:
+        model = exchange.request.model  # type: ignore[union-attr]
+        controller = route.controller
         in_flight = self.metrics.in_flight.labels(model)
         in_flight.inc()
         # The relay runs in this task (no extra hop before the first byte); a small watcher task
@@ -160,8 +161,26 @@ class Relay:
                 relay_task.cancel()
 
         watcher.add_done_callback(client_left)
+        in_flight.inc()
+        if controller is not None:
+            controller.request_started()
         try:
-            await self._relay(exchange, send)
+            exchange.node = route.acquire() or await self._hold(exchange, controller, send)
+            try:
+                await self._relay(exchange, send, reroute=controller is not None)
+            except _Reroute:
+                # The node could not be reached before any answer (a reclaimed spot VM, a dead
+                # engine): once, on another serving node, or held for a wake or the fallback.
+                controller.node_failed(exchange.node)
+                exchange.node.in_flight -= 1
+                exchange.node = None
+                exchange.node = route.acquire() or await self._hold(exchange, controller, send)
+                await self._relay(exchange, send, reroute=False)
+        except GatewayError as exc:  # held past the cap, or the tier and its fallback cannot serve
+            exchange.status, exchange.error = exc.status, exc.message
+            self._record(exchange)
+            exchange.response_complete = True
+            await self._send_error(send, exc, exchange.request_id, headers_sent=exchange.headers_sent)
         except asyncio.CancelledError:
             if not exchange.aborted:
                 raise  # the server is shutting down, not the client leaving
@@ -174,13 +193,60 @@ class Relay:
         finally:
             watcher.remove_done_callback(client_left)
             watcher.cancel()
-            node.in_flight -= 1
+            if exchange.node is not None:
+                exchange.node.in_flight -= 1
+            if controller is not None:
+                controller.request_finished()
             in_flight.dec()
             if exchange.aborted and not exchange.recorded:
                 exchange.status = CLIENT_CLOSED
             self._record(exchange)
 
-    async def _relay(self, exchange: Exchange, send: Any) -> None:
+    async def _hold(self, exchange: Exchange, controller: Any, send: Any) -> Node:
+        """Wait for the tier to serve (it is woken by the first held request); streams get an SSE
+        comment at once and then every keepalive_s. Past the tier's cap: 503 with Retry-After."""
+        if controller is None:
+            raise GatewayError(503, "no engine is serving this model right now", code="no_serving_node",
+                               retry_after_s=RETRY_AFTER_S)
+        future = controller.hold()
+        cap_s = float(controller.tier.wake_timeout_s)
+        started = time.perf_counter()
+        stream = bool(exchange.request and exchange.request.stream)
+        released = False
+        try:
+            while True:
+                elapsed = time.perf_counter() - started
+                if stream:
+                    await self._keepalive(exchange, send, controller, elapsed)
+                if elapsed >= cap_s:
+                    raise GatewayError(
+                        503, f"tier '{controller.tier.name}' did not start serving within {cap_s:.0f} s (wake_timeout_s)",
+                        code="wake_timeout", retry_after_s=RETRY_AFTER_S,
+                    )
+                wait = min(self.keepalive_s, cap_s - elapsed) if stream else cap_s - elapsed
+                try:
+                    node = await asyncio.wait_for(asyncio.shield(future), wait)
+                except TimeoutError:
+                    continue
+                released = True
+                return node
+        finally:
+            exchange.wake_wait_s = (exchange.wake_wait_s or 0.0) + time.perf_counter() - started
+            if not future.done():
+                future.cancel()
+            elif not released and not future.cancelled() and future.exception() is None:
+                future.result().in_flight -= 1  # released onto a node just as this request gave up
+
+    async def _keepalive(self, exchange: Exchange, send: Any, controller: Any, elapsed: float) -> None:
+        if not exchange.headers_sent:
+            exchange.headers_sent = True
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-request-id", exchange.request_id.encode())]})
+        comment = f": waking tier {controller.tier.name} ({elapsed:.0f} s)\n\n".encode()
+        await send({"type": "http.response.body", "body": comment, "more_body": True})
+
+    async def _relay(self, exchange: Exchange, send: Any, *, reroute: bool = False) -> None:
         request = exchange.request
         assert request is not None and exchange.node is not None
         try:
@@ -192,11 +258,16 @@ class Relay:
                     # A keep-alive connection the engine closed under us (vLLM's server drops some
                     # under load) fails before any answer: try again on another. Once an answer
                     # has started, a failure is real and is reported, never retried.
-                    if exchange.status or attempt == UPSTREAM_ATTEMPTS:
+                    if _answered(exchange) or attempt == UPSTREAM_ATTEMPTS:
                         raise
-        except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError, ConnectionRefusedError) as exc:
-            if exchange.status:
+        except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError, ConnectionRefusedError,
+                aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            if _answered(exchange):
+                if isinstance(exc, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError):
+                    return  # a stream's failure is handled where it happens
                 raise
+            if reroute:
+                raise _Reroute from exc
             error = GatewayError(
                 503, f"the engine for '{request.model}' is unreachable ({type(exc).__name__})",
                 code="engine_unreachable", retry_after_s=RETRY_AFTER_S,
@@ -204,20 +275,22 @@ class Relay:
             exchange.status, exchange.error = error.status, error.message
             self._record(exchange)
             exchange.response_complete = True
-            await self._send_error(send, error, exchange.request_id)
+            await self._send_error(send, error, exchange.request_id, headers_sent=exchange.headers_sent)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            if exchange.status:
+            if _answered(exchange):
                 return  # a stream's failure is handled where it happens
             error = GatewayError(502, f"the engine failed: {type(exc).__name__}: {exc}", code="engine_error")
             exchange.status, exchange.error = error.status, error.message
             self._record(exchange)
             exchange.response_complete = True
-            await self._send_error(send, error, exchange.request_id)
+            await self._send_error(send, error, exchange.request_id, headers_sent=exchange.headers_sent)
 
     async def _exchange(self, exchange: Exchange, send: Any) -> None:
         request = exchange.request
         assert request is not None and exchange.node is not None
         headers = {"Content-Type": "application/json", "X-Request-Id": exchange.request_id}
+        if exchange.node.authorization:
+            headers["Authorization"] = exchange.node.authorization
         async with self.session(exchange.node).post(request.endpoint, data=request.upstream_body, headers=headers) as upstream:
             if request.stream and upstream.status == 200:
                 await self._relay_stream(exchange, upstream, send)
@@ -232,6 +305,13 @@ class Relay:
         else:
             exchange.error = payload[:500].decode("utf-8", "replace")
         self._record(exchange)  # before the answer leaves: a kill -9 now loses no row
+        if exchange.headers_sent:
+            # A held stream already answered 200: the engine's error travels as an error event.
+            exchange.response_complete = True
+            event = b"data: " + payload.strip() + b"\n\n" if payload.strip() else stream_error_event(
+                upstream.status, f"the engine answered {upstream.status}", "engine_error")
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+            return
         content_type = upstream.headers.get("Content-Type", "application/json").encode()
         await send({
             "type": "http.response.start", "status": upstream.status,
@@ -245,11 +325,13 @@ class Relay:
         assert state is not None
         exchange.status = 200
         content_type = upstream.headers.get("Content-Type", "text/event-stream").encode()
-        await send({
-            "type": "http.response.start", "status": 200,
-            "headers": [(b"content-type", content_type), (b"cache-control", b"no-cache"),
-                        (b"x-request-id", exchange.request_id.encode())],
-        })
+        if not exchange.headers_sent:
+            exchange.headers_sent = True
+            await send({
+                "type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", content_type), (b"cache-control", b"no-cache"),
+                            (b"x-request-id", exchange.request_id.encode())],
+            })
         try:
             async for data in upstream.content.iter_any():
                 out, first_token = state.feed(data)
@@ -313,6 +395,7 @@ class Relay:
             tier=node.tier if node else None,
             node=node.name if node else None,
             ttft_ms=None if exchange.ttft_s is None else round(exchange.ttft_s * 1000, 3),
+            wake_wait_ms=None if exchange.wake_wait_s is None else round(exchange.wake_wait_s * 1000, 3),
             prompt_tokens=exchange.prompt_tokens,
             completion_tokens=exchange.completion_tokens,
             finish_reason=exchange.finish_reason,
@@ -335,12 +418,25 @@ class Relay:
         if exchange.ttft_s is not None:
             metrics.ttft.labels(model).observe(exchange.ttft_s)
 
-    async def _send_error(self, send: Any, error: GatewayError, request_id: str) -> None:
+    async def _send_error(self, send: Any, error: GatewayError, request_id: str, *, headers_sent: bool = False) -> None:
+        if headers_sent:
+            event = stream_error_event(error.status, error.message, error.code or "error")
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+            return
         await send({
             "type": "http.response.start", "status": error.status,
             "headers": [*error.headers(), (b"x-request-id", request_id.encode())],
         })
         await send({"type": "http.response.body", "body": error.body(), "more_body": False})
+
+
+class _Reroute(Exception):
+    """The chosen node could not be reached before any answer: try the request elsewhere once."""
+
+
+def _answered(exchange: Exchange) -> bool:
+    # The engine's status, once it answered; keep-alive comments to a held stream set none.
+    return exchange.status != 0
 
 
 async def _wait_for_disconnect(receive: Any) -> None:

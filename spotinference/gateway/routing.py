@@ -7,29 +7,42 @@ For now a tier's nodes are static engine URLs (from the tier's ``upstreams`` or 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import Settings
 from ..errors import InputError
 
 
-@dataclass
+@dataclass(eq=False)
 class Node:
     name: str
     base_url: str  # e.g. http://10.0.0.5:8001, without /v1
     tier: str
     in_flight: int = 0
+    # "Bearer <engine key>" for fleet nodes, whose engines demand their own key.
+    authorization: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class Route:
     model: str
     tier: str
     nodes: list[Node] = field(default_factory=list)
+    # The tier's controller when the fleet manages it (wake on request, idle hibernation).
+    controller: Any = None
 
     def pick(self) -> Node | None:
         if not self.nodes:
             return None
         return min(self.nodes, key=lambda node: node.in_flight)
+
+    def acquire(self) -> Node | None:
+        """Pick the least busy node and count the request on it at once, before any await, so
+        requests released together spread over the nodes."""
+        node = self.pick()
+        if node is not None:
+            node.in_flight += 1
+        return node
 
 
 class Router:

@@ -40,10 +40,11 @@ def startup_notes(settings: Settings, spec: GatewaySpec) -> list[str]:
         notes.append(
             "static upstreams only: no provider behind them, so nothing to sample and no budget gate"
         )
-    router = build_router(settings, spec.static_upstreams)
-    idle = [m for m in router.models() if not router.route(m).nodes]  # type: ignore[union-attr]
-    if idle:
-        notes.append(f"no engine configured yet for: {', '.join(idle)} (requests get 503 until one serves)")
+    if not spec.static_upstreams and settings.tiers:
+        notes.append(
+            "fleet tiers: " + ", ".join(sorted(settings.tiers))
+            + " (a request for a sleeping tier is held while the tier wakes; idle tiers hibernate)"
+        )
     return notes
 
 
@@ -51,7 +52,13 @@ def build_app(spec: GatewaySpec) -> GatewayApp:
     settings, _ = load_settings(Path(spec.config_path) if spec.config_path else None)
     store = Store(settings.home)
     store.migrate()
-    return create_app(store, build_router(settings, spec.static_upstreams), options_from_settings(settings))
+    router = build_router(settings, spec.static_upstreams)
+    runtime = None
+    if not spec.static_upstreams and settings.tiers:
+        from .fleet_runtime import FleetRuntime
+
+        runtime = FleetRuntime(settings, store, router)
+    return create_app(store, router, options_from_settings(settings), runtime)
 
 
 def app_from_environment() -> GatewayApp:

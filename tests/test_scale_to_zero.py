@@ -1,0 +1,280 @@
+"""Scale to zero end to end: the gateway in front of a fleet on `spot sim cloud`.
+
+A request for a hibernated tier is held (streams get keep-alive comments) while exactly one wake
+runs; idle tiers hibernate after their timeout and never with requests in flight; a tier that
+cannot wake, or whose spot node is reclaimed, fails over to its fallback; a request held past
+the cap gets a 503 with Retry-After. Delays are scaled down; nothing asserts on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from spotinference.fleet.records import FleetRecords
+from spotinference.store import Store
+from tests.conftest import SPOT, run_spot
+from tests.servers import ServerProcess, clean_env, free_port, start_sim_cloud
+from tests.test_fleet import Cloud, ok
+
+CLOUD_FLAGS = ["--create-seconds", "1", "--hibernate-seconds", "1", "--restore-seconds", "4", "--delete-seconds", "0.5"]
+MODEL = "tiny-chat"
+
+
+def write_config(base_url: str, *, idle_timeout_s: int = 600, wake_timeout_s: int = 120, min_awake_s: int = 0,
+                 fallback: bool = True) -> None:
+    fallback_tier = f"""
+[tiers.demo-ondemand]
+provider = "sim"
+flavor = "sim-cpu-1"
+environment = "sim-local"
+capacity = "on-demand"
+engine = "sim"
+model = "{MODEL}"
+idle_timeout_s = {idle_timeout_s}
+min_awake_s = {min_awake_s}
+wake_timeout_s = {wake_timeout_s}
+
+[tiers.demo-ondemand.sim]
+load_seconds = 0.5
+""" if fallback else ""
+    Path("spot.toml").write_text(f"""
+[gateway]
+keepalive_s = 1
+health_interval_s = 0.5
+provider_refresh_s = 1
+
+[providers.sim]
+kind = "hyperstack"
+base_url = "{base_url}"
+emulator = true
+
+[tiers.demo]
+provider = "sim"
+flavor = "sim-cpu-1"
+environment = "sim-local"
+capacity = "spot"
+engine = "sim"
+model = "{MODEL}"
+idle_timeout_s = {idle_timeout_s}
+min_awake_s = {min_awake_s}
+wake_timeout_s = {wake_timeout_s}
+{'fallback = "demo-ondemand"' if fallback else ''}
+
+[tiers.demo.sim]
+load_seconds = 0.5
+ttft_ms = 20
+itl_ms = 5
+{fallback_tier}
+""")
+
+
+class Gateway:
+    def __init__(self, server: ServerProcess, url: str, key: str) -> None:
+        self.server, self.url, self.key = server, url, key
+
+    def client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, timeout=120)
+
+    def tier(self, name: str) -> dict:
+        tiers = httpx.get(f"{self.url}/health", timeout=5).json()["tiers"]
+        return next(t for t in tiers if t["tier"] == name)
+
+
+def start_gateway(workdir: Path, home: Path) -> Gateway:
+    key = json.loads(ok("keys", "create", "test", "--json").stdout)["key"]
+    port = free_port()
+    server = ServerProcess(
+        [str(SPOT), "serve", "--port", str(port)],
+        env=clean_env(home), log_path=workdir / "gateway.log", health_url=f"http://127.0.0.1:{port}/health",
+    ).start()
+    return Gateway(server, f"http://127.0.0.1:{port}", key)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):
+    server, root = start_sim_cloud(tmp_path / "cloud", *CLOUD_FLAGS)
+    cloud = Cloud(f"{root}/v1", server)
+    yield cloud
+    cloud.assert_no_duplicates()
+    for tier in ("demo", "demo-ondemand"):
+        run_spot("down", tier, "--terminate", "--yes")
+    server.stop()
+
+
+def restore_calls(cloud: Cloud) -> int:
+    return sum(n for path, n in cloud.state()["requests"].items() if path.endswith("/hibernate-restore"))
+
+
+def wait_for(condition, timeout_s: float = 60, what: str = "condition") -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def logged_rows(at_least: int) -> list[dict]:
+    """The token log once the gateway's spool holds at least that many rows (sealed every second)."""
+    rows: list[dict] = []
+
+    def enough() -> bool:
+        nonlocal rows
+        run_spot("db", "flush")
+        rows = json.loads(ok("requests", "--last", "500", "--json").stdout)
+        return len(rows) >= at_least
+
+    wait_for(enough, 30, f"{at_least} usage rows")
+    return rows
+
+
+def vm_status(cloud: Cloud, name: str) -> str | None:
+    return next((vm["status"] for vm in cloud.vms() if vm["name"] == name), None)
+
+
+async def one_request(client: openai.AsyncOpenAI, i: int) -> tuple[str, int]:
+    if i % 2:
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"hello {i}"}], max_tokens=8, stream=True,
+            stream_options={"include_usage": True})
+        text, usage = "", None
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            if chunk.usage:
+                usage = chunk.usage
+        return text, usage.completion_tokens
+    reply = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"hello {i}"}], max_tokens=8)
+    return reply.choices[0].message.content, reply.usage.completion_tokens
+
+
+def test_fifty_requests_to_a_hibernated_tier_wake_it_once_and_all_succeed(fleet: Cloud, tmp_path: Path, home: Path) -> None:
+    write_config(fleet.base_url)
+    ok("up", "demo")
+    ok("hibernate", "demo")
+    gateway = start_gateway(tmp_path, home)
+    try:
+        # One raw stream shows the keep-alive comments the SDK ignores.
+        async def raw_stream() -> list[str]:
+            async with httpx.AsyncClient(timeout=120) as client, client.stream(
+                "POST", f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {gateway.key}"},
+                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True},
+            ) as response:
+                assert response.status_code == 200
+                return [line async for line in response.aiter_lines() if line]
+
+        async def burst() -> tuple[list, list[str]]:
+            client = gateway.client()
+            results = await asyncio.gather(raw_stream(), *(one_request(client, i) for i in range(49)))
+            return list(results[1:]), results[0]
+
+        results, raw = asyncio.run(burst())
+        assert len(results) == 49 and all(tokens > 0 for _, tokens in results)
+        assert raw[0].startswith(": waking tier demo") and raw[-1] == "data: [DONE]"
+        assert sum(line.startswith(": waking tier demo") for line in raw) >= 2  # every keepalive_s (1 s here)
+        assert restore_calls(fleet) == 1
+        rows = logged_rows(50)
+        assert len(rows) == 50 and all(r["status"] == 200 for r in rows)
+        with Store(home).reading() as con:
+            waits = [w for (w,) in con.execute("SELECT wake_wait_ms FROM requests").fetchall()]
+        assert all(w is not None and w > 1000 for w in waits)  # each row records its wait for the wake
+    finally:
+        gateway.server.stop()
+
+
+def test_an_idle_tier_hibernates_after_its_timeout_and_never_with_requests_in_flight(fleet: Cloud, tmp_path: Path, home: Path) -> None:
+    write_config(fleet.base_url, idle_timeout_s=3)
+    ok("up", "demo")
+    gateway = start_gateway(tmp_path, home)
+    try:
+        async def long_stream() -> int:
+            # ~6 s of tokens: twice the idle timeout, all of it in flight.
+            stream = await gateway.client().completions.create(
+                model=MODEL, prompt="count", max_tokens=1200, stream=True, extra_body={"ignore_eos": True},
+                stream_options={"include_usage": True})
+            usage = 0
+            async for chunk in stream:
+                if chunk.usage:
+                    usage = chunk.usage.completion_tokens
+            return usage
+
+        assert asyncio.run(long_stream()) == 1200
+        finished = time.time()
+        assert vm_status(fleet, "spot-demo-1") == "ACTIVE"  # in flight past the idle timeout: still up
+        wait_for(lambda: vm_status(fleet, "spot-demo-1") == "HIBERNATED", 60, "the idle tier to hibernate")
+        events = FleetRecords(Store(home)).events(tier="demo", limit=50)
+        decision = next(e for e in events if e.to_state == "hibernating")
+        assert "idle" in decision.reason
+        assert decision.event_at.timestamp() - finished >= 3 - 0.5  # not before idle_timeout_s (clock skew 0.5 s)
+        assert gateway.tier("demo")["state"] in ("asleep", "hibernating")
+    finally:
+        gateway.server.stop()
+
+
+def test_a_request_held_past_the_cap_gets_503_with_retry_after(fleet: Cloud, tmp_path: Path, home: Path) -> None:
+    write_config(fleet.base_url, wake_timeout_s=2, fallback=False)
+    ok("up", "demo")
+    ok("hibernate", "demo")
+    gateway = start_gateway(tmp_path, home)
+    try:
+        response = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {gateway.key}"},
+                              json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
+        assert response.status_code == 503
+        assert int(response.headers["retry-after"]) > 0
+        error = response.json()["error"]
+        assert error["code"] == "wake_timeout" and "demo" in error["message"]
+    finally:
+        gateway.server.stop()
+
+
+def test_a_restore_refused_for_capacity_fails_over_to_the_fallback_tier(fleet: Cloud, tmp_path: Path, home: Path) -> None:
+    write_config(fleet.base_url)
+    ok("up", "demo")
+    ok("hibernate", "demo")
+    fleet.fault(kind="restore_capacity", count=100, mode="reject")
+    gateway = start_gateway(tmp_path, home)
+    try:
+        results = asyncio.run(_burst(gateway, 6))
+        assert all(tokens > 0 for _, tokens in results)
+        rows = logged_rows(6)
+        assert {r["tier"] for r in rows} == {"demo-ondemand"} and all(r["status"] == 200 for r in rows)
+        assert vm_status(fleet, "spot-demo-1") == "HIBERNATED"
+        assert gateway.tier("demo")["state"] == "degraded"
+    finally:
+        gateway.server.stop()
+
+
+def test_a_reclaimed_spot_nodes_requests_complete_on_the_fallback(fleet: Cloud, tmp_path: Path, home: Path) -> None:
+    write_config(fleet.base_url)
+    ok("up", "demo")
+    gateway = start_gateway(tmp_path, home)
+    try:
+        assert all(tokens > 0 for _, tokens in asyncio.run(_burst(gateway, 2)))
+        [vm] = [v for v in fleet.vms() if v["name"] == "spot-demo-1"]
+        fleet.reclaim(vm["id"], "error")
+        # The engine may finish what it already accepted; once the node leaves the rotation,
+        # every request goes to the fallback while the spot node is replaced.
+        wait_for(lambda: gateway.tier("demo")["state"] != "serving", 30, "the reclaimed node to leave the rotation")
+        results = asyncio.run(_burst(gateway, 6))
+        assert all(tokens > 0 for _, tokens in results)
+        rows = logged_rows(8)[:6]
+        assert all(r["status"] == 200 for r in rows)
+        assert {r["tier"] for r in rows} == {"demo-ondemand"}
+        # Meanwhile the spot node is replaced, and new requests return to it.
+        wait_for(lambda: gateway.tier("demo")["state"] == "serving", 60, "the spot tier to be replaced")
+        asyncio.run(_burst(gateway, 2))
+        assert {r["tier"] for r in logged_rows(10)[:2]} == {"demo"}
+    finally:
+        gateway.server.stop()
+
+
+async def _burst(gateway: Gateway, n: int) -> list[tuple[str, int]]:
+    client = gateway.client()
+    return list(await asyncio.gather(*(one_request(client, i) for i in range(n))))
