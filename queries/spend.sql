@@ -10,7 +10,7 @@ WITH runs AS (
     WHERE ok AND started_at >= $window_start AND started_at < $window_end
 ),
 inc AS (
-    SELECT sum(increase_usd) AS spend, count(DISTINCT resource_id) AS resources
+    SELECT sum(increase_usd) AS spend, count(DISTINCT (provider, resource_type, resource_id)) AS resources
     FROM billing_increases($window_start, $window_end)
 )
 SELECT

@@ -5,7 +5,7 @@
 -- The band covers what the provider bills for the fleet; the gateway's own machine and egress
 --   are outside it.
 WITH spend AS (
-    SELECT resource_type, count(DISTINCT resource_id) AS resources, sum(increase_usd) AS spend_usd
+    SELECT resource_type, count(DISTINCT (provider, resource_id)) AS resources, sum(increase_usd) AS spend_usd
     FROM billing_increases($window_start, $window_end) GROUP BY 1
 )
 SELECT

@@ -7,17 +7,17 @@
 -- Caveats: a minute counts as paid only when a sample landed in it (coverage gaps undercount);
 --   a VM that never left a reduced-rate state in the window counts at that rate.
 WITH vm AS (
-    SELECT coalesce(tier, '(no tier)') AS tier, resource_id, usd_per_hour,
+    SELECT coalesce(tier, '(no tier)') AS tier, provider, resource_id, usd_per_hour,
            epoch_us(sampled_at) // 60000000 AS minute,
-           max(usd_per_hour) OVER (PARTITION BY resource_id) AS full_rate
+           max(usd_per_hour) OVER (PARTITION BY provider, resource_id) AS full_rate
     FROM billing_samples
     WHERE resource_type = 'vm' AND active
       AND sampled_at >= $window_start AND sampled_at < $window_end
       AND run_id IN (SELECT run_id FROM sample_runs WHERE ok)
 ),
 paid AS (
-    SELECT tier, count(DISTINCT resource_id) AS vms,
-           count(DISTINCT (resource_id, minute)) FILTER (WHERE usd_per_hour = full_rate AND full_rate > 0) AS minutes
+    SELECT tier, count(DISTINCT (provider, resource_id)) AS vms,
+           count(DISTINCT (provider, resource_id, minute)) FILTER (WHERE usd_per_hour = full_rate AND full_rate > 0) AS minutes
     FROM vm GROUP BY tier
 ),
 busy AS (

@@ -24,10 +24,10 @@ SELECT coalesce((SELECT max(day) + 1 FROM billing_daily),
 
 _ROLL = """
 INSERT INTO billing_daily
-SELECT day, resource_id, resource_type, tier, sum(increase_usd), count(*),
+SELECT day, provider, resource_id, resource_type, tier, sum(increase_usd), count(*),
        max(sampled_at), arg_max(total_bill_usd, sampled_at)
 FROM billing_increases($day_start, $day_end)
-GROUP BY day, resource_id, resource_type, tier
+GROUP BY day, provider, resource_id, resource_type, tier
 """
 
 
