@@ -226,7 +226,7 @@ class BudgetGate:
         self.settings = settings
         self.refresh_s = refresh_s if refresh_s is not None else settings.budget.refresh_s
         self._clock = clock
-        self._on_change = on_change
+        self.on_change = on_change
         self._snapshot: Snapshot | None = None
         self._state = evaluate(None, settings, clock())
         self._stop = threading.Event()
@@ -252,9 +252,9 @@ class BudgetGate:
             old, new = self._state, evaluate(self._snapshot, self.settings, now, error=error)
             self._state, self.last_error = new, error
             self.refreshes += 1
-        if self._on_change is not None and (old.open, old.reason) != (new.open, new.reason):
+        if self.on_change is not None and (old.open, old.reason) != (new.open, new.reason):
             try:
-                self._on_change(old, new)
+                self.on_change(old, new)
             except Exception:  # noqa: BLE001 - the caller's hook must not stop the refreshes
                 log.exception("budget gate: on_change failed")
         return new

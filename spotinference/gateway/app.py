@@ -26,6 +26,7 @@ from .routing import Router
 from .usage import UsageRecorder
 
 if TYPE_CHECKING:
+    from ..billing.budget import BudgetGate, GateState
     from ..store import SpoolWriter
     from .fleet_runtime import FleetRuntime
 
@@ -64,10 +65,15 @@ class GatewayApp:
         await self.litestar(scope, receive, send)
 
 
-def create_app(store: Store, router: Router, options: GatewayOptions, runtime: FleetRuntime | None = None) -> GatewayApp:
+def create_app(
+    store: Store, router: Router, options: GatewayOptions, runtime: FleetRuntime | None = None,
+    gate: BudgetGate | None = None,
+) -> GatewayApp:
     metrics = GatewayMetrics()
     if runtime is not None:
         metrics.track_tiers(runtime.snapshots)
+    if gate is not None:
+        metrics.track_gate(lambda: gate.state)
     keys = KeyRing(store) if options.require_keys else None
     writer = store.spool_writer("requests")
     recorder = UsageRecorder(writer)
@@ -76,6 +82,7 @@ def create_app(store: Store, router: Router, options: GatewayOptions, runtime: F
         max_body_bytes=options.max_body_bytes, connect_timeout_s=options.connect_timeout_s,
         keepalive_s=options.keepalive_s,
     )
+    relay.gate = gate
     flusher = SpoolFlushProcess(store, writer, interval_s=options.flush_interval_s)
     created = int(time.time())
 
@@ -99,7 +106,8 @@ def create_app(store: Store, router: Router, options: GatewayOptions, runtime: F
     @get("/health", sync_to_thread=False)
     def health() -> dict[str, Any]:
         tiers = runtime.snapshots() if runtime is not None else []
-        return {"status": "ok", "models": router.models(), "tiers": tiers}
+        budget = _jsonable(gate.state.to_dict()) if gate is not None else None
+        return {"status": "ok", "models": router.models(), "tiers": tiers, "budget_gate": budget}
 
     @get("/metrics", sync_to_thread=False)
     def prometheus() -> Response[bytes]:
@@ -112,6 +120,16 @@ def create_app(store: Store, router: Router, options: GatewayOptions, runtime: F
         refresher = asyncio.create_task(_refresh_keys(keys)) if keys else None
         if runtime is not None:
             runtime.start()
+        if gate is not None:
+            loop = asyncio.get_running_loop()
+
+            def on_change(old: GateState, new: GateState) -> None:
+                log.warning("budget gate %s: %s", "open" if new.open else f"closed ({new.reason})", new.message)
+                if new.reason == "budget_exhausted" and runtime is not None:
+                    loop.call_soon_threadsafe(runtime.hibernate_all, f"budget exhausted: {new.message}")
+
+            gate.on_change = on_change
+            await asyncio.to_thread(gate.start)
         try:
             yield
         finally:
@@ -120,6 +138,8 @@ def create_app(store: Store, router: Router, options: GatewayOptions, runtime: F
                 refresher.cancel()
             if runtime is not None:
                 await runtime.stop()
+            if gate is not None:
+                await asyncio.to_thread(gate.stop)
             await relay.close()
             # Seal this worker's segment and copy what remains, in a thread: it touches DuckDB.
             await asyncio.to_thread(flusher.stop)
@@ -158,6 +178,10 @@ async def _refresh_keys(keys: KeyRing) -> None:
             await asyncio.to_thread(keys.refresh)
         except Exception:  # noqa: BLE001 - keep serving with the last known keys
             log.exception("API key refresh failed; keeping the previous keys")
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if not isinstance(v, bool | int | float | str | type(None)) else v) for k, v in data.items()}
 
 
 def _openai_shaped(request: Request, exc: HTTPException) -> Response[bytes]:

@@ -190,6 +190,14 @@ class FleetRuntime:
         tokens = values.get("vllm:generation_tokens_total", 0) + values.get("vllm:prompt_tokens_total", 0)
         return True, busy, tokens
 
+    def hibernate_all(self, reason: str) -> None:
+        """Hibernate every tier that has VMs running (the budget is spent: refusing requests
+        does not stop an idle GPU's bill)."""
+        for name, controller in self.controllers.items():
+            running = any(vm.phase is VmPhase.RUNNING for vm in self._vms.get(name, {}).values())
+            if (running or controller.route.nodes) and controller.tier.hibernate:
+                controller.hibernate_now(reason)
+
     # -- reporting -------------------------------------------------------------------------------
 
     def snapshots(self) -> list[dict[str, Any]]:

@@ -40,6 +40,10 @@ class GatewayMetrics:
         """Per-tier gauges, read from the tier controllers at scrape time."""
         self.registry.register(_TierCollector(snapshots))
 
+    def track_gate(self, state: Callable[[], Any]) -> None:
+        """The budget gate's state, read at scrape time."""
+        self.registry.register(_GateCollector(state))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -66,3 +70,18 @@ class _TierCollector(Collector):
             idle.add_metric([tier], -1.0 if snap["idle_countdown_s"] is None else snap["idle_countdown_s"])
             last.add_metric([tier], snap["last_request_at"] or 0.0)
         yield from (state, held, wake, idle, last)
+
+
+class _GateCollector(Collector):
+    def __init__(self, state: Callable[[], Any]) -> None:
+        self.state = state
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's protocol
+        gate = self.state()
+        is_open = GaugeMetricFamily("spot_budget_gate_open", "1 while the budget gate lets requests through.", labels=["reason"])
+        is_open.add_metric([gate.reason], 1.0 if gate.open else 0.0)
+        spend = GaugeMetricFamily("spot_spend_today_usd", "Today's spend from billing samples (-1: unknown).")
+        spend.add_metric([], float(gate.spend_today_usd) if gate.spend_today_usd is not None else -1.0)
+        age = GaugeMetricFamily("spot_billing_sample_age_seconds", "Age of the last good billing sample (-1: none).")
+        age.add_metric([], gate.sample_age_s if gate.sample_age_s is not None else -1.0)
+        yield from (is_open, spend, age)

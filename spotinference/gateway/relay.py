@@ -75,6 +75,7 @@ class Relay:
         self.max_body_bytes = max_body_bytes
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=None)
         self.keepalive_s = keepalive_s
+        self.gate: Any = None  # the budget gate (billing.budget.BudgetGate), when the fleet has billing
         self._sessions: dict[str, aiohttp.ClientSession] = {}
 
     # -- upstream clients ------------------------------------------------------------------
@@ -130,6 +131,10 @@ class Relay:
                     404, f"The model '{exchange.request.model}' does not exist (known models: {known})",
                     param="model", code="model_not_found",
                 )
+            if self.gate is not None and not self.gate.state.open:
+                state = self.gate.state  # fail closed: never serve what cannot be billed or paid for
+                raise GatewayError(state.http_status or 503, state.message, code=state.reason,
+                                   retry_after_s=state.retry_after_s or RETRY_AFTER_S)
             if route.controller is None and not route.nodes:
                 raise GatewayError(
                     503, f"no engine is serving tier '{route.tier}' for model '{route.model}' right now",

@@ -41,6 +41,14 @@ def startup_notes(settings: Settings, spec: GatewaySpec) -> list[str]:
             "static upstreams only: no provider behind them, so nothing to sample and no budget gate"
         )
     if not spec.static_upstreams and settings.tiers:
+        budget = settings.budget
+        if budget.daily_usd is None:
+            notes.append("no daily budget (budget.daily_usd): the budget gate is open whatever the spend")
+        else:
+            notes.append(
+                f"budget gate: ${budget.daily_usd} a day ({budget.timezone}); closed when billing samples are older "
+                f"than {budget.max_sample_age_s} s (run `spot sample` from cron: see `spot cron`)"
+            )
         notes.append(
             "fleet tiers: " + ", ".join(sorted(settings.tiers))
             + " (a request for a sleeping tier is held while the tier wakes; idle tiers hibernate)"
@@ -53,12 +61,14 @@ def build_app(spec: GatewaySpec) -> GatewayApp:
     store = Store(settings.home)
     store.migrate()
     router = build_router(settings, spec.static_upstreams)
-    runtime = None
+    runtime = gate = None
     if not spec.static_upstreams and settings.tiers:
+        from ..billing.budget import BudgetGate
         from .fleet_runtime import FleetRuntime
 
         runtime = FleetRuntime(settings, store, router)
-    return create_app(store, router, options_from_settings(settings), runtime)
+        gate = BudgetGate(store, settings)
+    return create_app(store, router, options_from_settings(settings), runtime, gate)
 
 
 def app_from_environment() -> GatewayApp:

@@ -239,6 +239,19 @@ class TierController:
             return
         self.hibernate_task = asyncio.ensure_future(self._hibernate(f"idle {idle:.0f} s (idle_timeout_s {self.tier.idle_timeout_s})"))
 
+    def hibernate_now(self, reason: str) -> None:
+        """Hibernate whatever the traffic (a spent budget): out of rotation at once, then once
+        the requests already in flight have finished, since a node in use is never hibernated."""
+        if self.hibernate_task is not None:
+            return
+        nodes, self.route.nodes = self.route.nodes, []
+        self.hibernate_task = asyncio.ensure_future(self._drain_then_hibernate(nodes, reason))
+
+    async def _drain_then_hibernate(self, nodes: list[Node], reason: str) -> None:
+        while any(n.in_flight for n in nodes):
+            await asyncio.sleep(0.2)
+        await self._hibernate(reason)
+
     async def _hibernate(self, reason: str) -> None:
         try:
             await self.runtime.call(self.runtime.fleet.down, self.tier.name, reason=f"gateway: {reason}")
