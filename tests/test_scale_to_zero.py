@@ -180,6 +180,14 @@ def test_fifty_requests_to_a_hibernated_tier_wake_it_once_and_all_succeed(fleet:
         assert raw[0].startswith(": waking tier demo") and raw[-1] == "data: [DONE]"
         assert sum(line.startswith(": waking tier demo") for line in raw) >= 2  # every keepalive_s (1 s here)
         assert restore_calls(fleet) == 1
+        # `spot status` shows the gateway's view of the tier beside the nodes.
+        port = gateway.url.rsplit(":", 1)[1]
+        status = run_spot("status", env={"SPOT_GATEWAY__PORT": port})
+        assert status.returncode == 0 and "tiers (from the gateway)" in status.stdout
+        assert "demo" in status.stdout and "serving" in status.stdout and "budget gate: open" in status.stdout
+        metrics = httpx.get(f"{gateway.url}/metrics").text
+        assert 'spot_tier_state{state="serving",tier="demo"} 1.0' in metrics
+        assert 'spot_tier_held_requests{tier="demo"} 0.0' in metrics
         rows = logged_rows(50)
         assert len(rows) == 50 and all(r["status"] == 200 for r in rows)
         with Store(home).reading() as con:

@@ -46,12 +46,15 @@ def _fleet(ctx: typer.Context, *, quiet: bool = False):  # noqa: ANN202
 
 
 def _show_status(context: FleetContext, tier: str | None, *, json: bool) -> None:
-    from spotinference.fleet.status import fleet_status
+    from spotinference.fleet.status import fleet_status, gateway_view
 
     rows = fleet_status(context, tier)
     if json:
         print_json([row.to_json() for row in rows])
         return
+    view = gateway_view(context.settings)
+    if view is not None:
+        _show_tiers(view, tier)
     if not rows:
         typer.echo("no nodes" + (f" in tier {tier}" if tier else "") + " (create them with `spot up TIER`)")
         return
@@ -69,6 +72,28 @@ def _show_status(context: FleetContext, tier: str | None, *, json: bool) -> None
             for r in rows
         ],
     )
+
+
+def _show_tiers(view: dict, only: str | None) -> None:
+    """What the running gateway sees per tier: held requests, wakes, idle countdowns, the gate."""
+    tiers = [t for t in view.get("tiers", []) if only is None or t["tier"] == only]
+    if tiers:
+        def seconds(value: float | None) -> str:
+            return "" if value is None else f"{value:.0f} s"
+
+        def when(value: float | None) -> str:
+            return "" if not value else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
+
+        print_table(
+            "tiers (from the gateway)",
+            ["tier", "state", "serving", "in flight", "held", "waking for", "last request", "hibernates in"],
+            [(t["tier"], t["state"] + (f" ({t['degraded_reason']})" if t.get("degraded_reason") else ""),
+              len(t["serving_nodes"]), t["in_flight"], t["held_requests"], seconds(t["wake_elapsed_s"]),
+              when(t["last_request_at"]), seconds(t["idle_countdown_s"])) for t in tiers],
+        )
+    gate = view.get("budget_gate")
+    if gate:
+        typer.echo(f"budget gate: {'open' if gate['open'] else 'CLOSED'} ({gate['reason']}): {gate['message']}")
 
 
 def up(

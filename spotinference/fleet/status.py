@@ -9,6 +9,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import httpx
+
+from ..config import Settings
 from ..providers import BillingItem, ProviderError, Vm
 from .connect import engine_url
 from .context import FleetContext
@@ -95,3 +98,17 @@ def fleet_status(ctx: FleetContext, tier_name: str | None = None) -> list[NodeSt
 
 def _vm_rates(items: list[BillingItem]) -> dict[str, Decimal | None]:
     return {item.resource_id: item.usd_per_hour for item in items if item.resource_type == "vm" and item.active}
+
+
+def gateway_view(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any] | None:
+    """The running gateway's own view (``GET /health``: tiers, held requests, the budget gate),
+    or None when no gateway answers at the configured address."""
+    host = settings.gateway.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    try:
+        response = httpx.get(f"http://{host}:{settings.gateway.port}/health", timeout=timeout_s)
+        data = response.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "tiers" in data else None
