@@ -62,3 +62,10 @@ def test_pip_install_into_a_fresh_venv_gives_a_working_spot(tmp_path: Path) -> N
     assert status["version"] == status["latest"] and status["version"] >= 4 and any(t["table_name"] == "requests" for t in status["tables"])
     init = spot("init", "--example", "hyperstack")
     assert init.returncode == 0 and (outside / "spot.toml").read_text().startswith("# spotinference: a real Hyperstack")
+
+
+def test_the_readme_quotes_the_headline_queries_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in ("spend.sql", "cost_per_mtok.sql"):
+        text = (ROOT / "queries" / name).read_text().rstrip("\n")
+        assert f"```sql\n{text}\n```" in readme, f"README's copy of queries/{name} is out of date"
