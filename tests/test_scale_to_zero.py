@@ -28,7 +28,7 @@ MODEL = "tiny-chat"
 
 
 def write_config(base_url: str, *, idle_timeout_s: int = 600, wake_timeout_s: int = 120, min_awake_s: int = 0,
-                 fallback: bool = True) -> None:
+                 fallback: bool = True, fallback_retry_s: float = 60) -> None:
     fallback_tier = f"""
 [tiers.demo-ondemand]
 provider = "sim"
@@ -49,6 +49,7 @@ load_seconds = 0.5
 keepalive_s = 1
 health_interval_s = 0.5
 provider_refresh_s = 1
+fallback_retry_s = {fallback_retry_s}
 
 [providers.sim]
 kind = "hyperstack"
@@ -279,6 +280,24 @@ def test_a_reclaimed_spot_nodes_requests_complete_on_the_fallback(fleet: Cloud, 
         wait_for(lambda: gateway.tier("demo")["state"] == "serving", 60, "the spot tier to be replaced")
         asyncio.run(_burst(gateway, 2))
         assert {r["tier"] for r in logged_rows(10)[:2]} == {"demo"}
+    finally:
+        gateway.server.stop()
+
+
+def test_when_the_spot_tier_is_back_traffic_returns_and_the_fallback_hibernates(fleet: Cloud, tmp_path: Path, home: Path) -> None:
+    write_config(fleet.base_url, idle_timeout_s=5, fallback_retry_s=2)
+    ok("up", "demo")
+    ok("hibernate", "demo")
+    fleet.fault(kind="restore_capacity", count=1, mode="reject")  # the first restore only
+    gateway = start_gateway(tmp_path, home)
+    try:
+        asyncio.run(_burst(gateway, 3))
+        assert {r["tier"] for r in logged_rows(3)} == {"demo-ondemand"}
+        # The gateway tries the spot tier again by itself; capacity is back, so it wakes.
+        wait_for(lambda: gateway.tier("demo")["state"] == "serving", 60, "the spot tier to come back")
+        asyncio.run(_burst(gateway, 3))
+        assert {r["tier"] for r in logged_rows(6)[:3]} == {"demo"}
+        wait_for(lambda: vm_status(fleet, "spot-demo-ondemand-1") == "HIBERNATED", 60, "the idle fallback to hibernate")
     finally:
         gateway.server.stop()
 

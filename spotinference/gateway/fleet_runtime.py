@@ -164,7 +164,7 @@ class FleetRuntime:
             node = current.get(vm.name)
             if node is None or node.base_url != url:
                 key = engine_key(self.settings.home, vm.name)
-                node = Node(vm.name, url or "", tier.name, authorization=f"Bearer {key}")
+                node = Node(vm.name, url or "", tier.name, authorization=f"Bearer {key}", owner=controller)
             nodes.append(node)
         static = [n for n in controller.route.nodes if n.authorization is None]  # config upstreams
         controller.engine_busy = busy

@@ -200,6 +200,8 @@ class Relay:
             watcher.cancel()
             if exchange.node is not None:
                 exchange.node.in_flight -= 1
+                if exchange.node.owner is not None and exchange.node.owner is not controller:
+                    exchange.node.owner.request_finished()  # a fallback tier served it: not idle
             if controller is not None:
                 controller.request_finished()
             in_flight.dec()

@@ -21,6 +21,8 @@ class Node:
     in_flight: int = 0
     # "Bearer <engine key>" for fleet nodes, whose engines demand their own key.
     authorization: str | None = None
+    # The tier controller the node belongs to (a fallback tier's, when failing over).
+    owner: Any = None
 
 
 @dataclass(eq=False)
