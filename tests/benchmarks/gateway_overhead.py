@@ -184,9 +184,12 @@ def run_latency(targets: dict, levels: list[int], rounds: int) -> None:
 
 
 def run_throughput(targets: dict, seconds: float) -> None:
+    # nginx, when installed, runs in the same rotation: the floor of any proxy process sharing
+    # the engine's two cores.
+    names = [name for name in ("direct", "gateway", "nginx") if name in targets]
     print(f"output tokens/s per stream at 64 streams, 128-token replies, {seconds:g} s, each client "
-          "alternating direct and gateway requests (tokens from the server's usage)")
-    both = {name: targets[name] for name in ("direct", "gateway")}
+          f"alternating {', '.join(names)} requests (tokens from the server's usage)")
+    both = {name: targets[name] for name in names}
     results, failures = asyncio.run(interleaved_throughput(both, 64, seconds))
     rate = {}
     for name, runs in results.items():
@@ -196,6 +199,8 @@ def run_throughput(targets: dict, seconds: float) -> None:
         print(f"{name:<8} {rate[name]:8.1f} tok/s per stream  x64 = {rate[name] * 64:8.0f} tok/s  "
               f"({len(runs)} requests, {len(failed)} failed{': ' + failed[0] if failed else ''})")
     print(f"gateway / direct = {rate['gateway'] / rate['direct']:.1%}")
+    if "nginx" in rate:
+        print(f"nginx / direct = {rate['nginx'] / rate['direct']:.1%}")
 
 
 if __name__ == "__main__":
