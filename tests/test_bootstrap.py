@@ -13,6 +13,7 @@ import pytest
 from spotinference.config import SimEngineSettings, Tier, VllmSettings
 from spotinference.nodes.bootstrap import Bootstrap
 from spotinference.nodes.engine_unit import EnginePlan, NodeLayout
+from spotinference.nodes.errors import NodeError
 from spotinference.nodes.local import LocalTransport
 from tests.servers import free_port
 
@@ -133,3 +134,92 @@ def test_the_systemd_unit_runs_vllm_with_the_tiers_arguments() -> None:
     unit = files["/etc/systemd/system/spot-engine.service"][0].decode()
     assert "ExecStart=/bin/sh /opt/spot/run-engine.sh" in unit and "WantedBy=multi-user.target" in unit
     assert files["/etc/spot/engine.env"][1] == 0o600
+
+
+# -- vllm.command and vllm.env: an engine started by a command of the tier's own ---------------
+
+def _cpu_tier(command: list[str], **vllm: object) -> Tier:
+    settings = dict(command=command, max_model_len=512, extra_args=["--dtype", "bfloat16"],
+                    env={"VLLM_CPU_KVCACHE_SPACE": "1", "TEST_NOTE": "two words; $HOME"})
+    settings.update(vllm)
+    return _tier(engine="vllm", model="/models/tiny-chat", served_model_name="tiny-chat", vllm=VllmSettings(**settings))
+
+
+def test_a_tier_command_replaces_vllm_serve_and_takes_the_model_as_a_flag() -> None:
+    command = ["/opt/vllm-cpu/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    plan = EnginePlan(tier=_cpu_tier(command), layout=NodeLayout.for_node(None), host="0.0.0.0", port=8001,
+                      api_key="sk-node-secret")
+    assert plan.argv() == [
+        *command, "--model", "/models/tiny-chat", "--served-model-name", "tiny-chat",
+        "--host", "0.0.0.0", "--port", "8001", "--tensor-parallel-size", "1", "--max-model-len", "512",
+        "--dtype", "bfloat16",
+    ]
+    run = plan.files()["/opt/spot/run-engine.sh"][0].decode()
+    assert "exec /opt/vllm-cpu/bin/python -m vllm.entrypoints.openai.api_server --model /models/tiny-chat" in run
+    assert "serve" not in run.split("exec", 1)[1].split()
+    assert "sk-node-secret" not in run  # the key travels in the env file, never argv
+    env, mode = plan.files()["/etc/spot/engine.env"]
+    lines = env.decode().splitlines()
+    assert mode == 0o600 and "VLLM_API_KEY=sk-node-secret" in lines
+    assert "VLLM_CPU_KVCACHE_SPACE=1" in lines
+    assert "TEST_NOTE='two words; $HOME'" in lines  # quoted: sh sources the file
+
+
+def test_without_a_command_the_tier_still_runs_vllm_serve_and_sim_tiers_ignore_vllm_env() -> None:
+    tier = _tier(engine="vllm", model="/m", served_model_name="m", vllm=VllmSettings(env={"A": "1"}))
+    plan = EnginePlan(tier=tier, layout=NodeLayout.for_node(None), host="0.0.0.0", port=8001, api_key="k")
+    assert plan.argv()[:3] == ["/opt/spot/vllm/bin/vllm", "serve", "/m"] and "--model" not in plan.argv()
+    assert "A=1" in plan.env_text().splitlines()
+    sim = EnginePlan(tier=_tier(vllm=VllmSettings(env={"A": "1"})), layout=NodeLayout.for_node(None),
+                     host="0.0.0.0", port=8001, api_key="k")
+    assert "A=1" not in sim.env_text().splitlines()
+
+
+@pytest.mark.parametrize("settings", [
+    {"env": {"NOT A NAME": "1"}},
+    {"env": {"VLLM_API_KEY": "mine"}},  # the per-node key is spot's
+    {"command": ["/usr/bin/python3", ""]},
+    {"command": ["/usr/bin/python3"], "executable": "/usr/bin/vllm"},
+])
+def test_vllm_command_and_env_are_validated(settings: dict) -> None:
+    with pytest.raises(ValueError):
+        VllmSettings(**settings)
+
+
+def test_the_bootstrap_starts_a_tier_command_with_its_env_and_installs_nothing(node: NodeLayout, tmp_path: Path) -> None:
+    # A stand-in engine that records how it was started, then stays up like a server.
+    record = tmp_path / "record"
+    fake = tmp_path / "bin" / "fake-vllm"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}.argv\nenv > {record}.env\nexec sleep 120\n')
+    fake.chmod(0o755)
+    port = free_port()
+    plan = EnginePlan(tier=_cpu_tier([str(fake), "-m", "vllm.entrypoints.openai.api_server"]), layout=node,
+                      host="127.0.0.1", port=port, api_key="sk-engine-test")
+    transport = LocalTransport("spot-demo-1")
+
+    result = Bootstrap(transport, plan).run()
+    assert not any("install" in step for step in result.changed)
+    assert any("started" in step for step in result.changed)
+    deadline = time.monotonic() + 10
+    while not Path(f"{record}.env").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    argv = Path(f"{record}.argv").read_text().splitlines()
+    assert argv[:4] == ["-m", "vllm.entrypoints.openai.api_server", "--model", "/models/tiny-chat"]
+    assert argv[-2:] == ["--dtype", "bfloat16"] and "sk-engine-test" not in argv
+    env = Path(f"{record}.env").read_text().splitlines()
+    assert "VLLM_CPU_KVCACHE_SPACE=1" in env and "VLLM_API_KEY=sk-engine-test" in env
+    assert "TEST_NOTE=two words; $HOME" in env
+    pid = _pid(node)
+    assert _alive(pid)
+
+    again = Bootstrap(transport, plan).run()
+    assert again.changed == [] and _pid(node) == pid
+
+
+def test_a_tier_command_that_is_not_there_fails_the_bootstrap_before_anything_starts(node: NodeLayout, tmp_path: Path) -> None:
+    plan = EnginePlan(tier=_cpu_tier([str(tmp_path / "no-such-python"), "-m", "vllm.entrypoints.openai.api_server"]),
+                      layout=node, host="127.0.0.1", port=free_port(), api_key="k")
+    with pytest.raises(NodeError, match="vllm.command"):
+        Bootstrap(LocalTransport("spot-demo-1"), plan).run()
+    assert not Path(node.run_script).exists() and not Path(node.pid_file).exists()

@@ -157,6 +157,35 @@ class VllmSettings(_Section):
     max_model_len: Annotated[int, Field(ge=16)] | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 8001
     extra_args: list[str] = []
+    # An argv prefix that starts vLLM's OpenAI server instead of `<executable> serve`; the model then
+    # goes in as `--model MODEL` (the module form, e.g. [".../python", "-m",
+    # "vllm.entrypoints.openai.api_server"] for a CPU build whose `vllm` script does not run).
+    command: list[str] = []
+    # Extra environment for the engine, written into its env file (e.g. VLLM_CPU_KVCACHE_SPACE).
+    env: dict[str, str] = {}
+
+    @field_validator("command")
+    @classmethod
+    def _command_is_argv(cls, value: list[str]) -> list[str]:
+        if value and not all(part.strip() for part in value):
+            raise ValueError("vllm.command must not contain empty arguments")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"vllm.env: {name!r} is not an environment variable name")
+            if name == "VLLM_API_KEY":
+                raise ValueError("vllm.env cannot set VLLM_API_KEY: each node's engine key is spot's")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_start(self) -> VllmSettings:
+        if self.command and self.executable:
+            raise ValueError("set vllm.command or vllm.executable, not both")
+        return self
 
 
 class SimEngineSettings(_Section):

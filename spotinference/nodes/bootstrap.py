@@ -1,7 +1,8 @@
 """The bootstrap: make a node run its tier's engine, over any Transport, idempotently.
 
 Steps, each a no-op when already done: prepare directories (and, on a real VM, mount the weights
-volume), install vLLM at the tier's pinned version, write the engine's files, enable and
+volume), install vLLM at the tier's pinned version (unless the tier names its own ``vllm.executable``
+or ``vllm.command``, which is only checked), write the engine's files, enable and
 (re)start the engine. Running it twice changes nothing and restarts nothing; a changed plan
 (another model, port or vLLM version) rewrites the files and restarts the engine once.
 Waiting for ``/health`` is the fleet's job (over HTTP, from where the gateway runs).
@@ -87,6 +88,17 @@ class Bootstrap:
     def _install(self, result: BootstrapResult) -> None:
         tier = self.plan.tier
         if tier.engine == "sim":
+            return
+        if tier.vllm.command:
+            # The tier starts an engine installed beforehand: check it is there, install nothing.
+            program = tier.vllm.command[0]
+            probe = f"test -x {shlex.quote(program)}" if "/" in program else f"command -v {shlex.quote(program)}"
+            if not self.transport.run(probe, check=False).ok:
+                raise NodeError(
+                    f"vllm.command starts {program!r}, which is not an executable on node {self.transport.node}",
+                    node=self.transport.node,
+                    hint="install vLLM there or remove vllm.command so the bootstrap installs it",
+                )
             return
         if tier.vllm.executable:
             found = self.transport.run(f"test -x {shlex.quote(tier.vllm.executable)}", check=False)

@@ -10,7 +10,8 @@ Two supervisors, chosen by the node:
   emulator finds what to kill when the VM hibernates.
 
 Either way the engine's command line and secrets live in two files: ``engine.env`` (0600, the
-per-node engine API key) and ``run-engine.sh`` (the `vllm serve` or `spot sim engine` line).
+per-node engine API key, and the tier's ``vllm.env``) and ``run-engine.sh`` (the `vllm serve`, the
+tier's ``vllm.command``, or the `spot sim engine` line).
 """
 
 from __future__ import annotations
@@ -111,9 +112,13 @@ class EnginePlan:
                 "--load-seconds", f"{tier.sim.load_seconds:g}", "--seed", str(tier.sim.seed),
             ]
         vllm = tier.vllm
-        argv = [self.vllm_executable, "serve", tier.model, "--served-model-name", tier.model_name,
-                "--host", self.host, "--port", str(self.port),
-                "--tensor-parallel-size", str(vllm.tensor_parallel_size)]
+        if vllm.command:
+            # The module form (`python -m vllm.entrypoints.openai.api_server`) takes the model as a flag.
+            argv = [*vllm.command, "--model", tier.model]
+        else:
+            argv = [self.vllm_executable, "serve", tier.model]
+        argv += ["--served-model-name", tier.model_name, "--host", self.host, "--port", str(self.port),
+                 "--tensor-parallel-size", str(vllm.tensor_parallel_size)]
         if vllm.quantization:
             argv += ["--quantization", vllm.quantization]
         if vllm.max_model_len:
@@ -127,6 +132,9 @@ class EnginePlan:
             f"VLLM_API_KEY={self.api_key}",
             f"HF_HOME={self.layout.weights_dir}/hf-cache",
         ]
+        if self.tier.engine == "vllm":
+            # The tier's own settings (e.g. VLLM_CPU_KVCACHE_SPACE), quoted: the file is sourced by sh.
+            lines += [f"{name}={shlex.quote(value)}" for name, value in self.tier.vllm.env.items()]
         return "\n".join(lines) + "\n"
 
     def run_script_text(self) -> str:
