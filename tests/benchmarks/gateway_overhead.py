@@ -74,7 +74,7 @@ async def latency_level(targets: dict[str, tuple[str, dict]], concurrency: int, 
         # Warm-up: open keep-alive connections on every path before measuring.
         await asyncio.gather(*(one_request(session, u, h, 4) for u, h in targets.values() for _ in range(min(concurrency, 8))))
         await asyncio.gather(*(client(i) for i in range(concurrency)))
-    return results, failures
+    return results
 
 
 async def interleaved_throughput(targets: dict[str, tuple[str, dict]], concurrency: int, seconds: float) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[str]]]:
