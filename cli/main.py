@@ -15,7 +15,8 @@ import typer
 
 from spotinference import __version__
 
-from .commands import billing, db, fleet, gateway, money, planned, setup, sim
+from .commands import bench, billing, db, fleet, gateway, money, planned, setup, sim
+from .commands import demo as demo_command
 from .state import CliState
 
 app = typer.Typer(
@@ -65,6 +66,8 @@ fleet.register(app)
 money.register(app)
 billing.register(app)  # after money: replaces its `sample` stub
 app.add_typer(sim.app, name="sim")
+bench.register(app)
+demo_command.register(app)
 planned.register(app)
 
 

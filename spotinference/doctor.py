@@ -18,10 +18,14 @@ from .store.migrations import bundled_migrations
 
 @dataclass(frozen=True)
 class Check:
+    """One line of the report. A ``warning`` is shown with its fix but does not fail the run: the
+    thing checked is not running yet, which is normal on a fresh machine (nothing started)."""
+
     name: str
     ok: bool
     detail: str
     fix: str | None = None
+    warning: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -41,6 +45,8 @@ def run_checks(config_path: Path | None = None) -> list[Check]:
     checks.append(check_sampler(settings))
     checks.extend(check_provider_credentials(settings))
     checks.append(check_ssh_key(settings))
+    checks.append(check_gateway(settings))
+    checks.extend(check_providers_and_engines(settings))
     return checks
 
 
@@ -180,3 +186,176 @@ def check_ssh_key(settings: Settings) -> Check:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         return Check("ssh key", False, f"{key_path} is readable by others", f"chmod 600 {key_path}")
     return Check("ssh key", True, str(key_path))
+
+
+# -- what is running: the gateway, the provider (or emulator), the engines --------------------------
+# Each probe has a short timeout, so a doctor run with nothing running still takes about a second.
+# "Not running" is a warning, not a failure: a fresh machine has started nothing yet. Something
+# that runs but answers wrongly (an engine down on a running VM, a refused key) is a failure.
+
+PROBE_TIMEOUT_S = 1.5
+
+
+def _warn(name: str, detail: str, fix: str) -> Check:
+    return Check(name, True, f"{detail} (fix: {fix})", fix, warning=True)
+
+
+def _loopback(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def check_gateway(settings: Settings) -> Check:
+    """GET /health on the configured gateway address."""
+    import httpx
+
+    root = f"http://{_loopback(settings.gateway.host)}:{settings.gateway.port}"
+    fix = "start it with `spot serve`"
+    try:
+        response = httpx.get(f"{root}/health", timeout=PROBE_TIMEOUT_S)
+    except httpx.HTTPError:
+        return _warn("gateway", f"not running at {root}", fix)
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.status_code != 200 or not isinstance(data, dict) or data.get("status") != "ok":
+        return Check("gateway", False, f"{root}/health answered HTTP {response.status_code}, not a healthy spot gateway",
+                     f"see what listens on port {settings.gateway.port}; then start the gateway with `spot serve` "
+                     "(or set gateway.port)")
+    tiers = data.get("tiers") or []
+    detail = f"running at {root}/v1: models {', '.join(data.get('models') or []) or 'none'}"
+    if tiers:
+        detail += "; tiers " + ", ".join(f"{t['tier']} {t['state']}" for t in tiers)
+    gate = data.get("budget_gate")
+    if gate and not gate.get("open"):
+        reason = gate.get("reason")
+        fix = ("run the sampler: install the cron line from `spot cron`, or `spot sample --every 60`"
+               if reason == "billing_unobservable" else "raise budget.daily_usd, or wait for the budget's day to roll over")
+        return Check("gateway", False, f"{detail}; its budget gate is CLOSED ({reason}): {gate.get('message')}", fix)
+    return Check("gateway", True, detail)
+
+
+def _port_open(url: str) -> bool:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def check_providers_and_engines(settings: Settings) -> list[Check]:
+    """For each provider a tier uses: one cheap authenticated call (its flavors); then, for each
+    of its tiers, the nodes' VM states and their engines' /health."""
+    checks: list[Check] = []
+    for name in sorted({tier.provider for tier in settings.tiers.values()}):
+        config = settings.providers[name]
+        tiers = sorted((t for t in settings.tiers.values() if t.provider == name), key=lambda t: t.name)
+        label = f"provider {name} api"
+        if not config.has_credentials:
+            checks.append(Check(label, False, "not tried: no API key (see above)",
+                                f"export SPOT_PROVIDERS__{name.upper()}__API_KEY=..."))
+            checks += [_warn(f"engines {t.name}", f"unknown: provider {name} was not reached",
+                             f"fix provider {name} first") for t in tiers]
+            continue
+        if config.emulator and not _port_open(config.base_url):
+            checks.append(_warn(label, f"the emulator is not running at {config.base_url}",
+                                "start it with `spot sim cloud`"))
+            checks += [_warn(f"engines {t.name}", f"unknown: provider {name} is not running",
+                             "start it with `spot sim cloud`, then `spot up " + t.name + "`") for t in tiers]
+            continue
+        provider_check, vms = _probe_provider(settings, name, tiers)
+        checks.append(provider_check)
+        for tier in tiers:
+            if vms is None:
+                checks.append(_warn(f"engines {tier.name}", f"unknown: provider {name} did not answer",
+                                    f"fix provider {name} first"))
+            else:
+                checks.append(check_engines(settings, tier, vms))
+    return checks
+
+
+def _probe_provider(settings: Settings, name: str, tiers: list) -> tuple[Check, list | None]:
+    from .fleet.naming import PREFIX
+    from .providers import ProviderError
+    from .providers.errors import ProviderAuthError, ProviderRateLimitedError, ProviderUnavailableError
+    from .providers.registry import open_provider
+
+    config = settings.providers[name]
+    fast = config.model_copy(update={"request_timeout_s": 3.0, "retry_deadline_s": 3.0, "retry_base_s": 0.25})
+    probe = settings.model_copy(update={"providers": {**settings.providers, name: fast}})
+    label = f"provider {name} api"
+    what = "emulator" if config.emulator else "API"
+    try:
+        with open_provider(probe, name) as provider:
+            missing = [t.flavor for t in tiers if provider.get_flavor(t.flavor, t.region) is None]
+            vms = provider.list_vms(PREFIX)
+    except ProviderAuthError as exc:
+        return Check(label, False, f"{config.base_url} refused the API key: {exc.message}",
+                     f"check SPOT_PROVIDERS__{name.upper()}__API_KEY (or providers.{name}.api_key_file)"), None
+    except (ProviderUnavailableError, ProviderRateLimitedError) as exc:
+        fix = "start it with `spot sim cloud`" if config.emulator else \
+            f"check the network and providers.{name}.base_url; try again later if the provider is down"
+        return Check(label, False, f"the {what} at {config.base_url} did not answer: {exc.message}", fix), None
+    except ProviderError as exc:
+        return Check(label, False, f"the {what} at {config.base_url} failed: {exc.message}", exc.hint), None
+    if missing:
+        return Check(label, False, f"reachable at {config.base_url}, but it offers no flavor {', '.join(sorted(set(missing)))}",
+                     "set tiers.NAME.flavor to a flavor the provider lists"), vms
+    flavors = ", ".join(sorted({t.flavor for t in tiers}))
+    return Check(label, True, f"{what} reachable at {config.base_url}: key accepted, flavor {flavors} offered"), vms
+
+
+def check_engines(settings: Settings, tier, vms: list) -> Check:  # noqa: ANN001 - Tier, [Vm]
+    """A tier's nodes: serving (engine /health 200), asleep, starting, or broken."""
+    import httpx
+
+    from .fleet.connect import engine_url
+    from .fleet.naming import belongs_to
+    from .providers import VmPhase
+
+    name = f"engines {tier.name}"
+    mine = sorted((vm for vm in vms if belongs_to(vm.name, tier.name)), key=lambda vm: vm.name)
+    if not mine:
+        if tier.min_nodes > 0:
+            return Check(name, False, f"no nodes, but min_nodes = {tier.min_nodes} keeps the tier warm",
+                         f"`spot up {tier.name}`")
+        return _warn(name, "no nodes yet: the gateway creates one on the first request",
+                     f"`spot up {tier.name}` to create it now")
+    serving, asleep, starting, broken = [], [], [], []
+    for vm in mine:
+        if vm.phase is VmPhase.RUNNING and vm.ready:
+            url = engine_url(vm, tier)
+            try:
+                healthy = url is not None and httpx.get(f"{url}/health", timeout=PROBE_TIMEOUT_S).status_code == 200
+            except httpx.HTTPError:
+                healthy = False
+            (serving if healthy else broken).append(
+                vm.name if healthy else f"{vm.name}: VM {vm.status} but its engine does not answer /health")
+        elif vm.phase is VmPhase.HIBERNATED:
+            asleep.append(vm.name)
+        elif vm.phase in (VmPhase.ERROR, VmPhase.STOPPED):
+            broken.append(f"{vm.name}: VM in {vm.status}")
+        else:
+            starting.append(f"{vm.name} {vm.status}")
+    parts = []
+    if serving:
+        parts.append(f"{len(serving)} serving ({', '.join(serving)})")
+    if asleep:
+        parts.append(f"{len(asleep)} hibernated ({', '.join(asleep)}): woken by the first request")
+    if starting:
+        parts.append(", ".join(starting))
+    if broken:
+        return Check(name, False, "; ".join(broken + parts),
+                     f"`spot up {tier.name}` (replaces a lost VM, restarts a stopped engine) or `spot wake {tier.name}`; "
+                     f"`spot logs {mine[0].name}` shows the engine's log")
+    if asleep and tier.min_nodes > 0 and not serving:
+        return Check(name, False, "; ".join(parts) + f", but min_nodes = {tier.min_nodes} keeps it warm",
+                     f"`spot wake {tier.name}`")
+    if starting and not serving:
+        return _warn(name, "; ".join(parts), f"wait, or `spot wake {tier.name}` to wait for it")
+    return Check(name, True, "; ".join(parts))

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import typer
 
-PLANNED = {
-    "bench": ("Benchmark a tier through the gateway and directly.", 7),
-    "demo": ("The whole loop on this machine: emulated cloud, gateway, traffic, hibernation, cost.", 8),
-}
+# Every command of the product is built now; the mechanism stays for the next one (and
+# `money.register` borrows `_not_built` for a stub it replaces).
+PLANNED: dict[str, tuple[str, int]] = {}
 
 
 def register(app: typer.Typer) -> None:

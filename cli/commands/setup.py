@@ -53,7 +53,14 @@ def doctor(ctx: typer.Context, json: JsonOption = False) -> None:
     if json:
         print_json({"ok": ok, "checks": [c.as_dict() for c in checks]})
     else:
-        rows = [("✓" if c.ok else "✗", c.name, c.detail + ("" if c.ok or not c.fix else f"\nfix: {c.fix}")) for c in checks]
+        rows = [(_mark(c), c.name, c.detail + ("" if c.ok or not c.fix else f"\nfix: {c.fix}")) for c in checks]
         print_table("spot doctor", ["", "check", "result"], rows)
     if not ok:
         raise typer.Exit(1)
+
+
+def _mark(check) -> str:  # noqa: ANN001 - a doctor.Check
+    # A warning (something not running yet) is not a failure, but must not look like a pass.
+    if not check.ok:
+        return "✗"
+    return "!" if getattr(check, "warning", False) else "✓"
