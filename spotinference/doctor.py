@@ -118,7 +118,7 @@ def check_sampler(settings: Settings, now: datetime | None = None) -> Check:
         return Check("sampler", False, f"cannot read the samples: {exc}", exc.hint)
     if not runs:
         # A fresh install has no sample yet: not a failure of this machine, but said plainly.
-        return Check("sampler", True, f"no sample yet: {fix}")
+        return _warn("sampler", "no billing sample yet", fix)
     now = now or datetime.now(UTC)
     ages = []
     for name in providers:
