@@ -15,34 +15,15 @@ import httpx
 import pytest
 
 from tests.conftest import SPOT, run_spot
+from tests.fleet_config import sim_tier, write_fleet_config
 from tests.servers import start_sim_cloud
 
 FAST = ["--create-seconds", "1", "--hibernate-seconds", "1", "--restore-seconds", "1", "--delete-seconds", "0.5"]
 
 
-def write_config(base_url: str, *, extra: str = "", tier_extra: str = "") -> None:
-    Path("spot.toml").write_text(f"""
-[providers.sim]
-kind = "hyperstack"
-base_url = "{base_url}"
-emulator = true
-
-[tiers.demo]
-provider = "sim"
-flavor = "sim-cpu-1"
-environment = "sim-local"
-capacity = "spot"
-engine = "sim"
-model = "tiny-chat"
-weights_volume = "demo-weights"
-weights_volume_gb = 10
-max_nodes = 2
-{tier_extra}
-
-[tiers.demo.sim]
-load_seconds = 0.5
-{extra}
-""")
+def write_config(base_url: str, *, extra: str = "", **tier: object) -> None:
+    demo = sim_tier(weights_volume="demo-weights", weights_volume_gb=10, max_nodes=2, sim={"load_seconds": 0.5})
+    write_fleet_config(base_url, {"demo": {**demo, **tier}}, extra=extra)
 
 
 class Cloud:
@@ -213,9 +194,7 @@ def test_terminate_needs_confirmation_when_not_at_a_terminal(cloud: Cloud) -> No
 
 
 def test_a_no_hibernation_flavor_is_refused_for_a_hibernating_tier(cloud: Cloud) -> None:
-    write_config(cloud.base_url, tier_extra='')
-    text = Path("spot.toml").read_text().replace('flavor = "sim-cpu-1"', 'flavor = "n3-L40x1"', 1)
-    Path("spot.toml").write_text(text)
+    write_config(cloud.base_url, flavor="n3-L40x1")
     result = run_spot("up", "demo")
     assert result.returncode == 2 and "no-hibernation" in result.stderr
     assert cloud.vms() == []

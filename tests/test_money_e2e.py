@@ -35,6 +35,7 @@ import pytest
 
 from spotinference.sim.cloud import catalog
 from spotinference.store import Store
+from tests.fleet_config import sim_tier, write_fleet_config
 from tests.conftest import SPOT, run_spot
 from tests.servers import start_sim_cloud
 from tests.test_fleet import Cloud, ok
@@ -59,33 +60,9 @@ def accrual(usd_per_hour: Decimal, minutes: int) -> Decimal:
 
 
 def write_config(base_url: str) -> None:
-    Path("spot.toml").write_text(f"""
-[gateway]
-keepalive_s = 1
-health_interval_s = 0.5
-provider_refresh_s = 1
-
-[providers.sim]
-kind = "hyperstack"
-base_url = "{base_url}"
-emulator = true
-
-[tiers.demo]
-provider = "sim"
-flavor = "sim-cpu-1"
-environment = "sim-local"
-capacity = "on-demand"
-engine = "sim"
-model = "{MODEL}"
-weights_volume = "demo-weights"
-weights_volume_gb = {VOLUME_GB}
-idle_timeout_s = 3600
-
-[tiers.demo.sim]
-load_seconds = 0.5
-ttft_ms = 20
-itl_ms = 5
-""")
+    demo = sim_tier(capacity="on-demand", model=MODEL, weights_volume="demo-weights", weights_volume_gb=VOLUME_GB,
+                    idle_timeout_s=3600, sim={"load_seconds": 0.5, "ttft_ms": 20, "itl_ms": 5})
+    write_fleet_config(base_url, {"demo": demo}, gateway={"keepalive_s": 1, "health_interval_s": 0.5, "provider_refresh_s": 1})
 
 
 class Emulator(Cloud):

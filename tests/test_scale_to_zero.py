@@ -20,6 +20,7 @@ import pytest
 from spotinference.fleet.records import FleetRecords
 from spotinference.store import Store
 from tests.conftest import SPOT, run_spot
+from tests.fleet_config import sim_tier, write_fleet_config
 from tests.servers import ServerProcess, clean_env, free_port, start_sim_cloud
 from tests.test_fleet import Cloud, ok
 
@@ -29,51 +30,13 @@ MODEL = "tiny-chat"
 
 def write_config(base_url: str, *, idle_timeout_s: int = 600, wake_timeout_s: int = 120, min_awake_s: int = 0,
                  fallback: bool = True, fallback_retry_s: float = 60) -> None:
-    fallback_tier = f"""
-[tiers.demo-ondemand]
-provider = "sim"
-flavor = "sim-cpu-1"
-environment = "sim-local"
-capacity = "on-demand"
-engine = "sim"
-model = "{MODEL}"
-idle_timeout_s = {idle_timeout_s}
-min_awake_s = {min_awake_s}
-wake_timeout_s = {wake_timeout_s}
-
-[tiers.demo-ondemand.sim]
-load_seconds = 0.5
-""" if fallback else ""
-    Path("spot.toml").write_text(f"""
-[gateway]
-keepalive_s = 1
-health_interval_s = 0.5
-provider_refresh_s = 1
-fallback_retry_s = {fallback_retry_s}
-
-[providers.sim]
-kind = "hyperstack"
-base_url = "{base_url}"
-emulator = true
-
-[tiers.demo]
-provider = "sim"
-flavor = "sim-cpu-1"
-environment = "sim-local"
-capacity = "spot"
-engine = "sim"
-model = "{MODEL}"
-idle_timeout_s = {idle_timeout_s}
-min_awake_s = {min_awake_s}
-wake_timeout_s = {wake_timeout_s}
-{'fallback = "demo-ondemand"' if fallback else ''}
-
-[tiers.demo.sim]
-load_seconds = 0.5
-ttft_ms = 20
-itl_ms = 5
-{fallback_tier}
-""")
+    common = dict(idle_timeout_s=idle_timeout_s, min_awake_s=min_awake_s, wake_timeout_s=wake_timeout_s)
+    tiers = {"demo": sim_tier(**common, **({"fallback": "demo-ondemand"} if fallback else {}),
+                              sim={"load_seconds": 0.5, "ttft_ms": 20, "itl_ms": 5})}
+    if fallback:
+        tiers["demo-ondemand"] = sim_tier(capacity="on-demand", **common, sim={"load_seconds": 0.5})
+    gateway = {"keepalive_s": 1, "health_interval_s": 0.5, "provider_refresh_s": 1, "fallback_retry_s": fallback_retry_s}
+    write_fleet_config(base_url, tiers, gateway=gateway)
 
 
 class Gateway:

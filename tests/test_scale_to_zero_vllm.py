@@ -31,6 +31,7 @@ import pytest
 
 from spotinference.fleet.records import FleetEvent, FleetRecords
 from spotinference.store import Store
+from tests.fleet_config import sim_tier, write_fleet_config
 from tests.conftest import SPOT
 from tests.engines.real_vllm import build_tiny_model, default_model_dir, ensure_vllm_installed, env_python, server_env
 from tests.servers import start_sim_cloud
@@ -57,35 +58,10 @@ def write_vllm_config(base_url: str, python: Path, model_dir: Path) -> None:
     # What VllmServer gives its engine: a 1 GiB KV cache, nothing fetched from the Hub, and the
     # torch.compile cache kept with the vLLM env (it saves ~30 s per start).
     env = {name: value for name, value in server_env({}).items() if name != "PYTHONUNBUFFERED"}
-    env_toml = ", ".join(f"{name} = {json.dumps(value)}" for name, value in env.items())
-    command = json.dumps([str(python), "-m", "vllm.entrypoints.openai.api_server"])
-    Path("spot.toml").write_text(f"""
-[gateway]
-keepalive_s = 5
-health_interval_s = 1
-provider_refresh_s = 2
-
-[providers.sim]
-kind = "hyperstack"
-base_url = "{base_url}"
-emulator = true
-
-[tiers.demo]
-provider = "sim"
-flavor = "sim-cpu-1"
-environment = "sim-local"
-capacity = "spot"
-engine = "vllm"
-model = {json.dumps(str(model_dir))}
-served_model_name = "{MODEL}"
-wake_timeout_s = 600
-
-[tiers.demo.vllm]
-command = {command}
-max_model_len = 512
-extra_args = ["--dtype", "bfloat16"]
-env = {{{env_toml}}}
-""")
+    demo = sim_tier(engine="vllm", model=str(model_dir), served_model_name=MODEL, wake_timeout_s=600,
+                    vllm={"command": [str(python), "-m", "vllm.entrypoints.openai.api_server"], "max_model_len": 512,
+                          "extra_args": ["--dtype", "bfloat16"], "env": env})
+    write_fleet_config(base_url, {"demo": demo}, gateway={"keepalive_s": 5, "health_interval_s": 1, "provider_refresh_s": 2})
 
 
 def spot_ok(*args: str, timeout_s: float = UP_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
