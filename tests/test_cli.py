@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from spotinference import __version__
 from spotinference.store.migrations import bundled_migrations
 
@@ -36,7 +38,17 @@ def test_no_command_is_left_planned(spot) -> None:
     assert result.returncode == 0 and "not built yet" not in result.stdout
 
 
-def test_doctor_on_the_embedded_default_passes(spot, home: Path) -> None:
+@pytest.fixture
+def quiet_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """doctor probes the gateway and the emulator at their configured addresses: point those at
+    ports where nothing listens, so a demo running elsewhere on this machine cannot change it."""
+    from tests.servers import free_port
+
+    monkeypatch.setenv("SPOT_GATEWAY__PORT", str(free_port()))
+    monkeypatch.setenv("SPOT_PROVIDERS__SIM__BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+
+
+def test_doctor_on_the_embedded_default_passes(spot, home: Path, quiet_ports: None) -> None:
     result = spot("doctor")
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("installation", "config", "data directory", "database", "provider sim", "ssh key"):
@@ -90,7 +102,7 @@ def test_the_config_flag_wins_and_a_missing_file_is_named(spot, tmp_path: Path) 
     assert "spot init" in config["fix"]
 
 
-def test_init_writes_a_starter_config_and_refuses_to_overwrite(spot) -> None:
+def test_init_writes_a_starter_config_and_refuses_to_overwrite(spot, quiet_ports: None) -> None:
     first = spot("init")
     assert first.returncode == 0 and "wrote" in first.stdout
     text = Path("spot.toml").read_text()

@@ -233,7 +233,7 @@ def test_spot_cost_spend_equals_the_emulators_bill_delta_while_traffic_flows(clo
     try:
         before = asyncio.run(burst(gateway, 0, 6))  # served before the window: not in it
         cloud.advance(STEP_S)
-        previous = sample()  # the sample before the baseline
+        sample()  # the sample before the baseline
         e_previous = cloud.total()
         cloud.advance(STEP_S)
         baseline = sample()  # the window starts just after this sample

@@ -15,11 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -32,10 +29,9 @@ from ..costs import CostReport, Window, report
 from ..errors import InputError, SpotError
 from ..store import Store
 from . import setup
-from .processes import Child, child_env, cmdline_names, processes_of, spot_argv, stop_group, sweep
+from .processes import Child, child_env, processes_of, spot_argv, sweep
 from .traffic import BurstStats, burst, one_request
 
-MANIFEST = "demo.json"
 SAMPLE_EVERY_S = 2
 
 
@@ -45,105 +41,8 @@ class DemoInterrupted(SpotError):
     exit_code = 130
 
 
-@dataclass(frozen=True)
-class DemoEvent:
-    """One thing to show. ``kind``: "step" (a stage begins), "note" (a line), "fleet" (a node's
-    progress), "live" (a changing status line; ``data["key"]`` changes when its state does)."""
-
-    kind: str
-    message: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    engine: str = "sim"  # "sim" or "vllm"
-    gateway_port: int | None = None
-    asleep_s: float = 45.0  # how long the demo lets the hibernated tier sleep before waking it
-    burst_requests: int = 32
-    concurrency: int = 8
-    max_tokens: int = 48
-
-
-@dataclass(frozen=True)
-class WakeStats:
-    requests: int
-    ok: int
-    held_s: list[float]  # per request: sent → first token (streams) or reply
-    states_seen: list[str]  # the tier's states in /health while they were held
-    max_held: int
-    completion_tokens: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "ok": self.ok, "held_s": self.held_s, "states_seen": self.states_seen,
-                "max_held": self.max_held, "completion_tokens": self.completion_tokens}
-
-
-@dataclass(frozen=True)
-class Savings:
-    """Hibernation against an always-on tier: a comparison, not a bill."""
-
-    vm_usd_per_hour: Decimal  # the VM's full rate as the provider billed it while serving
-    storage_usd_per_hour: Decimal  # its volumes, billed whether the VM runs or sleeps
-    billed_hours: Decimal  # the window as the emulator's clock billed it (wall seconds × time scale)
-    always_on_usd: Decimal
-    spend_usd: Decimal
-    saving_usd: Decimal
-    saving_share: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"vm_usd_per_hour": self.vm_usd_per_hour, "storage_usd_per_hour": self.storage_usd_per_hour,
-                "billed_hours": self.billed_hours, "always_on_usd": self.always_on_usd,
-                "spend_usd": self.spend_usd, "saving_usd": self.saving_usd, "saving_share": self.saving_share}
-
-
-@dataclass(frozen=True)
-class DemoResult:
-    run_dir: Path
-    config_path: Path
-    home: Path
-    base_url: str
-    engine: str
-    time_scale: float
-    window: Window
-    cost: CostReport
-    burst: BurstStats
-    wake: WakeStats
-    savings: Savings | None
-    duration_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        cost = self.cost.to_dict()
-        data = {
-            "run_dir": str(self.run_dir), "config": str(self.config_path), "home": str(self.home),
-            "base_url": self.base_url, "engine": self.engine, "time_scale": self.time_scale,
-            "window_start": self.window.start, "window_end": self.window.end, "duration_s": round(self.duration_s, 1),
-            "observable": cost["observable"], "spend_usd": cost["spend_usd"],
-            "prompt_tokens": cost["prompt_tokens"], "completion_tokens": cost["completion_tokens"],
-            "usd_per_mtok_output": cost["usd_per_mtok_output"], "usd_per_mtok_total": cost["usd_per_mtok_total"],
-            "coverage": cost["coverage"],
-            "always_on_usd": self.savings.always_on_usd if self.savings else None,
-            "hibernation_saving_usd": self.savings.saving_usd if self.savings else None,
-            "hibernation_saving_share": self.savings.saving_share if self.savings else None,
-            "savings": self.savings.to_dict() if self.savings else None,
-            "burst": self.burst.to_dict(), "wake": self.wake.to_dict(), "cost": cost,
-        }
-        return jsonable(data)
-
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
-
+from .results import DemoEvent, DemoOptions, DemoResult, Savings, WakeStats
+from .stopping import MANIFEST, _signals_ignored
 
 def _new_run_dir(base_home: Path) -> Path:
     root = base_home / "demo"
@@ -570,77 +469,3 @@ class Demo:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         tmp.replace(path)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-# -- `spot demo --stop` ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Stopped:
-    run_dir: Path
-    processes: int
-
-
-def running_demos(base_home: Path) -> list[Path]:
-    """Run directories whose manifest says the demo is still running or was kept."""
-    found = []
-    for manifest in sorted((base_home / "demo").glob(f"*/{MANIFEST}")):
-        try:
-            state = json.loads(manifest.read_text()).get("state")
-        except (OSError, ValueError):
-            continue
-        if state != "stopped" or processes_of(manifest.parent):
-            found.append(manifest.parent)
-    return found
-
-
-def stop_demo(run_dir: Path, on_event: Callable[[DemoEvent], None] | None = None) -> Stopped:
-    """End a kept (or crashed) demo: gateway, VMs, sampler, emulator, then any leftover."""
-    from ..fleet.context import FleetContext
-    from ..fleet.operations import Fleet
-
-    emit = on_event or (lambda event: None)
-    manifest = json.loads((run_dir / MANIFEST).read_text())
-    pids: dict[str, int] = manifest.get("pids", {})
-    found = len(processes_of(run_dir))
-    with _signals_ignored():
-        emit(DemoEvent("step", f"stopping the demo in {run_dir}"))
-        if "gateway" in pids and cmdline_names(pids["gateway"], run_dir):
-            stop_group(pids["gateway"])
-        config = Path(manifest["config"])
-        cloud = pids.get("cloud emulator")
-        if config.is_file() and cloud and cmdline_names(cloud, run_dir):
-            settings = setup.load_demo_settings(config)
-
-            def progress(update: Any) -> None:
-                emit(DemoEvent("fleet", f"{update.node or update.tier}: {update.message}"))
-
-            context = FleetContext(settings, Store(settings.home), on_progress=progress, poll_interval_s=0.5)
-            try:
-                for tier in (setup.TIER, setup.FALLBACK_TIER):
-                    with contextlib.suppress(SpotError):
-                        Fleet(context).down(tier, terminate=True, reason="spot demo --stop")
-            finally:
-                context.close()
-            deadline = time.monotonic() + 10
-            while processes_of(run_dir / "cloud" / "nodes") and time.monotonic() < deadline:
-                time.sleep(0.1)
-        for name in ("billing sampler", "cloud emulator"):
-            if name in pids and cmdline_names(pids[name], run_dir):
-                stop_group(pids[name])
-        sweep(run_dir)
-        manifest["state"] = "stopped"
-        (run_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return Stopped(run_dir, found)
