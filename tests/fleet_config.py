@@ -14,9 +14,9 @@ def sim_tier(**fields: Any) -> dict[str, Any]:
 
 
 def write_fleet_config(base_url: str, tiers: dict[str, dict[str, Any]], *, gateway: dict[str, Any] | None = None,
-                       extra: str = "") -> None:
-    """Write ./spot.toml: [gateway] (if given), the emulator as provider `sim`, the tiers (nested
-    dicts such as ``sim`` or ``vllm`` become their sub-tables), then ``extra`` verbatim."""
+                       extra: str = "", path: Path = Path("spot.toml")) -> None:
+    """Write ``path`` (./spot.toml): [gateway] (if given), the emulator as provider `sim`, the tiers
+    (nested dicts such as ``sim`` or ``vllm`` become their sub-tables), then ``extra`` verbatim."""
     lines = []
     if gateway:
         lines += ["[gateway]", *_pairs(gateway), ""]
@@ -27,7 +27,7 @@ def write_fleet_config(base_url: str, tiers: dict[str, dict[str, Any]], *, gatew
         for table, values in tier.items():
             if isinstance(values, dict) and table != "env":
                 lines += [f"[tiers.{name}.{table}]", *_pairs(values), ""]
-    Path("spot.toml").write_text("\n".join(lines) + "\n" + extra)
+    path.write_text("\n".join(lines) + "\n" + extra)
 
 
 def _pairs(values: dict[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ import openai
 
 from spotinference.fleet.records import FleetRecords
 from spotinference.store import Store
+from tests.fleet_config import sim_tier, write_fleet_config
 from tests.servers import ServerProcess, free_port, start_sim_cloud
 
 SPOT = str(Path(sys.executable).with_name("spot"))
@@ -42,24 +43,9 @@ def main() -> None:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SPOT_")}, "SPOT_HOME": str(home)}
     cloud, root = start_sim_cloud(work / "cloud", "--create-seconds", "2", "--hibernate-seconds", "2",
                                   "--restore-seconds", str(args.restore_seconds))
-    (work / "spot.toml").write_text(f"""
-[gateway]
-keepalive_s = 15
-health_interval_s = 2
-provider_refresh_s = 5
-[providers.sim]
-kind = "hyperstack"
-base_url = "{root}/v1"
-emulator = true
-[tiers.demo]
-provider = "sim"
-flavor = "sim-cpu-1"
-environment = "sim-local"
-engine = "sim"
-model = "tiny-chat"
-[tiers.demo.sim]
-load_seconds = {args.load_seconds}
-""")
+    demo = sim_tier(sim={"load_seconds": args.load_seconds})
+    gateway_settings = {"keepalive_s": 15, "health_interval_s": 2, "provider_refresh_s": 5}
+    write_fleet_config(f"{root}/v1", {"demo": demo}, gateway=gateway_settings, path=work / "spot.toml")
 
     def spot(*argv: str) -> str:
         return subprocess.run([SPOT, *argv], cwd=work, env=env, check=True, capture_output=True, text=True).stdout

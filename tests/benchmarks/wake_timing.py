@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.fleet_config import sim_tier, write_fleet_config
 from tests.servers import start_sim_cloud
 
 SPOT = str(Path(sys.executable).with_name("spot"))
@@ -36,20 +37,8 @@ def main() -> None:
     server, root = start_sim_cloud(work / "cloud", "--restore-seconds", str(args.restore_seconds),
                                    "--hibernate-seconds", str(args.hibernate_seconds), "--create-seconds", str(args.create_seconds))
     env = {**os.environ, "SPOT_HOME": str(work / "home")}
-    (work / "spot.toml").write_text(f"""
-[providers.sim]
-kind = "hyperstack"
-base_url = "{root}/v1"
-emulator = true
-[tiers.demo]
-provider = "sim"
-flavor = "sim-cpu-1"
-environment = "sim-local"
-engine = "sim"
-model = "tiny-chat"
-[tiers.demo.sim]
-load_seconds = {args.load_seconds}
-""")
+    demo = sim_tier(sim={"load_seconds": args.load_seconds})
+    write_fleet_config(f"{root}/v1", {"demo": demo}, path=work / "spot.toml")
 
     def spot(*argv: str) -> float:
         started = time.monotonic()
