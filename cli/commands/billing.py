@@ -8,13 +8,12 @@ import shlex
 import shutil
 import sys
 import time
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..output import print_error, print_json
+from ..output import jsonable, print_error, print_json
 from ..state import CliState
 from .options import JsonOption
 
@@ -70,21 +69,9 @@ def sample(
         sys.stderr.write("spot sample: stopped\n")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Decimal):
-        return float(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
-
-
 def _render(result: SampleRun, *, json: bool, lines: bool) -> None:
     if json:
-        data = _jsonable(result.to_dict())
+        data = jsonable(result.to_dict())
         if lines:  # one object per line, so a loop's output is JSON Lines
             sys.stdout.write(jsonlib.dumps(data) + "\n")
             sys.stdout.flush()

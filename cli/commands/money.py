@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..output import print_json
+from ..output import jsonable, print_json
 from ..state import CliState
 from .options import JsonOption
 
@@ -81,7 +81,7 @@ def cost(
         return
     result = report(store, window, by=by, now=now)
     if json:
-        print_json(_jsonable(result.to_dict()))
+        print_json(jsonable(result.to_dict()))
     elif as_csv:
         _csv(result)
     elif markdown:
@@ -114,16 +114,6 @@ def _cell(key: str, value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Decimal):
-        return float(value)  # JSON numbers; exact to the bill's 1e-6 USD (DECIMAL(38, 6))
-    return value
 
 
 def _warnings(r: CostReport) -> list[str]:
