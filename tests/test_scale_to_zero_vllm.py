@@ -33,6 +33,7 @@ from spotinference.fleet.records import FleetEvent, FleetRecords
 from spotinference.store import Store
 from tests.fleet_config import sim_tier, write_fleet_config
 from tests.conftest import SPOT
+from tests.test_bootstrap import _alive
 from tests.engines.real_vllm import build_tiny_model, default_model_dir, ensure_vllm_installed, env_python, server_env
 from tests.servers import start_sim_cloud
 from tests.test_fleet import Cloud
@@ -72,15 +73,6 @@ def spot_ok(*args: str, timeout_s: float = UP_TIMEOUT_S) -> subprocess.Completed
 
 
 # -- the engine's processes, as the emulated node runs them ------------------------------------
-
-def _alive(pid: int) -> bool:
-    # A killed engine whose parent has not reaped it yet is a zombie: dead.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
 
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group: vLLM's API server and its engine core."""
