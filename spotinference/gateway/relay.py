@@ -1,8 +1,9 @@
 """The hot path: relay one completion request to an engine and count its tokens.
 
 Raw ASGI (mounted in Litestar as an ``asgi`` route) so that no framework work runs per request
-or per chunk. Upstream calls use aiohttp: measured on these machines, httpx's streaming client
-added 3–68 ms at P95 for one stream and saturated at 64, aiohttp about 1 ms
+or per chunk. Upstream calls use the minimal keep-alive client in ``upstream.py``: measured on
+these machines, httpx's streaming client added 3–68 ms at P95 for one stream and saturated at 64,
+aiohttp about 1 ms, and per-request and per-chunk client work is most of what the gateway adds
 (shared/reference/gateway-performance.md and tests/benchmarks/gateway_overhead.py).
 """
 
@@ -17,19 +18,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
-
 from ..keys import KeyRing
 from .errors import GatewayError, stream_error_event
 from .metrics import GatewayMetrics
 from .requests import ClientGone, ClientRequest, header, parse_request, read_body
 from .routing import Node, Route, Router
+from .upstream import UpstreamClosedError, UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamResponse
 from .usage import UsageRecorder, UsageRow
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 10
-UPSTREAM_ATTEMPTS = 3
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer"
 
 
@@ -73,31 +72,24 @@ class Relay:
         self.recorder = recorder
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=None)
+        self.connect_timeout_s = connect_timeout_s
         self.keepalive_s = keepalive_s
         self.gate: Any = None  # the budget gate (billing.budget.BudgetGate), when the fleet has billing
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, UpstreamPool] = {}
 
     # -- upstream clients ------------------------------------------------------------------
 
-    def session(self, node: Node) -> aiohttp.ClientSession:
-        """One pooled keep-alive client per engine node."""
-        session = self._sessions.get(node.base_url)
-        if session is None or session.closed:
-            # Idle connections are dropped before uvicorn's 5 s keep-alive timeout (vLLM's server)
-            # closes them under us.
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4, enable_cleanup_closed=True)
-            session = aiohttp.ClientSession(
-                node.base_url, connector=connector, timeout=self.timeout, auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding"), cookie_jar=aiohttp.DummyCookieJar(),
-            )
-            self._sessions[node.base_url] = session
-        return session
+    def pool(self, node: Node) -> UpstreamPool:
+        """One pool of keep-alive connections per engine node."""
+        pool = self._pools.get(node.base_url)
+        if pool is None:
+            pool = self._pools[node.base_url] = UpstreamPool(node.base_url, connect_timeout_s=self.connect_timeout_s)
+        return pool
 
     async def close(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
 
     # -- request handling ------------------------------------------------------------------
 
@@ -257,54 +249,43 @@ class Relay:
         request = exchange.request
         assert request is not None and exchange.node is not None
         try:
-            for attempt in range(1, UPSTREAM_ATTEMPTS + 1):
-                try:
-                    await self._exchange(exchange, send)
-                    break
-                except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
-                    # A keep-alive connection the engine closed under us (vLLM's server drops some
-                    # under load) fails before any answer: try again on another. Once an answer
-                    # has started, a failure is real and is reported, never retried.
-                    if _answered(exchange) or attempt == UPSTREAM_ATTEMPTS:
-                        raise
-        except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError, ConnectionRefusedError,
-                aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-            if _answered(exchange):
-                if isinstance(exc, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError):
-                    return  # a stream's failure is handled where it happens
-                raise
-            if reroute:
+            await self._exchange(exchange, send)
+            return
+        except (UpstreamConnectError, UpstreamClosedError) as exc:
+            if isinstance(exc, UpstreamClosedError) and not exc.before_response:
+                error = GatewayError(502, f"the engine failed: {exc}", code="engine_error")
+            elif reroute:
+                # Nothing was answered: the node is gone (a reclaimed spot VM, a dead engine).
                 raise _Reroute from exc
-            error = GatewayError(
-                503, f"the engine for '{request.model}' is unreachable ({type(exc).__name__})",
-                code="engine_unreachable", retry_after_s=RETRY_AFTER_S,
-            )
-            exchange.status, exchange.error = error.status, error.message
-            self._record(exchange)
-            exchange.response_complete = True
-            await self._send_error(send, error, exchange.request_id, headers_sent=exchange.headers_sent)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            if _answered(exchange):
-                return  # a stream's failure is handled where it happens
-            error = GatewayError(502, f"the engine failed: {type(exc).__name__}: {exc}", code="engine_error")
-            exchange.status, exchange.error = error.status, error.message
-            self._record(exchange)
-            exchange.response_complete = True
-            await self._send_error(send, error, exchange.request_id, headers_sent=exchange.headers_sent)
+            else:
+                error = GatewayError(503, f"the engine for '{request.model}' is unreachable ({exc})",
+                                     code="engine_unreachable", retry_after_s=RETRY_AFTER_S)
+        except UpstreamError as exc:
+            error = GatewayError(502, f"the engine failed: {exc}", code="engine_error")
+        # Only failures before any byte reached the client get here: a stream's own failure
+        # becomes an error event where it happens.
+        exchange.status, exchange.error = error.status, error.message
+        self._record(exchange)
+        exchange.response_complete = True
+        await self._send_error(send, error, exchange.request_id, headers_sent=exchange.headers_sent)
 
     async def _exchange(self, exchange: Exchange, send: Any) -> None:
         request = exchange.request
-        assert request is not None and exchange.node is not None
-        headers = {"Content-Type": "application/json", "X-Request-Id": exchange.request_id}
-        if exchange.node.authorization:
-            headers["Authorization"] = exchange.node.authorization
-        async with self.session(exchange.node).post(request.endpoint, data=request.upstream_body, headers=headers) as upstream:
+        node = exchange.node
+        assert request is not None and node is not None
+        headers = [("Content-Type", "application/json"), ("X-Request-Id", exchange.request_id)]
+        if node.authorization:
+            headers.append(("Authorization", node.authorization))
+        upstream = await self.pool(node).request("POST", request.endpoint, headers, request.upstream_body)
+        try:
             if request.stream and upstream.status == 200:
                 await self._relay_stream(exchange, upstream, send)
             else:
                 await self._relay_whole(exchange, upstream, send)
+        finally:
+            upstream.close()  # back to the pool if read to the end, else closed: vLLM aborts
 
-    async def _relay_whole(self, exchange: Exchange, upstream: aiohttp.ClientResponse, send: Any) -> None:
+    async def _relay_whole(self, exchange: Exchange, upstream: UpstreamResponse, send: Any) -> None:
         payload = await upstream.read()
         exchange.status = upstream.status
         if upstream.status == 200:
@@ -319,7 +300,7 @@ class Relay:
                 upstream.status, f"the engine answered {upstream.status}", "engine_error")
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return
-        content_type = upstream.headers.get("Content-Type", "application/json").encode()
+        content_type = upstream.header(b"content-type", b"application/json")
         await send({
             "type": "http.response.start", "status": upstream.status,
             "headers": [(b"content-type", content_type), (b"x-request-id", exchange.request_id.encode())],
@@ -327,35 +308,31 @@ class Relay:
         exchange.response_complete = True
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
-    async def _relay_stream(self, exchange: Exchange, upstream: aiohttp.ClientResponse, send: Any) -> None:
+    async def _relay_stream(self, exchange: Exchange, upstream: UpstreamResponse, send: Any) -> None:
         state = exchange.request.stream_state  # type: ignore[union-attr]
         assert state is not None
         exchange.status = 200
-        content_type = upstream.headers.get("Content-Type", "text/event-stream").encode()
         if not exchange.headers_sent:
             exchange.headers_sent = True
             await send({
                 "type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", content_type), (b"cache-control", b"no-cache"),
-                            (b"x-request-id", exchange.request_id.encode())],
+                "headers": [(b"content-type", upstream.header(b"content-type", b"text/event-stream")),
+                            (b"cache-control", b"no-cache"), (b"x-request-id", exchange.request_id.encode())],
             })
+        feed = state.feed
         try:
-            async for data in upstream.content.iter_any():
-                out, first_token = state.feed(data)
+            while data := await upstream.next_chunk():
+                out, first_token = feed(data)
                 if first_token:
                     exchange.ttft_s = time.perf_counter() - exchange.t0
                 if state.done:
                     self._finish_stream(exchange)  # recorded before [DONE] reaches the client
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            exchange.error = f"engine stream failed: {type(exc).__name__}: {exc}"
-        finally:
-            if not state.done:
-                # Never hand a half-read stream back to the pool: closing the connection is
-                # what tells vLLM to abort the request and stop generating.
-                upstream.close()
+        except UpstreamError as exc:
+            exchange.error = f"engine stream failed: {exc}"
         if not state.done:
+            # The response is closed (not pooled) by the caller: vLLM aborts what it still runs.
             exchange.error = exchange.error or "engine stream ended without [DONE]"
             exchange.status = 502
             self._finish_stream(exchange)
@@ -439,11 +416,6 @@ class Relay:
 
 class _Reroute(Exception):
     """The chosen node could not be reached before any answer: try the request elsewhere once."""
-
-
-def _answered(exchange: Exchange) -> bool:
-    # The engine's status, once it answered; keep-alive comments to a held stream set none.
-    return exchange.status != 0
 
 
 async def _wait_for_disconnect(receive: Any) -> None:
