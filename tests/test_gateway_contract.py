@@ -392,8 +392,34 @@ def test_health_and_metrics(stack: Stack) -> None:
     health = httpx.get(f"{stack.gateway_url}/health", timeout=10)
     assert health.status_code == 200 and health.json()["status"] == "ok"
     chat(stack.via())
+    list(chat(stack.via(), stream=True))  # time to first token is measured on streams
     text = httpx.get(f"{stack.gateway_url}/metrics", timeout=10).text
     for name in ("spot_requests_total", "spot_prompt_tokens_total", "spot_completion_tokens_total",
                  "spot_requests_in_flight", "spot_upstream_latency_seconds_bucket", "spot_time_to_first_token_seconds_bucket"):
         assert name in text
     assert f'spot_requests_total{{model="{MODEL}",status="200"}}' in text
+
+
+def _in_flight(stack: Stack) -> float:
+    text = httpx.get(f"{stack.gateway_url}/metrics", timeout=10).text
+    found = re.search(rf'^spot_requests_in_flight{{model="{MODEL}"}} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_in_flight_counts_open_streams_and_returns_to_zero(stack: Stack) -> None:
+    assert _in_flight(stack) == 0
+    chat(stack.via())
+    list(chat(stack.via(), stream=True))
+    assert _in_flight(stack) == 0, "finished requests are still counted in flight"
+    stream = stack.via().chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=400, stream=True, extra_body={"ignore_eos": True})
+    next(iter(stream))
+    if stack.engine == "sim":
+        # The simulator paces its tokens; real vLLM on the CPU may have sent all 400 before
+        # /metrics answers, which ends the request whether or not this client reads them.
+        assert _in_flight(stack) == 1
+    stream.close()  # the client leaves: the relay cancels upstream and the request is over
+    deadline = time.monotonic() + 5
+    while _in_flight(stack) != 0:
+        assert time.monotonic() < deadline, f"in-flight gauge stuck at {_in_flight(stack)}"
+        time.sleep(0.05)

@@ -158,7 +158,6 @@ class Relay:
                 relay_task.cancel()
 
         watcher.add_done_callback(client_left)
-        in_flight.inc()
         if controller is not None:
             controller.request_started()
         try:
