@@ -6,6 +6,7 @@ environment (uvicorn's factory mode): its own upstream clients, spool writer and
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -73,7 +74,13 @@ def build_app(spec: GatewaySpec) -> GatewayApp:
 
 def app_from_environment() -> GatewayApp:
     """uvicorn's factory entry point in each worker."""
-    return build_app(GatewaySpec(**json.loads(os.environ[SPEC_ENV])))
+    app = build_app(GatewaySpec(**json.loads(os.environ[SPEC_ENV])))
+    # Everything loaded so far (Litestar, pydantic, DuckDB, the config: ~70,000 objects) lives as
+    # long as the process. Frozen out of the collector, a full collection walks only what requests
+    # allocated (~9,000 objects at 64 streams) instead of stalling every stream for ~20-40 ms.
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def serve(spec: GatewaySpec) -> None:
