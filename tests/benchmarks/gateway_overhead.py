@@ -128,7 +128,7 @@ http {{
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default="1,16,64")
-    parser.add_argument("--rounds", type=int, default=0, help="requests per client per target (default: 200 at 1, fewer higher)")
+    parser.add_argument("--rounds", type=int, default=0, help="requests per client per target (default: 200 at 1 stream, 40 from 5 streams up)")
     parser.add_argument("--engine-url", help="use this engine instead of starting the simulator")
     parser.add_argument("--throughput", action="store_true", help="measure output tokens/s at 64 streams instead")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the throughput run")
@@ -168,7 +168,9 @@ def run_latency(targets: dict, levels: list[int], rounds: int) -> None:
     print(f"{'streams':>7} {'target':<8}{'ttft p50':>9}{'ttft p95':>9}{'e2e p50':>9}{'e2e p95':>9}"
           f"{'added ttft p50':>16}{'added ttft p95':>16}{'added e2e p95':>15}{'n':>6}")
     for level in levels:
-        per_client = rounds or max(3, 200 // level)
+        # At least ~600 samples per target above one stream: a P95 of fewer is a handful of
+        # outliers on a shared machine.
+        per_client = rounds or max(40, 200 // level)
         results = asyncio.run(latency_level(targets, level, per_client))
         base = results["direct"]
         for name, got in results.items():
