@@ -336,6 +336,10 @@ def test_unknown_model_is_404_listing_the_known_ones(stack: Stack) -> None:
     assert MODEL in error["message"] and error["param"] == "model"
     with pytest.raises(openai.NotFoundError):
         chat(stack.via(), model="gpt-9")
+    # Clients choose model names: unknown ones share one metrics label instead of adding series.
+    metrics = httpx.get(f"{stack.gateway_url}/metrics", timeout=10).text
+    assert 'spot_requests_total{model="(unknown)",status="404"}' in metrics
+    assert "gpt-9" not in metrics
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from spotinference.gateway.upstream import (
     UpstreamConnectError,
     UpstreamPool,
     UpstreamProtocolError,
+    encode_headers,
 )
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -91,8 +92,8 @@ def test_a_request_is_one_well_formed_write_and_the_connection_is_reused() -> No
         async with ScriptedServer(keep_alive_json) as server:
             pool = UpstreamPool(server.url + "/", connect_timeout_s=2)
             for _ in range(3):
-                response = await pool.request("POST", "/v1/chat/completions",
-                                              [("Content-Type", "application/json"), ("X-Request-Id", "req-1")], b'{"a":1}')
+                headers = encode_headers([("Content-Type", "application/json"), ("X-Request-Id", "req-1")])
+                response = await pool.request("POST", "/v1/chat/completions", b'{"a":1}', headers)
                 assert response.status == 200
                 assert response.header(b"content-type") == b"application/json"
                 assert await response.read() == b'{"ok":true}'
@@ -107,6 +108,12 @@ def test_a_request_is_one_well_formed_write_and_the_connection_is_reused() -> No
             await pool.close()
 
     run(scenario())
+
+
+def test_headers_that_would_break_the_framing_are_refused() -> None:
+    for name, value in (("X-Id", "a\r\nEvil: 1"), ("X-Id", "a\nb"), ("Bad:Name", "v"), ("", "v")):
+        with pytest.raises(ValueError, match="single-line"):
+            encode_headers([(name, value)])
 
 
 def test_chunked_bodies_arrive_as_they_are_sent() -> None:
@@ -125,7 +132,7 @@ def test_chunked_bodies_arrive_as_they_are_sent() -> None:
 
         async with ScriptedServer(chunked) as server:
             pool = UpstreamPool(server.url, connect_timeout_s=2)
-            response = await pool.request("POST", "/v1/completions", [], b"{}")
+            response = await pool.request("POST", "/v1/completions", b"{}")
             assert await response.next_chunk() == b"data: 1"
             gate.set()
             assert await response.next_chunk() == b"data: 2"
@@ -147,7 +154,7 @@ def test_an_idle_connection_the_engine_closed_is_replaced_transparently() -> Non
         async with ScriptedServer(one_then_close) as server:
             pool = UpstreamPool(server.url, connect_timeout_s=2)
             for _ in range(2):
-                response = await pool.request("POST", "/v1/completions", [], b"{}")
+                response = await pool.request("POST", "/v1/completions", b"{}")
                 assert response.status == 200 and await response.read() == b"{}"
                 response.close()
             assert server.connections == 2 and len(server.requests) == 2
@@ -161,7 +168,7 @@ def test_connections_idle_past_the_timeout_are_not_reused() -> None:
         async with ScriptedServer(keep_alive_json) as server:
             pool = UpstreamPool(server.url, connect_timeout_s=2, idle_timeout_s=0.05)
             for _ in range(2):
-                response = await pool.request("POST", "/x", [], b"{}")
+                response = await pool.request("POST", "/x", b"{}")
                 await response.read()
                 response.close()
                 await asyncio.sleep(0.1)
@@ -177,7 +184,7 @@ def test_a_refused_connection_is_a_connect_error() -> None:
             url = server.url
         pool = UpstreamPool(url, connect_timeout_s=2)
         with pytest.raises(UpstreamConnectError, match="cannot connect to 127.0.0.1"):
-            await pool.request("POST", "/x", [], b"{}")
+            await pool.request("POST", "/x", b"{}")
 
     run(scenario())
 
@@ -191,7 +198,7 @@ def test_a_close_mid_body_is_an_error_after_the_bytes_that_arrived() -> None:
     async def scenario() -> None:
         async with ScriptedServer(half) as server:
             pool = UpstreamPool(server.url, connect_timeout_s=2)
-            response = await pool.request("POST", "/x", [], b"{}")
+            response = await pool.request("POST", "/x", b"{}")
             assert await response.next_chunk() == b"hello"
             with pytest.raises(UpstreamClosedError, match="mid-response") as failure:
                 await response.next_chunk()
@@ -210,7 +217,7 @@ def test_an_engine_that_dies_before_answering_on_a_fresh_connection_is_an_error(
         async with ScriptedServer(die) as server:
             pool = UpstreamPool(server.url, connect_timeout_s=2)
             with pytest.raises(UpstreamClosedError, match="before answering") as failure:
-                await pool.request("POST", "/x", [], b"{}")
+                await pool.request("POST", "/x", b"{}")
             assert failure.value.before_response is True
             assert server.connections == 1  # a fresh connection is not retried: the engine is gone
 
@@ -228,7 +235,7 @@ def test_invalid_http_is_a_protocol_error() -> None:
         async with ScriptedServer(garbage) as server:
             pool = UpstreamPool(server.url, connect_timeout_s=2)
             with pytest.raises(UpstreamProtocolError, match="invalid HTTP"):
-                await pool.request("POST", "/x", [], b"{}")
+                await pool.request("POST", "/x", b"{}")
             await asyncio.wait_for(server.closed_by_client.wait(), 2)
 
     run(scenario())
@@ -248,7 +255,7 @@ def test_a_slow_reader_pauses_the_engine_socket_and_still_gets_every_byte() -> N
     async def scenario() -> None:
         async with ScriptedServer(big) as server:
             pool = UpstreamPool(server.url, connect_timeout_s=2)
-            response = await pool.request("POST", "/x", [], b"{}")
+            response = await pool.request("POST", "/x", b"{}")
             await asyncio.sleep(0.3)  # a client that does not read
             buffered = response._buffered
             assert response._conn.paused, "reading was not paused for a slow reader"
@@ -270,7 +277,7 @@ def test_closing_an_unfinished_response_closes_the_connection_so_the_engine_abor
     async def scenario() -> None:
         async with ScriptedServer(endless) as server:
             pool = UpstreamPool(server.url, connect_timeout_s=2)
-            response = await pool.request("POST", "/x", [], b"{}")
+            response = await pool.request("POST", "/x", b"{}")
             assert await response.next_chunk() == b"x"
             response.close()
             await asyncio.wait_for(server.closed_by_client.wait(), 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -10,6 +11,17 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model's label children."""
+
+    in_flight: Any
+    prompt_tokens: Any
+    completion_tokens: Any
+    upstream_latency: Any
+    ttft: Any
 
 
 class GatewayMetrics:
@@ -35,6 +47,26 @@ class GatewayMetrics:
             "spot_time_to_first_token_seconds", "Request start to first token relayed (streams).", ["model"],
             buckets=_LATENCY_BUCKETS_S, registry=self.registry,
         )
+
+        # Label children per model, looked up once: prometheus_client's labels() validates and
+        # locks on every call, and the relay needs them on every request.
+        self._by_model: dict[str, ModelMetrics] = {}
+        self._requests: dict[tuple[str, int], Any] = {}
+
+    def model(self, model: str) -> ModelMetrics:
+        found = self._by_model.get(model)
+        if found is None:
+            found = self._by_model[model] = ModelMetrics(
+                self.in_flight.labels(model), self.prompt_tokens.labels(model), self.completion_tokens.labels(model),
+                self.upstream_latency.labels(model), self.ttft.labels(model),
+            )
+        return found
+
+    def answered(self, model: str, status: int) -> None:
+        child = self._requests.get((model, status))
+        if child is None:
+            child = self._requests[(model, status)] = self.requests.labels(model, str(status))
+        child.inc()
 
     def track_tiers(self, snapshots: Callable[[], list[dict[str, Any]]]) -> None:
         """Per-tier gauges, read from the tier controllers at scrape time."""

@@ -23,13 +23,21 @@ from .errors import GatewayError, stream_error_event
 from .metrics import GatewayMetrics
 from .requests import ClientGone, ClientRequest, header, parse_request, read_body
 from .routing import Node, Route, Router
-from .upstream import UpstreamClosedError, UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamResponse
+from .upstream import (
+    UpstreamClosedError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    encode_headers,
+)
 from .usage import UsageRecorder, UsageRow
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 10
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer"
+UNKNOWN_MODEL_LABEL = "(unknown)"
 
 
 @dataclass
@@ -76,6 +84,7 @@ class Relay:
         self.keepalive_s = keepalive_s
         self.gate: Any = None  # the budget gate (billing.budget.BudgetGate), when the fleet has billing
         self._pools: dict[str, UpstreamPool] = {}
+        self._fixed_headers: dict[tuple[str, str | None], bytes] = {}
 
     # -- upstream clients ------------------------------------------------------------------
 
@@ -85,6 +94,17 @@ class Relay:
         if pool is None:
             pool = self._pools[node.base_url] = UpstreamPool(node.base_url, connect_timeout_s=self.connect_timeout_s)
         return pool
+
+    def _node_headers(self, node: Node) -> bytes:
+        """The headers every request to this node carries (its engine key among them), encoded once."""
+        cache_key = (node.base_url, node.authorization)
+        found = self._fixed_headers.get(cache_key)
+        if found is None:
+            fixed = [("Content-Type", "application/json")]
+            if node.authorization:
+                fixed.append(("Authorization", node.authorization))
+            found = self._fixed_headers[cache_key] = encode_headers(fixed)
+        return found
 
     async def close(self) -> None:
         for pool in self._pools.values():
@@ -110,7 +130,7 @@ class Relay:
             exchange.key_id = self.authenticate(scope)
         except GatewayError as exc:
             # Unauthenticated traffic is counted, not logged row by row: anyone could flood it.
-            self.metrics.requests.labels("", str(exc.status)).inc()
+            self.metrics.answered("", exc.status)
             await self._send_error(send, exc, exchange.request_id)
             return
         try:
@@ -144,7 +164,7 @@ class Relay:
     async def _relay_watching_client(self, exchange: Exchange, route: Route, receive: Any, send: Any) -> None:
         model = exchange.request.model  # type: ignore[union-attr]
         controller = route.controller
-        in_flight = self.metrics.in_flight.labels(model)
+        in_flight = self.metrics.model(model).in_flight
         in_flight.inc()
         # The relay runs in this task (no extra hop before the first byte); a small watcher task
         # cancels it if the client leaves, which closes the upstream connection so that vLLM
@@ -272,10 +292,8 @@ class Relay:
         request = exchange.request
         node = exchange.node
         assert request is not None and node is not None
-        headers = [("Content-Type", "application/json"), ("X-Request-Id", exchange.request_id)]
-        if node.authorization:
-            headers.append(("Authorization", node.authorization))
-        upstream = await self.pool(node).request("POST", request.endpoint, headers, request.upstream_body)
+        headers = b"%sX-Request-Id: %s\r\n" % (self._node_headers(node), exchange.request_id.encode())
+        upstream = await self.pool(node).request("POST", request.endpoint, request.upstream_body, headers)
         try:
             if request.stream and upstream.status == 200:
                 await self._relay_stream(exchange, upstream, send)
@@ -390,16 +408,21 @@ class Relay:
             self.recorder.record(row)
         except OSError:
             log.exception("usage row for %s could not be spooled", exchange.request_id)
-        metrics = self.metrics
-        metrics.requests.labels(model, str(exchange.status)).inc()
+        if self.router.route(model) is None:
+            # A model name is the client's input: unknown ones share one label, so that no
+            # client can grow the metrics without bound (the usage row keeps the name).
+            self.metrics.answered(UNKNOWN_MODEL_LABEL if model else "", exchange.status)
+            return
+        self.metrics.answered(model, exchange.status)
+        metrics = self.metrics.model(model)
         if exchange.prompt_tokens:
-            metrics.prompt_tokens.labels(model).inc(exchange.prompt_tokens)
+            metrics.prompt_tokens.inc(exchange.prompt_tokens)
         if exchange.completion_tokens:
-            metrics.completion_tokens.labels(model).inc(exchange.completion_tokens)
+            metrics.completion_tokens.inc(exchange.completion_tokens)
         if node is not None:
-            metrics.upstream_latency.labels(model).observe(elapsed_s)
+            metrics.upstream_latency.observe(elapsed_s)
         if exchange.ttft_s is not None:
-            metrics.ttft.labels(model).observe(exchange.ttft_s)
+            metrics.ttft.observe(exchange.ttft_s)
 
     async def _send_error(self, send: Any, error: GatewayError, request_id: str, *, headers_sent: bool = False) -> None:
         if headers_sent:

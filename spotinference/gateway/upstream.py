@@ -275,6 +275,16 @@ class _Connection(asyncio.Protocol):
                 self.transport.close()
 
 
+def encode_headers(headers: list[tuple[str, str]]) -> bytes:
+    """Header lines for ``UpstreamPool.request``; refuses what would break the request's framing."""
+    lines = []
+    for name, value in headers:
+        if any(c in name + value for c in "\r\n\0") or ":" in name or not name:
+            raise ValueError(f"header {name!r} cannot be sent: names and values must be single-line")
+        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    return b"".join(lines)
+
+
 class UpstreamPool:
     """Keep-alive connections to one engine (``http://host:port``), opened as needed, unbounded."""
 
@@ -292,13 +302,16 @@ class UpstreamPool:
         self.idle_timeout_s = idle_timeout_s
         self.loop = asyncio.get_running_loop()
         self._idle: deque[_Connection] = deque()
+        self._starts: dict[tuple[str, str], bytes] = {}  # request line and Host, per method and path
         self._closed = False
 
-    async def request(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> UpstreamResponse:
+    async def request(self, method: str, path: str, body: bytes, headers: bytes = b"") -> UpstreamResponse:
         """Send one request; return once the status and headers have arrived.
 
-        A reused connection the engine closed while it sat idle is replaced once, transparently
-        (nothing was answered, so the engine never saw the request)."""
+        ``headers`` are ready-encoded ``Name: value\r\n`` lines (see ``encode_headers``): the
+        relay encodes a node's fixed headers once, not per request. A reused connection the
+        engine closed while it sat idle is replaced once, transparently (nothing was answered,
+        so the engine never saw the request)."""
         head = self._head(method, path, headers, len(body))
         conn = self._take_idle()
         if conn is not None:
@@ -310,12 +323,12 @@ class UpstreamPool:
         conn = await self._connect()
         return await conn.send(head, body)
 
-    def _head(self, method: str, path: str, headers: list[tuple[str, str]], length: int) -> bytes:
-        lines = [f"{method} {self.base_path}{path} HTTP/1.1\r\n".encode(), b"Host: ", self.host_header, b"\r\n"]
-        for name, value in headers:
-            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-        lines.append(b"Content-Length: %d\r\n\r\n" % length)
-        return b"".join(lines)
+    def _head(self, method: str, path: str, headers: bytes, length: int) -> bytes:
+        start = self._starts.get((method, path))
+        if start is None:
+            start = self._starts[(method, path)] = (
+                f"{method} {self.base_path}{path} HTTP/1.1\r\n".encode() + b"Host: " + self.host_header + b"\r\n")
+        return b"%s%sContent-Length: %d\r\n\r\n" % (start, headers, length)
 
     def _take_idle(self) -> _Connection | None:
         idle = self._idle
