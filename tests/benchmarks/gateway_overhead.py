@@ -77,12 +77,19 @@ async def latency_level(targets: dict[str, tuple[str, dict]], concurrency: int, 
     return results
 
 
-async def interleaved_throughput(targets: dict[str, tuple[str, dict]], concurrency: int, seconds: float) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[str]]]:
-    """Each client alternates targets request by request, so both see the same load at once."""
+async def interleaved_throughput(targets: dict[str, tuple[str, dict]], concurrency: int, seconds: float,
+                                 warmup_s: float) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[str]]]:
+    """Each client alternates targets request by request, so all see the same load at once.
+
+    Requests started in the first ``warmup_s`` are not counted (connection storms, vLLM's first
+    batches). A failed request counts as client time that delivered no tokens: an engine that
+    drops connections under load must not look faster for it (vLLM on 2 shared cores drops a
+    few, which the gateway retries and a direct client cannot)."""
     results: dict[str, list[tuple[int, float]]] = {name: [] for name in targets}
     failures: dict[str, list[str]] = {name: [] for name in targets}
     names = list(targets)
-    deadline = time.perf_counter() + seconds
+    measure_from = time.perf_counter() + warmup_s
+    deadline = measure_from + seconds
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)  # under the engines' 5 s, as the gateway's pool
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
         async def client(index: int) -> None:
@@ -91,12 +98,16 @@ async def interleaved_throughput(targets: dict[str, tuple[str, dict]], concurren
                 name = names[turn % len(names)]
                 url, headers = targets[name]
                 turn += 1
+                started = time.perf_counter()
                 try:
                     _, e2e, tokens = await one_request(session, url, headers, 128)
                 except (aiohttp.ClientError, AssertionError) as exc:
-                    failures[name].append(f"{type(exc).__name__}: {str(exc)[:120]}")
+                    if started >= measure_from:
+                        failures[name].append(f"{type(exc).__name__}: {str(exc)[:120]}")
+                        results[name].append((0, time.perf_counter() - started))
                     continue
-                results[name].append((tokens, e2e))
+                if started >= measure_from:
+                    results[name].append((tokens, e2e))
         await asyncio.gather(*(client(i) for i in range(concurrency)))
     return results, failures
 
@@ -132,6 +143,7 @@ def main() -> None:
     parser.add_argument("--engine-url", help="use this engine instead of starting the simulator")
     parser.add_argument("--throughput", action="store_true", help="measure output tokens/s at 64 streams instead")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the throughput run")
+    parser.add_argument("--warmup", type=float, default=15.0, help="seconds of throughput load not counted")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +164,7 @@ def main() -> None:
             targets["nginx"] = (f"{nginx[1]}/v1/chat/completions", {})
         try:
             if args.throughput:
-                run_throughput(targets, args.seconds)
+                run_throughput(targets, args.seconds, args.warmup)
             else:
                 run_latency(targets, [int(x) for x in args.levels.split(",")], args.rounds)
         finally:
@@ -185,14 +197,15 @@ def run_latency(targets: dict, levels: list[int], rounds: int) -> None:
             print(f"{level:>7} {name:<8}" + "".join(f"{v:>9.2f}" for v in row) + added + f"{len(got['ttft']):>6}")
 
 
-def run_throughput(targets: dict, seconds: float) -> None:
+def run_throughput(targets: dict, seconds: float, warmup_s: float) -> None:
     # nginx, when installed, runs in the same rotation: the floor of any proxy process sharing
     # the engine's two cores.
     names = [name for name in ("direct", "gateway", "nginx") if name in targets]
-    print(f"output tokens/s per stream at 64 streams, 128-token replies, {seconds:g} s, each client "
-          f"alternating {', '.join(names)} requests (tokens from the server's usage)")
+    print(f"output tokens/s per stream at 64 streams, 128-token replies, {seconds:g} s after {warmup_s:g} s of "
+          f"warm-up, each client alternating {', '.join(names)} requests (tokens from the server's usage; "
+          "a failed request is time that delivered none)")
     both = {name: targets[name] for name in names}
-    results, failures = asyncio.run(interleaved_throughput(both, 64, seconds))
+    results, failures = asyncio.run(interleaved_throughput(both, 64, seconds, warmup_s))
     rate = {}
     for name, runs in results.items():
         tokens, busy = sum(t for t, _ in runs), sum(e for _, e in runs)
