@@ -6,7 +6,6 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 
 
@@ -14,19 +13,6 @@ def _default(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
     return str(value)
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON values: Decimal money as numbers (exact to the store's 1e-6 USD), times as ISO."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return value
 
 
 def print_json(data: Any) -> None:

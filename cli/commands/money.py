@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..output import jsonable, print_json
+from spotinference.jsonable import jsonable
+
+from ..output import print_json
 from ..state import CliState
 from .options import JsonOption
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..jsonable import jsonable
 from .traffic import BurstStats
 
 if TYPE_CHECKING:
@@ -97,17 +98,3 @@ class DemoResult:
             "burst": self.burst.to_dict(), "wake": self.wake.to_dict(), "cost": cost,
         }
         return jsonable(data)
-
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
