@@ -42,7 +42,7 @@ class DemoInterrupted(SpotError):
 
 
 from .results import DemoEvent, DemoOptions, DemoResult, Savings, WakeStats
-from .stopping import MANIFEST, _signals_ignored
+from .stopping import MANIFEST, _signals_ignored, delete_demo_vms
 
 def _new_run_dir(base_home: Path) -> Path:
     root = base_home / "demo"
@@ -440,23 +440,10 @@ class Demo:
                 self.note("everything the demo started is stopped: no process left")
 
     def _delete_vms(self) -> None:
-        from ..fleet.operations import Fleet
-
         cloud = self.children.get("cloud emulator")
         if self.settings is None or cloud is None or cloud.proc is None or cloud.proc.poll() is not None:
             return
-        context = self._fleet()
-        try:
-            for tier in (setup.TIER, setup.FALLBACK_TIER):
-                with contextlib.suppress(SpotError):
-                    Fleet(context).down(tier, terminate=True, reason="spot demo: teardown")
-        finally:
-            context.close()
-        # The emulator SIGTERMs a deleted node's engine; give it a moment to go.
-        nodes = self.run_dir / "cloud"
-        deadline = time.monotonic() + 10
-        while processes_of(nodes / "nodes") and time.monotonic() < deadline:
-            time.sleep(0.1)
+        delete_demo_vms(self._fleet(), self.run_dir, "spot demo: teardown")
 
     def _write_manifest(self, state: str) -> None:
         data = {

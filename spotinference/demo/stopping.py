@@ -53,10 +53,25 @@ def running_demos(base_home: Path) -> list[Path]:
     return found
 
 
+def delete_demo_vms(context: Any, run_dir: Path, reason: str) -> None:
+    """Terminate both demo tiers' VMs (closing ``context``, a FleetContext), then give the
+    emulator up to 10 s to stop their engines."""
+    from ..fleet.operations import Fleet
+
+    try:
+        for tier in (setup.TIER, setup.FALLBACK_TIER):
+            with contextlib.suppress(SpotError):
+                Fleet(context).down(tier, terminate=True, reason=reason)
+    finally:
+        context.close()
+    deadline = time.monotonic() + 10
+    while processes_of(run_dir / "cloud" / "nodes") and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def stop_demo(run_dir: Path, on_event: Callable[[DemoEvent], None] | None = None) -> Stopped:
     """End a kept (or crashed) demo: gateway, VMs, sampler, emulator, then any leftover."""
     from ..fleet.context import FleetContext
-    from ..fleet.operations import Fleet
 
     emit = on_event or (lambda event: None)
     manifest = json.loads((run_dir / MANIFEST).read_text())
@@ -75,15 +90,7 @@ def stop_demo(run_dir: Path, on_event: Callable[[DemoEvent], None] | None = None
                 emit(DemoEvent("fleet", f"{update.node or update.tier}: {update.message}"))
 
             context = FleetContext(settings, Store(settings.home), on_progress=progress, poll_interval_s=0.5)
-            try:
-                for tier in (setup.TIER, setup.FALLBACK_TIER):
-                    with contextlib.suppress(SpotError):
-                        Fleet(context).down(tier, terminate=True, reason="spot demo --stop")
-            finally:
-                context.close()
-            deadline = time.monotonic() + 10
-            while processes_of(run_dir / "cloud" / "nodes") and time.monotonic() < deadline:
-                time.sleep(0.1)
+            delete_demo_vms(context, run_dir, "spot demo --stop")
         for name in ("billing sampler", "cloud emulator"):
             if name in pids and cmdline_names(pids[name], run_dir):
                 stop_group(pids[name])
