@@ -23,6 +23,7 @@ import pytest
 from spotinference.keys import create_key
 from spotinference.store import Store
 from tests.servers import ServerProcess, start_gateway
+from tests.token_log import logged_rows
 
 MODEL = "tiny-chat"
 ENGINES = ["sim", pytest.param("vllm", marks=pytest.mark.slow)]
@@ -200,23 +201,6 @@ def wait_idle(url: str, timeout_s: float = 30) -> dict[str, float]:
         time.sleep(0.1)
 
 
-def logged_rows(stack: Stack, request_ids: set[str] | None = None, *, expect: int, timeout_s: float = 15) -> list[dict]:
-    """The gateway's rows, read from the store once its flusher has copied them in."""
-    store = Store(stack.home)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        store.flush()
-        with store.reading() as con:
-            cursor = con.execute("SELECT * FROM requests ORDER BY started_at")
-            columns = [d[0] for d in cursor.description]
-            rows = [dict(zip(columns, r, strict=True)) for r in cursor.fetchall()]
-        if request_ids is not None:
-            rows = [r for r in rows if r["request_id"] in request_ids]
-        if len(rows) >= expect or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.2)
-
-
 def test_the_token_log_matches_the_engines_counters(stack: Stack) -> None:
     before = wait_idle(stack.engine_url)
     ids: set[str] = set()
@@ -232,7 +216,7 @@ def test_the_token_log_matches_the_engines_counters(stack: Stack) -> None:
     raw = client.completions.with_raw_response.create(model=MODEL, prompt="abc", max_tokens=5)
     ids.add(raw.headers["x-request-id"])
     after = wait_idle(stack.engine_url)
-    rows = logged_rows(stack, ids, expect=len(ids))
+    rows = logged_rows(stack.home, ids, expect=len(ids))
     assert len(rows) == len(ids)
     assert all(r["http_status"] == 200 and r["completion_tokens"] > 0 for r in rows)
     assert sum(r["prompt_tokens"] for r in rows) == after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"]
@@ -266,7 +250,7 @@ def abort_a_stream(stack: Stack) -> tuple[dict, float, float]:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 450, "ignore_eos": True, "stream": True}
     request_id = stream_then_hang_up(stack, body, events=6)
     after = wait_idle(stack.engine_url)
-    (row,) = logged_rows(stack, {request_id}, expect=1)
+    (row,) = logged_rows(stack.home, {request_id})
     generated = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
     assert row["prompt_tokens"] == after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"]
     return row, generated, after["vllm:num_requests_running"]
@@ -291,7 +275,7 @@ def test_an_aborted_stream_is_logged_and_stops_the_engine(stack: Stack) -> None:
 
 def test_requests_command_lists_the_log(stack: Stack) -> None:
     chat(stack.via())
-    logged_rows(stack, expect=1)
+    logged_rows(stack.home)
     from tests.conftest import run_spot
 
     result = run_spot("requests", "--last", "3", "--json", env={"SPOT_HOME": str(stack.home)})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -16,24 +15,10 @@ from spotinference.keys import create_key
 from spotinference.store import Store
 from tests.conftest import run_spot
 from tests.servers import free_port, start_gateway, start_sim_engine
+from tests.token_log import logged_rows
 
 MODEL = "tiny-chat"
 MESSAGES = [{"role": "user", "content": "hello"}]
-
-
-def rows_for(home: Path, request_id: str, timeout_s: float = 10) -> list[dict]:
-    """The request's rows, once the running gateway has sealed the segment holding them (≤ 1 s)."""
-    store = Store(home)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        store.flush()
-        with store.reading() as con:
-            cursor = con.execute("SELECT * FROM requests WHERE request_id = ?", [request_id])
-            columns = [d[0] for d in cursor.description]
-            rows = [dict(zip(columns, r, strict=True)) for r in cursor.fetchall()]
-        if rows or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
 
 
 def test_an_unreachable_engine_is_503_with_retry_after(tmp_path: Path) -> None:
@@ -46,7 +31,7 @@ def test_an_unreachable_engine_is_503_with_retry_after(tmp_path: Path) -> None:
         assert response.status_code == 503
         assert int(response.headers["retry-after"]) > 0
         assert response.json()["error"]["code"] == "engine_unreachable"
-        (row,) = rows_for(home, response.headers["x-request-id"])
+        (row,) = logged_rows(home, {response.headers["x-request-id"]}, timeout_s=10)
         assert row["http_status"] == 503 and row["completion_tokens"] == 0
     finally:
         gateway.stop()
@@ -69,7 +54,7 @@ def test_an_engine_dying_mid_stream_ends_the_stream_with_an_error_and_logs_what_
                 received += 1
                 if received == 5:
                     engine.kill9()
-        (row,) = rows_for(home, request_id)
+        (row,) = logged_rows(home, {request_id}, timeout_s=10)
         assert row["http_status"] == 502 and row["client_aborted"] is False
         assert 3 <= row["completion_tokens"] < 300
         assert row["prompt_tokens"] > 0
@@ -86,7 +71,7 @@ def test_a_row_survives_a_kill_9_right_after_the_response(tmp_path: Path, sim_en
                           headers={"Authorization": f"Bearer {key}"}, timeout=30)
     gateway.kill9()
     assert response.status_code == 200
-    (row,) = rows_for(home, response.headers["x-request-id"])
+    (row,) = logged_rows(home, {response.headers["x-request-id"]}, timeout_s=10)
     assert row["completion_tokens"] == response.json()["usage"]["completion_tokens"]
 
 

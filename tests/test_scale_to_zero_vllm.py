@@ -38,6 +38,7 @@ from tests.engines.real_vllm import build_tiny_model, default_model_dir, ensure_
 from tests.servers import start_sim_cloud
 from tests.test_fleet import Cloud
 from tests.test_gateway_contract import engine_counters, wait_idle
+from tests.token_log import logged_rows
 from tests.test_scale_to_zero import Gateway, restore_calls, start_gateway, vm_status, wait_for
 
 pytestmark = pytest.mark.slow
@@ -218,21 +219,6 @@ def client_for(gateway: Gateway) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0, timeout=UP_TIMEOUT_S)
 
 
-def usage_rows(home: Path, expect: int, timeout_s: float = 30) -> list[dict]:
-    """The gateway's token log, read from the store once its flusher has copied the rows in."""
-    store = Store(home)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        store.flush()
-        with store.reading() as con:
-            cursor = con.execute("SELECT * FROM requests ORDER BY started_at")
-            columns = [d[0] for d in cursor.description]
-            rows = [dict(zip(columns, r, strict=True)) for r in cursor.fetchall()]
-        if len(rows) >= expect or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.3)
-
-
 # -- the wake timeline -------------------------------------------------------------------------
 
 def _at(event: FleetEvent) -> float:
@@ -372,7 +358,7 @@ def test_a_hibernated_vllm_tier_really_stops_and_wakes_once_for_concurrent_reque
 
         # -- every token is in the log, and matches vLLM's own counters -------------------------
         after_wake = wait_idle(engine_url)
-        rows = usage_rows(home, expect=len(warm) + len(results))
+        rows = logged_rows(home, expect=len(warm) + len(results), timeout_s=30)
         assert len(rows) == len(warm) + len(results)
         assert all(r["http_status"] == 200 and r["tier"] == "demo" for r in rows)
         assert all(r["completion_tokens"] == MAX_TOKENS for r in rows)
