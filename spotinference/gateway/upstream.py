@@ -295,7 +295,7 @@ class UpstreamPool:
         self.host = parts.hostname
         self.port = parts.port or 80
         self.base_path = parts.path.rstrip("/")
-        self.host_header = parts.netloc.encode("idna") if parts.netloc.isascii() else parts.netloc.encode()
+        self.host_header = parts.netloc.encode("idna")
         self.connect_timeout_s = connect_timeout_s
         # Idle connections are dropped before uvicorn's 5 s keep-alive timeout (vLLM's server)
         # would close them under us.
