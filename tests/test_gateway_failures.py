@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -61,6 +63,67 @@ def test_an_engine_dying_mid_stream_ends_the_stream_with_an_error_and_logs_what_
     finally:
         gateway.stop()
         engine.stop()
+
+
+def test_a_client_that_stops_reading_still_gets_every_chunk_in_order_and_the_row_counts_them(tmp_path: Path) -> None:
+    # A reader slower than the engine: the gateway must hold the engine back (back-pressure),
+    # not drop, reorder or duplicate chunks, and still count what was served.
+    # ~6 MB of events at once: more than the sockets' buffers hold (Linux grows a loopback send
+    # buffer to 4 MB), so the gateway's sends to this client do block.
+    tokens = 24_000
+    engine, sim_engine = start_sim_engine(tmp_path, extra=["--ttft-ms", "0", "--itl-ms", "0",
+                                                           "--max-model-len", str(tokens + 100)])
+    home = tmp_path / "gw"
+    key = create_key(Store(home), "k").key
+    gateway, url = start_gateway(home, {MODEL: sim_engine})
+    try:
+        body = json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": tokens, "stream": True,
+                           "ignore_eos": True, "stream_options": {"include_usage": True}}).encode()
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        client.settimeout(30)
+        client.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (key.encode(), len(body), body))
+        time.sleep(1.5)  # not reading while the engine streams at full speed
+        raw = bytearray()
+        while not raw.endswith(b"\r\n0\r\n\r\n"):
+            piece = client.recv(1 << 16)
+            assert piece, "the gateway closed the stream early"
+            raw += piece
+        client.close()
+        head, _, chunked = bytes(raw).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        request_id = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"x-request-id:"))
+        events = [e for e in _dechunk(chunked).split(b"\n\n") if e]
+        assert events[-1] == b"data: [DONE]"
+        chunks = [json.loads(e[6:]) for e in events[:-1]]
+        usage = chunks[-1]["usage"]
+        assert usage["completion_tokens"] == tokens
+        content = [c["choices"][0]["delta"].get("content") for c in chunks[:-1] if c["choices"]]
+        assert sum(1 for text in content if text) == tokens, "chunks lost or repeated"
+        # The simulator's text is deterministic: the same request read at once gives the same text.
+        direct = httpx.post(f"{sim_engine}/v1/chat/completions", json=json.loads(body), timeout=60)
+        direct_text = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content") or ""
+                              for e in direct.content.split(b"\n\n") if e.startswith(b"data: {") and b'"choices":[{' in e)
+        assert "".join(text or "" for text in content) == direct_text, "chunks reordered"
+        (row,) = logged_rows(home, {request_id}, timeout_s=10)
+        assert row["completion_tokens"] == tokens and row["http_status"] == 200 and row["client_aborted"] is False
+    finally:
+        gateway.stop()
+        engine.stop()
+
+
+def _dechunk(data: bytes) -> bytes:
+    parts = []
+    while True:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return b"".join(parts)
+        parts.append(rest[:size])
+        data = rest[size + 2:]
 
 
 def test_a_row_survives_a_kill_9_right_after_the_response(tmp_path: Path, sim_engine: str) -> None:

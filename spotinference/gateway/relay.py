@@ -15,14 +15,17 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..keys import KeyRing
+from .callback_send import CallbackSender
 from .errors import GatewayError, stream_error_event
 from .metrics import GatewayMetrics
 from .requests import ClientGone, ClientRequest, header, parse_request, read_body
 from .routing import Node, Route, Router
+from .sse import StreamState
 from .upstream import (
     UpstreamClosedError,
     UpstreamConnectError,
@@ -336,18 +339,17 @@ class Relay:
                 "headers": [(b"content-type", upstream.header(b"content-type", b"text/event-stream")),
                             (b"cache-control", b"no-cache"), (b"x-request-id", exchange.request_id.encode())],
             })
-        feed = state.feed
+        # Engine bytes go to the client from the upstream read callback, not via this task.
+        sender = CallbackSender(send, pause=upstream.pause_reading, resume=upstream.resume_reading,
+                                failed=upstream.interrupt)
         try:
-            while data := await upstream.next_chunk():
-                out, first_token = feed(data)
-                if first_token:
-                    exchange.ttft_s = time.perf_counter() - exchange.t0
-                if state.done:
-                    self._finish_stream(exchange)  # recorded before [DONE] reaches the client
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-        except UpstreamError as exc:
-            exchange.error = f"engine stream failed: {exc}"
+            try:
+                await upstream.deliver(self._stream_sink(exchange, state, sender))
+            except UpstreamError as exc:
+                exchange.error = f"engine stream failed: {exc}"
+            await sender.drain()  # what was read reaches the client before any error event
+        finally:
+            sender.cancel()  # nothing left unless the relay is being torn down
         if not state.done:
             # The response is closed (not pooled) by the caller: vLLM aborts what it still runs.
             exchange.error = exchange.error or "engine stream ended without [DONE]"
@@ -360,6 +362,23 @@ class Relay:
             })
         exchange.response_complete = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _stream_sink(self, exchange: Exchange, state: StreamState, sender: CallbackSender) -> Callable[[bytes], None]:
+        feed = state.feed
+
+        def sink(data: bytes) -> None:
+            try:
+                out, first_token = feed(data)
+                if first_token:
+                    exchange.ttft_s = time.perf_counter() - exchange.t0
+                if state.done and not exchange.recorded:
+                    self._finish_stream(exchange)  # recorded before [DONE] reaches the client
+                if out:
+                    sender.push({"type": "http.response.body", "body": out, "more_body": True})
+            except Exception as exc:  # noqa: BLE001 - raised by deliver() in the relay's task, not into the parser
+                sender.fail(exc)
+
+        return sink
 
     def _finish_stream(self, exchange: Exchange) -> None:
         state = exchange.request.stream_state  # type: ignore[union-attr]
