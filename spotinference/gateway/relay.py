@@ -10,10 +10,11 @@ aiohttp about 1 ms, and per-request and per-chunk client work is most of what th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import os
 import time
-import uuid
 from dataclasses import dataclass
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -48,7 +49,7 @@ class Exchange:
     """One request's outcome, filled in as the relay learns it."""
 
     request_id: str
-    started_at: datetime
+    started_unix: float  # time.time(): the row's datetime is built off the path to the engine
     t0: float
     request: ClientRequest | None = None
     key_id: str | None = None
@@ -88,6 +89,10 @@ class Relay:
         self.gate: Any = None  # the budget gate (billing.budget.BudgetGate), when the fleet has billing
         self._pools: dict[str, UpstreamPool] = {}
         self._fixed_headers: dict[tuple[str, str | None], bytes] = {}
+        # Request ids: random per process (each worker builds its own Relay), then a counter. A
+        # uuid4 per request is a getrandom(2) call on the path to the engine.
+        self._id_prefix = "req-" + os.urandom(8).hex()
+        self._id_counter = itertools.count()
 
     # -- upstream clients ------------------------------------------------------------------
 
@@ -116,6 +121,9 @@ class Relay:
 
     # -- request handling ------------------------------------------------------------------
 
+    def _next_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):016x}"
+
     def authenticate(self, scope: dict[str, Any]) -> str | None:
         if self.keys is None:
             return None
@@ -128,7 +136,7 @@ class Relay:
         return key_id
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        exchange = Exchange("req-" + uuid.uuid4().hex, datetime.now(UTC), time.perf_counter())
+        exchange = Exchange(self._next_request_id(), time.time(), time.perf_counter())
         try:
             exchange.key_id = self.authenticate(scope)
         except GatewayError as exc:
@@ -171,16 +179,24 @@ class Relay:
         in_flight.inc()
         # The relay runs in this task (no extra hop before the first byte); a small watcher task
         # cancels it if the client leaves, which closes the upstream connection so that vLLM
-        # aborts the request and frees the GPU.
+        # aborts the request and frees the GPU. The watcher starts on the loop's next turn, so
+        # making it is not on the way to the engine: this task runs until the request is sent.
         relay_task = asyncio.current_task()
-        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        watcher: asyncio.Future[None] | None = None
+        over = False
 
         def client_left(done: asyncio.Future[None]) -> None:
             if not done.cancelled() and not exchange.response_complete and relay_task is not None:
                 exchange.aborted = True
                 relay_task.cancel()
 
-        watcher.add_done_callback(client_left)
+        def start_watching() -> None:
+            nonlocal watcher
+            if not over:
+                watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+                watcher.add_done_callback(client_left)
+
+        asyncio.get_running_loop().call_soon(start_watching)
         if controller is not None:
             controller.request_started()
         try:
@@ -210,8 +226,10 @@ class Relay:
             log.error("relay of %s failed", exchange.request_id, exc_info=exc)
             exchange.error = exchange.error or f"gateway error: {type(exc).__name__}"
         finally:
-            watcher.remove_done_callback(client_left)
-            watcher.cancel()
+            over = True
+            if watcher is not None:
+                watcher.remove_done_callback(client_left)
+                watcher.cancel()
             if exchange.node is not None:
                 exchange.node.in_flight -= 1
                 if exchange.node.owner is not None and exchange.node.owner is not controller:
@@ -402,14 +420,15 @@ class Relay:
             exchange.finish_reason = exchange.finish_reason or state.finish_reason
         exchange.recorded = True
         elapsed_s = time.perf_counter() - exchange.t0
+        started_at = datetime.fromtimestamp(exchange.started_unix, UTC)
         model = request.model if request else ""
         node = exchange.node
         row = UsageRow(
             request_id=exchange.request_id,
             gateway_id=self.recorder.gateway_id,
             model=model,
-            started_at=exchange.started_at,
-            finished_at=exchange.started_at + timedelta(seconds=elapsed_s),
+            started_at=started_at,
+            finished_at=started_at + timedelta(seconds=elapsed_s),
             http_status=exchange.status,
             key_id=exchange.key_id,
             tier=node.tier if node else None,
