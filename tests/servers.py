@@ -110,3 +110,15 @@ def start_sim_cloud(tmp_dir: Path, *extra_flags: str, port: int | None = None) -
     server = ServerProcess(command, env=clean_env(tmp_dir / "sim-cloud-home"),
                            log_path=tmp_dir / f"sim-cloud-{port}.log", health_url=f"{url}/v1/billing/alive")
     return server.start(), url
+
+
+def dechunk(data: bytes) -> bytes:
+    """The body of an HTTP/1.1 chunked transfer (what follows the head), up to its last chunk."""
+    parts = []
+    while True:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return b"".join(parts)
+        parts.append(rest[:size])
+        data = rest[size + 2:]

@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from spotinference.gateway.callback_send import CallbackSender
+from tests.servers import dechunk
 
 CHUNK = b"x" * 4096
 CHUNKS = 2000  # 8 MB: far past the kernel's and uvicorn's buffers for a client that does not read
@@ -108,7 +109,7 @@ def test_a_client_that_stops_reading_blocks_sends_pauses_the_source_and_still_ge
         assert app.done.wait(5)
         head, _, chunked = body.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")
-        payload = b"".join(_dechunk(chunked))
+        payload = dechunk(chunked)
         numbers = [int(payload[i:i + 6]) for i in range(0, len(payload), 6 + len(CHUNK))]
         assert numbers == list(range(CHUNKS)), "chunks lost, repeated or reordered"
         assert len(payload) == CHUNKS * (6 + len(CHUNK))
@@ -117,14 +118,3 @@ def test_a_client_that_stops_reading_blocks_sends_pauses_the_source_and_still_ge
         client.close()
     finally:
         server.should_exit = True
-
-
-def _dechunk(data: bytes) -> list[bytes]:
-    parts = []
-    while True:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            return parts
-        parts.append(rest[:size])
-        data = rest[size + 2:]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from spotinference.keys import create_key
 from spotinference.store import Store
 from tests.conftest import run_spot
-from tests.servers import free_port, start_gateway, start_sim_engine
+from tests.servers import dechunk, free_port, start_gateway, start_sim_engine
 from tests.token_log import logged_rows
 
 MODEL = "tiny-chat"
@@ -96,7 +96,7 @@ def test_a_client_that_stops_reading_still_gets_every_chunk_in_order_and_the_row
         assert head.startswith(b"HTTP/1.1 200")
         request_id = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
                           if line.lower().startswith(b"x-request-id:"))
-        events = [e for e in _dechunk(chunked).split(b"\n\n") if e]
+        events = [e for e in dechunk(chunked).split(b"\n\n") if e]
         assert events[-1] == b"data: [DONE]"
         chunks = [json.loads(e[6:]) for e in events[:-1]]
         usage = chunks[-1]["usage"]
@@ -113,17 +113,6 @@ def test_a_client_that_stops_reading_still_gets_every_chunk_in_order_and_the_row
     finally:
         gateway.stop()
         engine.stop()
-
-
-def _dechunk(data: bytes) -> bytes:
-    parts = []
-    while True:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            return b"".join(parts)
-        parts.append(rest[:size])
-        data = rest[size + 2:]
 
 
 def test_a_row_survives_a_kill_9_right_after_the_response(tmp_path: Path, sim_engine: str) -> None:
