@@ -212,10 +212,13 @@ class TierController:
     # -- idle ------------------------------------------------------------------------------------
 
     def idle_for(self) -> float | None:
-        """Seconds since the last request, while nothing is in flight; None while busy."""
+        """Seconds since the last request or since the tier woke, whichever is later, while
+        nothing is in flight; None while busy. A tier asleep or on its fallback for a while has
+        not been idle while awake: counting that time would hibernate it the moment it wakes."""
         if self.held or self.engine_busy or any(n.in_flight for n in self.route.nodes):
             return None
-        return self.clock() - self.last_activity
+        since = self.last_activity if self.awake_since is None else max(self.last_activity, self.awake_since)
+        return self.clock() - since
 
     def idle_countdown(self) -> float | None:
         idle = self.idle_for()
