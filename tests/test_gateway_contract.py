@@ -165,15 +165,15 @@ def test_stream_bytes_are_the_engines_byte_for_byte(stack: Stack, options: dict 
 
 def test_async_client_streams(stack: Stack) -> None:
     async def run() -> tuple[list, list]:
-        direct = openai.AsyncOpenAI(base_url=f"{stack.engine_url}/v1", api_key="unused", max_retries=0)
-        via = openai.AsyncOpenAI(base_url=f"{stack.gateway_url}/v1", api_key=stack.key, max_retries=0)
         args = {"model": MODEL, "messages": MESSAGES, "max_tokens": 10, "temperature": 0.0, "seed": 1,
                 "stream": True, "stream_options": {"include_usage": True}}
-        got_direct = [comparable(c) async for c in await direct.chat.completions.create(**args)]
-        got_via = [comparable(c) async for c in await via.chat.completions.create(**args)]
-        assert got_via[-1]["usage"]["completion_tokens"] == 10
-        non_streamed = await via.chat.completions.create(**{**args, "stream": False, "stream_options": None})
-        assert non_streamed.usage.completion_tokens > 0
+        async with openai.AsyncOpenAI(base_url=f"{stack.engine_url}/v1", api_key="unused", max_retries=0) as direct, \
+                openai.AsyncOpenAI(base_url=f"{stack.gateway_url}/v1", api_key=stack.key, max_retries=0) as via:
+            got_direct = [comparable(c) async for c in await direct.chat.completions.create(**args)]
+            got_via = [comparable(c) async for c in await via.chat.completions.create(**args)]
+            assert got_via[-1]["usage"]["completion_tokens"] == 10
+            non_streamed = await via.chat.completions.create(**{**args, "stream": False, "stream_options": None})
+            assert non_streamed.usage.completion_tokens > 0
         return got_direct, got_via
 
     direct, via = asyncio.run(run())

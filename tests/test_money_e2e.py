@@ -178,8 +178,8 @@ async def one_request(client: openai.AsyncOpenAI, i: int) -> Served:
 
 
 async def burst(gateway: Gateway, first: int, n: int) -> list[Served]:
-    client = gateway.client()
-    return list(await asyncio.gather(*(one_request(client, first + i) for i in range(n))))
+    async with gateway.client() as client:
+        return list(await asyncio.gather(*(one_request(client, first + i) for i in range(n))))
 
 
 async def traffic_while_sampling(gateway: Gateway, first: int) -> tuple[list[Served], Sample]:
@@ -188,11 +188,11 @@ async def traffic_while_sampling(gateway: Gateway, first: int) -> tuple[list[Ser
     proc = await asyncio.create_subprocess_exec(str(SPOT), "sample", "--json", stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
     done = asyncio.ensure_future(proc.communicate())
-    client = gateway.client()
     served: list[Served] = []
-    while not done.done() or len(served) < 4:
-        served += await asyncio.gather(one_request(client, first + len(served)),
-                                       one_request(client, first + len(served) + 1))
+    async with gateway.client() as client:
+        while not done.done() or len(served) < 4:
+            served += await asyncio.gather(one_request(client, first + len(served)),
+                                           one_request(client, first + len(served) + 1))
     out, err = await done
     assert proc.returncode == 0, err.decode()
     return served, parse_sample(out.decode())

@@ -135,8 +135,8 @@ def test_fifty_requests_to_a_hibernated_tier_wake_it_once_and_all_succeed(fleet:
                 return [line async for line in response.aiter_lines() if line]
 
         async def burst() -> tuple[list, list[str]]:
-            client = gateway.client()
-            results = await asyncio.gather(raw_stream(), *(one_request(client, i) for i in range(49)))
+            async with gateway.client() as client:
+                results = await asyncio.gather(raw_stream(), *(one_request(client, i) for i in range(49)))
             return list(results[1:]), results[0]
 
         results, raw = asyncio.run(burst())
@@ -168,13 +168,14 @@ def test_an_idle_tier_hibernates_after_its_timeout_and_never_with_requests_in_fl
     try:
         async def long_stream() -> int:
             # ~6 s of tokens: twice the idle timeout, all of it in flight.
-            stream = await gateway.client().completions.create(
-                model=MODEL, prompt="count", max_tokens=1200, stream=True, extra_body={"ignore_eos": True},
-                stream_options={"include_usage": True})
-            usage = 0
-            async for chunk in stream:
-                if chunk.usage:
-                    usage = chunk.usage.completion_tokens
+            async with gateway.client() as client:
+                stream = await client.completions.create(
+                    model=MODEL, prompt="count", max_tokens=1200, stream=True, extra_body={"ignore_eos": True},
+                    stream_options={"include_usage": True})
+                usage = 0
+                async for chunk in stream:
+                    if chunk.usage:
+                        usage = chunk.usage.completion_tokens
             return usage
 
         assert asyncio.run(long_stream()) == 1200
@@ -266,5 +267,5 @@ def test_when_the_spot_tier_is_back_traffic_returns_and_the_fallback_hibernates(
 
 
 async def _burst(gateway: Gateway, n: int) -> list[tuple[str, int]]:
-    client = gateway.client()
-    return list(await asyncio.gather(*(one_request(client, i) for i in range(n))))
+    async with gateway.client() as client:
+        return list(await asyncio.gather(*(one_request(client, i) for i in range(n))))

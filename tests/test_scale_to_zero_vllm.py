@@ -317,8 +317,11 @@ def test_a_hibernated_vllm_tier_really_stops_and_wakes_once_for_concurrent_reque
         # -- the engine answers through the gateway ---------------------------------------------
         gateway = start_gateway(tmp_path, home)
         wait_for(lambda: gateway.tier("demo")["state"] == "serving", 30, "the gateway to route to the node")
-        warm = asyncio.run(_all(sdk_request(client_for(gateway), 0, "sdk"),
-                                sdk_request(client_for(gateway), 1, "sdk-stream-usage")))
+        async def warm_up() -> list[Timed]:
+            async with client_for(gateway) as client:
+                return await _all(sdk_request(client, 0, "sdk"), sdk_request(client, 1, "sdk-stream-usage"))
+
+        warm = asyncio.run(warm_up())
         assert all(r.completion_tokens == MAX_TOKENS and r.text and r.finish_reason == "length" for r in warm)
         before_hibernate = wait_idle(engine_url)
 
@@ -337,10 +340,10 @@ def test_a_hibernated_vllm_tier_really_stops_and_wakes_once_for_concurrent_reque
         kinds = ["sdk", "sdk-stream-usage", "sdk-stream", "sdk", "sdk-stream-usage", "sdk-stream"]
 
         async def burst() -> tuple[float, list[Timed]]:
-            client = client_for(gateway)
-            sent = time.time()
-            results = await _all(raw_stream(gateway, 100),
-                                 *(sdk_request(client, 101 + i, kind) for i, kind in enumerate(kinds)))
+            async with client_for(gateway) as client:
+                sent = time.time()
+                results = await _all(raw_stream(gateway, 100),
+                                     *(sdk_request(client, 101 + i, kind) for i, kind in enumerate(kinds)))
             return sent, results
 
         with HealthProbe(engine_url) as probe:
