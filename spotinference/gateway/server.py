@@ -96,6 +96,9 @@ def serve(spec: GatewaySpec) -> None:
         loop="uvloop",
         http="httptools",
         access_log=False,  # the usage log is the access log; per-request logging costs latency
+        # Nothing reads the client's address, so uvicorn's X-Forwarded-For middleware would only
+        # add a layer to every request (6% of the gateway's samples at 64 streams, inclusive).
+        proxy_headers=False,
         log_level="warning",
         timeout_graceful_shutdown=30,
     )

@@ -1,12 +1,13 @@
 """Benchmark: what does the gateway add over calling the engine directly?
 
-    .venv/bin/python -m tests.benchmarks.gateway_overhead [--requests N] [--levels 1,16,64]
+    .venv/bin/python -m tests.benchmarks.gateway_overhead [--rounds N] [--levels 1,16,64]
     .venv/bin/python -m tests.benchmarks.gateway_overhead --engine-url http://127.0.0.1:18000 --throughput
 
 Starts `spot sim engine` (32 tokens, one every 5 ms, as in shared/reference/gateway-performance.md)
-and `spot serve` in front of it, optionally nginx as a plain reverse proxy (the practical floor),
-then at each concurrency level sends streamed chat requests from that many concurrent clients,
-each client alternating direct / gateway (/ nginx) requests so all targets share the same load.
+and `spot serve` in front of it, nginx as a plain reverse proxy when it is installed (the
+practical floor), and tcp_relay.py (the floor of a proxy on Python's event loop), then at each
+concurrency level sends streamed chat requests from that many concurrent clients, each client
+alternating direct / gateway / nginx / py-relay requests so all targets share the same load.
 Prints time to first token and end-to-end latency at P50 and P95 per target, and the gateway's
 added latency (gateway − direct at the same percentile).
 
@@ -21,7 +22,9 @@ import argparse
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -136,6 +139,22 @@ http {{
     return proc, f"http://127.0.0.1:{port}"
 
 
+def start_py_relay(upstream: str) -> tuple[subprocess.Popen, str]:
+    """tcp_relay.py in front of the engine: the floor of a proxy on Python's event loop."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.tcp_relay", str(port), upstream.removeprefix("http://")])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.terminate()
+                raise RuntimeError("tests.benchmarks.tcp_relay did not start") from None
+            time.sleep(0.05)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default="1,16,64")
@@ -157,11 +176,13 @@ def main() -> None:
         key = create_key(Store(home), "bench").key
         gateway, gateway_url = start_gateway(home, {MODEL: engine_url})
         nginx = start_nginx(work, engine_url)
+        relay = start_py_relay(engine_url)
         auth = {"Authorization": f"Bearer {key}"}
         targets = {"direct": (f"{engine_url}/v1/chat/completions", {}),
                    "gateway": (f"{gateway_url}/v1/chat/completions", auth)}
         if nginx:
             targets["nginx"] = (f"{nginx[1]}/v1/chat/completions", {})
+        targets["py-relay"] = (f"{relay[1]}/v1/chat/completions", {})
         try:
             if args.throughput:
                 run_throughput(targets, args.seconds, args.warmup)
@@ -173,6 +194,7 @@ def main() -> None:
                 engine.stop()
             if nginx:
                 nginx[0].terminate()
+            relay[0].terminate()
 
 
 def run_latency(targets: dict, levels: list[int], rounds: int) -> None:
