@@ -7,6 +7,7 @@ so `spot --help` and `spot --version` stay fast.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -71,11 +72,24 @@ demo_command.register(app)
 planned.register(app)
 
 
+_interrupted = False
+
+
+def _on_ctrl_c(signum: int, frame: object) -> None:
+    # Remember the Ctrl-C: a library may turn the KeyboardInterrupt raised here into an error of
+    # its own (DuckDB raises RuntimeError("Query interrupted")), which is still an interrupt.
+    global _interrupted
+    _interrupted = True
+    signal.default_int_handler(signum, frame)
+
+
 def run() -> None:
     """Console-script entry: turn library errors into one line and an exit code."""
     from spotinference.errors import SpotError
 
     debug = os.environ.get("SPOT_DEBUG") == "1"
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with SIGINT ignored
+        signal.signal(signal.SIGINT, _on_ctrl_c)
     try:
         app()
     except SpotError as exc:
@@ -93,6 +107,10 @@ def run() -> None:
             sys.stderr.write("interrupted: nothing recorded is lost; run the same command again to resume\n")
         raise
     except Exception as exc:  # noqa: BLE001 - the boundary: anything else is a bug, said plainly
+        if _interrupted:
+            sys.stderr.write(f"interrupted ({type(exc).__name__}: {exc}): nothing recorded is lost; "
+                             "run the same command again to resume\n")
+            sys.exit(130)
         if debug:
             raise
         from .output import print_error

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +153,25 @@ def test_db_flush_copies_spooled_rows(spot, home: Path) -> None:
 def test_an_unknown_option_is_a_usage_error(spot) -> None:
     result = spot("db", "status", "--nope")
     assert result.returncode == 2 and "No such option" in result.stderr
+
+
+def test_ctrl_c_during_a_database_query_exits_as_interrupted_not_as_an_internal_error(tmp_path: Path) -> None:
+    # DuckDB turns the KeyboardInterrupt of a Ctrl-C into RuntimeError("Query interrupted"); `spot
+    # up` interrupted while recording a node's state once exited 70 ("this is a bug in spot").
+    # The real entry point, a real DuckDB query, a real SIGINT; only the command is stood in for.
+    script = tmp_path / "interrupt.py"
+    script.write_text(
+        "import os, signal, threading\n"
+        "import duckdb\n"
+        "import spotinference_cli.main as main\n"
+        "def long_query():\n"
+        "    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+        "    duckdb.connect().sql('SELECT count(*) FROM range(10000000000000) a').fetchall()\n"
+        "main.app = long_query\n"
+        "main.run()\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if k != "SPOT_DEBUG"})
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.startswith("interrupted (RuntimeError: Query interrupted)")
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr

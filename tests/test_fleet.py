@@ -181,7 +181,7 @@ def test_an_interrupted_up_is_resumed_by_the_next_one(cloud: Cloud) -> None:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in err
+    assert proc.returncode == 130 and "interrupted" in err, err
     ok("up", "demo")
     assert [n["state"] for n in status_json()] == ["serving"] and len(cloud.vms()) == 1
 
