@@ -22,7 +22,7 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +33,7 @@ import aiohttp
 
 from spotinference.keys import create_key
 from spotinference.store import Store
-from tests.servers import free_port, start_gateway, start_sim_engine
+from tests.servers import ServerProcess, free_port, start_gateway, start_sim_engine
 
 MODEL = "tiny-chat"
 
@@ -139,20 +139,13 @@ http {{
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_py_relay(upstream: str) -> tuple[subprocess.Popen, str]:
-    """tcp_relay.py in front of the engine: the floor of a proxy on Python's event loop."""
+def start_py_relay(work: Path, upstream: str) -> tuple[ServerProcess, str]:
+    """tcp_relay.py in front of the engine: the floor of a proxy on Python's event loop. It is up
+    once the engine's /health answers through it."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.tcp_relay", str(port), upstream.removeprefix("http://")])
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.terminate()
-                raise RuntimeError("tests.benchmarks.tcp_relay did not start") from None
-            time.sleep(0.05)
+    command = [sys.executable, "-m", "tests.benchmarks.tcp_relay", str(port), upstream.removeprefix("http://")]
+    url = f"http://127.0.0.1:{port}"
+    return ServerProcess(command, env=dict(os.environ), log_path=work / "tcp-relay.log", health_url=f"{url}/health").start(), url
 
 
 def main() -> None:
@@ -176,13 +169,13 @@ def main() -> None:
         key = create_key(Store(home), "bench").key
         gateway, gateway_url = start_gateway(home, {MODEL: engine_url})
         nginx = start_nginx(work, engine_url)
-        relay = start_py_relay(engine_url)
+        relay, relay_url = start_py_relay(work, engine_url)
         auth = {"Authorization": f"Bearer {key}"}
         targets = {"direct": (f"{engine_url}/v1/chat/completions", {}),
                    "gateway": (f"{gateway_url}/v1/chat/completions", auth)}
         if nginx:
             targets["nginx"] = (f"{nginx[1]}/v1/chat/completions", {})
-        targets["py-relay"] = (f"{relay[1]}/v1/chat/completions", {})
+        targets["py-relay"] = (f"{relay_url}/v1/chat/completions", {})
         try:
             if args.throughput:
                 run_throughput(targets, args.seconds, args.warmup)
@@ -194,7 +187,7 @@ def main() -> None:
                 engine.stop()
             if nginx:
                 nginx[0].terminate()
-            relay[0].terminate()
+            relay.stop()
 
 
 def run_latency(targets: dict, levels: list[int], rounds: int) -> None:
