@@ -73,6 +73,7 @@ planned.register(app)
 
 
 _interrupted = False
+_AFTER_CTRL_C = "nothing recorded is lost; run the same command again to resume"
 
 
 def _on_ctrl_c(signum: int, frame: object) -> None:
@@ -100,16 +101,15 @@ def run() -> None:
         print_error(exc.message, exc.hint)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+        sys.stderr.write(f"interrupted: {_AFTER_CTRL_C}\n")
         sys.exit(130)
     except SystemExit as exc:
         if exc.code == 130:  # Typer turns Ctrl-C inside a command into a silent Exit(130)
-            sys.stderr.write("interrupted: nothing recorded is lost; run the same command again to resume\n")
+            sys.stderr.write(f"interrupted: {_AFTER_CTRL_C}\n")
         raise
     except Exception as exc:  # noqa: BLE001 - the boundary: anything else is a bug, said plainly
         if _interrupted:
-            sys.stderr.write(f"interrupted ({type(exc).__name__}: {exc}): nothing recorded is lost; "
-                             "run the same command again to resume\n")
+            sys.stderr.write(f"interrupted ({type(exc).__name__}: {exc}): {_AFTER_CTRL_C}\n")
             sys.exit(130)
         if debug:
             raise
