@@ -63,7 +63,6 @@ class CallbackSender:
             self._driver.cancel()
 
     def _block(self, sending: Any, waiting_on: Any) -> None:
-
         self._pause()
         self._driver = asyncio.ensure_future(self._finish(sending, waiting_on))
 
