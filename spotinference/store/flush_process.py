@@ -24,6 +24,10 @@ class SpoolFlushProcess:
             stdin=subprocess.DEVNULL,
         )
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def stop(self) -> None:
         """Seal the writer's segment, stop the loop, and copy what remains."""
         self.writer.close()
