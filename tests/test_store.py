@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -12,6 +14,7 @@ import pytest
 from spotinference.errors import SchemaTooNewError, StoreBusyError, StoreError
 from spotinference.store import Store
 from spotinference.store import migrations as m
+from spotinference.store.flush_process import SpoolFlushProcess
 from tests.workers.store_load import request_row
 
 
@@ -69,7 +72,45 @@ def test_spooled_rows_arrive_typed_with_column_defaults(home: Path) -> None:
         ).fetchall()
     assert got[0][:6] == ("r-1", 7, 11, False, False, "alice")
     assert got[0][6].tzinfo is not None and got[0][6].utcoffset().total_seconds() == 0
+    assert got[0][6] == row["started_at"]  # the same instant, to the microsecond
     assert store.spool_files() == (0, 0)
+
+
+def test_a_spooled_time_in_another_zone_is_stored_as_the_same_instant(home: Path) -> None:
+    store = Store(home)
+    local = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=timezone(timedelta(hours=-5)))
+    with store.spool_writer("requests") as writer:
+        writer.append({**request_row("r-2"), "started_at": local})
+    store.flush()
+    with store.reading() as con:
+        (started,) = con.execute("SELECT started_at FROM requests").fetchone()
+    assert started == local and started.utcoffset().total_seconds() == 0
+
+
+def test_a_value_the_spool_cannot_store_is_refused_by_name(home: Path) -> None:
+    writer = Store(home).spool_writer("requests")
+    with pytest.raises(TypeError, match="cannot store PosixPath in a spool row"):
+        writer.append({**request_row("r-3"), "extra": {"file": home}})
+
+
+def test_the_flush_process_yields_the_cpu_and_still_copies_rows(home: Path) -> None:
+    # It runs beside the gateway; its copies into DuckDB must not take CPU from the relay.
+    store = Store(home)
+    writer = store.spool_writer("requests")
+    flusher = SpoolFlushProcess(store, writer, interval_s=0.2)
+    flusher.start()
+    try:
+        writer.append(request_row("r-4"))
+        writer.close()  # sealed: the flusher's to copy
+        deadline = time.monotonic() + 30
+        while store.spool_files() != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert store.spool_files() == (0, 0), "the flush process did not copy the sealed segment"
+        assert os.getpriority(os.PRIO_PROCESS, flusher.pid) == 19
+    finally:
+        flusher.stop()
+    with store.reading() as con:
+        assert con.execute("SELECT request_id FROM requests").fetchall() == [("r-4",)]
 
 
 def test_a_live_segment_waits_until_its_writer_seals_it(home: Path) -> None:
