@@ -14,7 +14,6 @@ holds it.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import socket
@@ -23,19 +22,20 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 SEGMENT = re.compile(r"^(?P<table>[a-z_]+)\.(?P<writer>[A-Za-z0-9_-]+)\.(?P<seq>\d{8})\.jsonl$")
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
+def _unsupported(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a spool row")
+
+
+# Datetimes, dates and UUIDs are encoded natively (RFC 3339, "Z" for UTC), which read_json reads.
+_encode = msgspec.json.Encoder(enc_hook=_unsupported).encode
 
 
 def new_writer_id() -> str:
@@ -73,7 +73,7 @@ class SpoolWriter:
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Record one row. When this returns, the row survives the death of this process."""
-        line = (json.dumps(row, default=_json_default, separators=(",", ":")) + "\n").encode()
+        line = _encode(row) + b"\n"
         with self._lock:
             if self._fd is None or self._due():
                 self._rotate_locked()
