@@ -79,3 +79,12 @@ def test_a_held_finish_chunk_is_released_if_the_stream_breaks() -> None:
     out, _ = state.feed(events(TOKEN + usage(1) + b"}", FINISH + usage(2) + b"}"))
     assert out == events(TOKEN + b"}")
     assert state.drain() == events(FINISH + b"}")
+
+
+def test_a_usage_object_with_nested_details_is_cut_whole() -> None:
+    # vLLM nests prompt_tokens_details when prefix caching reports cached tokens.
+    nested = b',"usage":{"prompt_tokens":9,"total_tokens":10,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":8}}'
+    state = StreamState(client_include_usage=False, client_continuous_usage=False)
+    out, first = state.feed(events(TOKEN + nested + b"}"))
+    assert out == events(TOKEN + b"}") and first
+    assert state.usage() == (9, 1)

@@ -42,10 +42,11 @@ class StreamState:
     events: int = 0
     _pending: bytes = field(default=b"", repr=False)
     _held: bytes | None = field(default=None, repr=False)
+    _rewrite: bool = field(default=True, init=False, repr=False)
 
-    @property
-    def rewrite(self) -> bool:
-        return not (self.client_include_usage and self.client_continuous_usage)
+    def __post_init__(self) -> None:
+        # The client asked for exactly what the gateway asks vLLM for: its bytes pass unchanged.
+        self._rewrite = not (self.client_include_usage and self.client_continuous_usage)
 
     def usage(self) -> tuple[int, int] | None:
         """(prompt_tokens, completion_tokens) from the last usage seen, if any."""
@@ -61,76 +62,73 @@ class StreamState:
         """Take bytes from upstream; return (bytes to send the client now, first token among them)."""
         if self._pending:
             data = self._pending + data
-        end = data.rfind(EVENT_END)
-        if end < 0:
+        end = data.rfind(EVENT_END) + 2
+        if end < 2:
             self._pending = data
             return b"", False
-        complete = data[: end + 2]
-        self._pending = data[end + 2 :]
+        if end == len(data):
+            self._pending = b""
+        else:
+            self._pending = data[end:]
+            data = data[:end]
         first_before = self.first_token_seen
-        out = self._events(complete)
-        return out, (self.first_token_seen and not first_before)
+        # This runs for every chunk of every stream: the usual read is one whole event, handled
+        # without splitting and joining.
+        if data.find(EVENT_END) == end - 2:
+            out = self._event(data[:-2])
+        else:
+            out = b"".join([self._event(event) for event in data.split(EVENT_END) if event])
+        return (out if self._rewrite else data), (self.first_token_seen and not first_before)
 
-    def _events(self, complete: bytes) -> bytes:
-        rewrite = self.rewrite
-        kept: list[bytes] | None = [] if rewrite else None
-        for event in complete.split(EVENT_END):
-            if not event:
-                continue
-            self.events += 1
-            if event == DONE:
-                self.done = True
-                if kept is not None:
-                    self._release_held(kept)
-                    kept.append(event)
-                continue
-            cut = event.rfind(_USAGE)
-            usage_end = -1
-            if cut >= 0:
-                usage_end = _object_end(event, cut + len(_USAGE))
-                self.last_usage = event[cut + len(_USAGE) : usage_end + 1]
-                if not self.first_token_seen and not _ZERO_COMPLETION.search(self.last_usage):
-                    self.first_token_seen = True
-            elif not self.first_token_seen and _carries_token(event):
+    def _event(self, event: bytes) -> bytes:
+        """Learn from one event (without its blank line); return what the client gets for it."""
+        self.events += 1
+        if event == DONE:
+            self.done = True
+            return self._release_held() + DONE + EVENT_END
+        cut = event.rfind(_USAGE)
+        if cut >= 0:
+            begin = cut + len(_USAGE)
+            usage_end = event.find(b"}", begin)
+            if usage_end < 0 or event.find(b"{", begin + 1, usage_end) >= 0:  # nested (token details)
+                usage_end = _object_end(event, begin)
+            self.last_usage = event[begin : usage_end + 1]
+            if not self.first_token_seen and not _ZERO_COMPLETION.search(self.last_usage):
                 self.first_token_seen = True
-            finish_at = event.find(_FINISH)
-            if finish_at >= 0 and self.finish_reason is None:
-                start = finish_at + len(_FINISH)
-                self.finish_reason = event[start : event.find(b'"', start)].decode()
-            if kept is None:
-                continue
-            if cut >= 0 and _EMPTY_CHOICES in event:
+        elif not self.first_token_seen and _carries_token(event):
+            self.first_token_seen = True
+        finish_at = event.find(_FINISH)
+        if finish_at >= 0 and self.finish_reason is None:
+            start = finish_at + len(_FINISH)
+            self.finish_reason = event[start : event.find(b'"', start)].decode()
+        if not self._rewrite:
+            return b""  # the caller passes the bytes through as they came
+        if cut >= 0:
+            if _EMPTY_CHOICES in event:
                 if self.client_include_usage:
-                    self._release_held(kept)
-                    kept.append(event)  # the final usage chunk the client asked for
-                else:
-                    self._release_held(kept, fingerprint_from=event)
-                continue
-            if cut >= 0:
-                event = event[:cut] + event[usage_end + 1 :]
-            self._release_held(kept)
-            if finish_at >= 0 and not self.client_include_usage:
-                self._held = event  # may have to carry the usage chunk's system_fingerprint
-            else:
-                kept.append(event)
-        if kept is None:
-            return complete
-        return b"".join(e + EVENT_END for e in kept)
+                    return self._release_held() + event + EVENT_END  # the final usage chunk the client asked for
+                return self._release_held(fingerprint_from=event)
+            event = event[:cut] + event[usage_end + 1 :]
+        held = self._release_held()
+        if finish_at >= 0 and not self.client_include_usage:
+            self._held = event  # may have to carry the usage chunk's system_fingerprint
+            return held
+        return held + event + EVENT_END
 
-    def _release_held(self, kept: list[bytes], fingerprint_from: bytes | None = None) -> None:
-        held, self._held = self._held, None
+    def _release_held(self, fingerprint_from: bytes | None = None) -> bytes:
+        held = self._held
         if held is None:
-            return
+            return b""
+        self._held = None
         if fingerprint_from is not None:
             at = fingerprint_from.rfind(_FINGERPRINT)
             if at >= 0 and _FINGERPRINT not in held:
                 held = held[:-1] + fingerprint_from[at:-1] + b"}"
-        kept.append(held)
+        return held + EVENT_END
 
     def drain(self) -> bytes:
         """What is still held back when a stream ends early (e.g. the engine died)."""
-        held, self._held = self._held, None
-        return held + EVENT_END if held is not None else b""
+        return self._release_held()
 
 
 def _object_end(data: bytes, start: int) -> int:
