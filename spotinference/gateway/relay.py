@@ -368,30 +368,35 @@ class Relay:
             await sender.drain()  # what was read reaches the client before any error event
         finally:
             sender.cancel()  # nothing left unless the relay is being torn down
-        if not state.done:
-            # The response is closed (not pooled) by the caller: vLLM aborts what it still runs.
-            exchange.error = exchange.error or "engine stream ended without [DONE]"
-            exchange.status = 502
-            self._finish_stream(exchange)
-            await send({
-                "type": "http.response.body", "more_body": True,
-                "body": state.drain() + stream_error_event(
-                    502, f"the engine failed mid-stream: {exchange.error}", "engine_error"),
-            })
+        if state.done:
+            return  # [DONE] went out with the end of the response
+        # The response is closed (not pooled) by the caller: vLLM aborts what it still runs.
+        exchange.error = exchange.error or "engine stream ended without [DONE]"
+        exchange.status = 502
+        self._finish_stream(exchange)
         exchange.response_complete = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({
+            "type": "http.response.body", "more_body": False,
+            "body": state.drain() + stream_error_event(
+                502, f"the engine failed mid-stream: {exchange.error}", "engine_error"),
+        })
 
     def _stream_sink(self, exchange: Exchange, state: StreamState, sender: CallbackSender) -> Callable[[bytes], None]:
         feed = state.feed
 
         def sink(data: bytes) -> None:
+            if exchange.response_complete:
+                return  # nothing follows [DONE] on the client's side
             try:
                 out, first_token = feed(data)
                 if first_token:
                     exchange.ttft_s = time.perf_counter() - exchange.t0
-                if state.done and not exchange.recorded:
+                if state.done:
                     self._finish_stream(exchange)  # recorded before [DONE] reaches the client
-                if out:
+                    # [DONE] and the end of the response leave in one write.
+                    exchange.response_complete = True
+                    sender.push({"type": "http.response.body", "body": out, "more_body": False})
+                elif out:
                     sender.push({"type": "http.response.body", "body": out, "more_body": True})
             except Exception as exc:  # noqa: BLE001 - raised by deliver() in the relay's task, not into the parser
                 sender.fail(exc)

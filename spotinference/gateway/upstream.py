@@ -248,7 +248,12 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        self.response._feed(body)  # type: ignore[union-attr]
+        response = self.response
+        sink = response._sink  # type: ignore[union-attr]
+        if sink is not None:
+            sink(body)  # per chunk of every stream: straight to the relay, no further call
+        else:
+            response._feed(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
         self.reusable = self.parser.should_keep_alive()
