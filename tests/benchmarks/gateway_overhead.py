@@ -5,9 +5,11 @@
 
 Starts `spot sim engine` (32 tokens, one every 5 ms, as in shared/reference/gateway-performance.md)
 and `spot serve` in front of it, nginx as a plain reverse proxy when it is installed (the
-practical floor), and tcp_relay.py (the floor of a proxy on Python's event loop), then at each
+practical floor), tcp_relay.py (the floor of a proxy on Python's event loop) and asgi_relay.py
+(the floor of a proxy on uvicorn: the gateway's streaming path without its work), then at each
 concurrency level sends streamed chat requests from that many concurrent clients, each client
-alternating direct / gateway / nginx / py-relay requests so all targets share the same load.
+alternating direct / gateway / nginx / py-relay / asgi-relay requests so all targets share the
+same load.
 Prints time to first token and end-to-end latency at P50 and P95 per target, and the gateway's
 added latency (gateway − direct at the same percentile).
 
@@ -139,13 +141,13 @@ http {{
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_py_relay(work: Path, upstream: str) -> tuple[ServerProcess, str]:
-    """tcp_relay.py in front of the engine: the floor of a proxy on Python's event loop. It is up
+def start_relay(work: Path, module: str, upstream: str) -> tuple[ServerProcess, str]:
+    """One of the floor relays (tests/benchmarks/<module>.py) in front of the engine. It is up
     once the engine's /health answers through it."""
     port = free_port()
-    command = [sys.executable, "-m", "tests.benchmarks.tcp_relay", str(port), upstream.removeprefix("http://")]
+    command = [sys.executable, "-m", f"tests.benchmarks.{module}", str(port), upstream.removeprefix("http://")]
     url = f"http://127.0.0.1:{port}"
-    return ServerProcess(command, env=dict(os.environ), log_path=work / "tcp-relay.log", health_url=f"{url}/health").start(), url
+    return ServerProcess(command, env=dict(os.environ), log_path=work / f"{module}.log", health_url=f"{url}/health").start(), url
 
 
 def main() -> None:
@@ -169,13 +171,15 @@ def main() -> None:
         key = create_key(Store(home), "bench").key
         gateway, gateway_url = start_gateway(home, {MODEL: engine_url})
         nginx = start_nginx(work, engine_url)
-        relay, relay_url = start_py_relay(work, engine_url)
+        relay, relay_url = start_relay(work, "tcp_relay", engine_url)
+        asgi_relay, asgi_relay_url = start_relay(work, "asgi_relay", engine_url)
         auth = {"Authorization": f"Bearer {key}"}
         targets = {"direct": (f"{engine_url}/v1/chat/completions", {}),
                    "gateway": (f"{gateway_url}/v1/chat/completions", auth)}
         if nginx:
             targets["nginx"] = (f"{nginx[1]}/v1/chat/completions", {})
         targets["py-relay"] = (f"{relay_url}/v1/chat/completions", {})
+        targets["asgi-relay"] = (f"{asgi_relay_url}/v1/chat/completions", {})
         try:
             if args.throughput:
                 run_throughput(targets, args.seconds, args.warmup)
@@ -188,11 +192,12 @@ def main() -> None:
             if nginx:
                 nginx[0].terminate()
             relay.stop()
+            asgi_relay.stop()
 
 
 def run_latency(targets: dict, levels: list[int], rounds: int) -> None:
     print("streamed chat, 32 tokens; ms; added = target − direct at the same percentile")
-    print(f"{'streams':>7} {'target':<8}{'ttft p50':>9}{'ttft p95':>9}{'e2e p50':>9}{'e2e p95':>9}"
+    print(f"{'streams':>7} {'target':<11}{'ttft p50':>9}{'ttft p95':>9}{'e2e p50':>9}{'e2e p95':>9}"
           f"{'added ttft p50':>16}{'added ttft p95':>16}{'added e2e p95':>15}{'n':>6}")
     for level in levels:
         # At least ~600 samples per target above one stream: a P95 of fewer is a handful of
@@ -209,7 +214,7 @@ def run_latency(targets: dict, levels: list[int], rounds: int) -> None:
                          f"{row[3] - percentile(base['e2e'], 0.95):>15.2f}")
             else:
                 added = f"{'':>16}{'':>16}{'':>15}"
-            print(f"{level:>7} {name:<8}" + "".join(f"{v:>9.2f}" for v in row) + added + f"{len(got['ttft']):>6}")
+            print(f"{level:>7} {name:<11}" + "".join(f"{v:>9.2f}" for v in row) + added + f"{len(got['ttft']):>6}")
 
 
 def run_throughput(targets: dict, seconds: float, warmup_s: float) -> None:
