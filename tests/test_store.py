@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from spotinference.errors import SchemaTooNewError, StoreBusyError, StoreError
-from spotinference.store import Store
+from spotinference.store import FlushResult, Store
 from spotinference.store import migrations as m
 from spotinference.store.flush_process import SpoolFlushProcess
 from tests.workers.store_load import request_row
@@ -74,6 +74,19 @@ def test_spooled_rows_arrive_typed_with_column_defaults(home: Path) -> None:
     assert got[0][6].tzinfo is not None and got[0][6].utcoffset().total_seconds() == 0
     assert got[0][6] == row["started_at"]  # the same instant, to the microsecond
     assert store.spool_files() == (0, 0)
+
+
+def test_a_flush_with_nothing_sealed_does_not_open_the_database(home: Path) -> None:
+    # The gateway's flusher asks every second, busy or idle.
+    store = Store(home)
+    store.migrate()
+    writer = store.spool_writer("requests", rotate_after_s=3600)
+    writer.append(request_row("live-1"))  # its writer still holds the segment
+    before = store.lock.stats.acquisitions
+    assert store.flush() == FlushResult(0, 0, 0, [])
+    assert store.lock.stats.acquisitions == before, "flush opened the database with nothing to copy"
+    writer.close()
+    assert store.flush().rows == 1
 
 
 def test_a_spooled_time_in_another_zone_is_stored_as_the_same_instant(home: Path) -> None:
