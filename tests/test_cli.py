@@ -159,6 +159,9 @@ def test_ctrl_c_during_a_database_query_exits_as_interrupted_not_as_an_internal_
     # DuckDB turns the KeyboardInterrupt of a Ctrl-C into RuntimeError("Query interrupted"); `spot
     # up` interrupted while recording a node's state once exited 70 ("this is a bug in spot").
     # The real entry point, a real DuckDB query, a real SIGINT; only the command is stood in for.
+    # One DuckDB thread: with more, on a loaded machine the calling thread can wait on the workers
+    # without checking for signals, and this endless query would then never notice the Ctrl-C
+    # (half of 12 runs beside two busy loops; 12 of 12 noticed it with one thread).
     script = tmp_path / "interrupt.py"
     script.write_text(
         "import os, signal, threading\n"
@@ -166,7 +169,8 @@ def test_ctrl_c_during_a_database_query_exits_as_interrupted_not_as_an_internal_
         "import spotinference_cli.main as main\n"
         "def long_query():\n"
         "    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
-        "    duckdb.connect().sql('SELECT count(*) FROM range(10000000000000) a').fetchall()\n"
+        "    con = duckdb.connect(config={'threads': 1})\n"
+        "    con.sql('SELECT count(*) FROM range(10000000000000) a').fetchall()\n"
         "main.app = long_query\n"
         "main.run()\n"
     )
