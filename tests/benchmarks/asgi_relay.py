@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from spotinference.gateway.callback_send import CallbackSender
+from spotinference.gateway.server import UVICORN_HOT_PATH
 from spotinference.gateway.upstream import UpstreamPool
 
 
@@ -54,9 +55,7 @@ class AsgiRelay:
 
 def main() -> None:
     port, upstream = int(sys.argv[1]), f"http://{sys.argv[2]}"
-    # The gateway's settings (spotinference/gateway/server.py), so only the app differs.
-    uvicorn.run(AsgiRelay(upstream), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                access_log=False, proxy_headers=False, log_level="warning")
+    uvicorn.run(AsgiRelay(upstream), host="127.0.0.1", port=port, **UVICORN_HOT_PATH)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

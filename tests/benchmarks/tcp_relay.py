@@ -3,10 +3,10 @@
     .venv/bin/python -m tests.benchmarks.tcp_relay PORT UPSTREAM_HOST:UPSTREAM_PORT
 
 Each client connection gets its own upstream connection, and bytes are written on from the
-read callbacks: no HTTP parsing, no ASGI, no task per request, no accounting. Whatever the
-gateway adds beyond this relay is the gateway's own work; what this relay adds beyond nginx is
-the cost of running a proxy on Python's event loop at all. gateway_overhead.py runs it in the
-same rotation as the engine, the gateway and nginx.
+read callbacks: no HTTP parsing, no ASGI, no task per request, no accounting. What this relay
+adds beyond nginx is the cost of running a proxy on Python's event loop at all; asgi_relay.py
+adds the ASGI server on top, and the gateway its own work. gateway_overhead.py runs it in the
+same rotation as the engine, the gateway, nginx and the ASGI relay.
 """
 
 from __future__ import annotations
