@@ -18,7 +18,7 @@ WITH days AS (
         INTERVAL 1 DAY) AS t(d)
 ),
 spend AS (
-    SELECT day, sum(increase_usd) AS spend FROM billing_increases($window_start, $window_end) GROUP BY day
+    SELECT day, sum(increase_usd) AS spend FROM billing_increases($window_start, $window_end) WHERE in_fleet GROUP BY day
 ),
 tok AS (
     SELECT DATE '1970-01-01' + CAST(epoch_us(finished_at) // 86400000000 AS INTEGER) AS day,

@@ -9,7 +9,7 @@
 --   with no tokens is one row with key_id NULL. Reports check observability first.
 WITH spend AS (
     SELECT CAST(round(coalesce(sum(increase_usd), 0) * 1000000) AS HUGEINT) AS micro
-    FROM billing_increases($window_start, $window_end)
+    FROM billing_increases($window_start, $window_end) WHERE in_fleet
 ),
 keys AS (
     SELECT coalesce(key_id, '(no key)') AS key_id, count(*) AS requests,

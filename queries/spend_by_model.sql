@@ -10,7 +10,7 @@
 WITH tier_spend AS (
     SELECT coalesce(tier, '(no tier)') AS tier,
            CAST(round(sum(increase_usd) * 1000000) AS HUGEINT) AS micro
-    FROM billing_increases($window_start, $window_end) GROUP BY 1
+    FROM billing_increases($window_start, $window_end) WHERE in_fleet GROUP BY 1
 ),
 served AS (
     SELECT coalesce(tier, '(no tier)') AS tier, model,

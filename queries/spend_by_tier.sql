@@ -7,7 +7,7 @@
 --   observability first (an unobservable window has no spend to break down).
 WITH spend AS (
     SELECT coalesce(tier, '(no tier)') AS tier, sum(increase_usd) AS spend_usd
-    FROM billing_increases($window_start, $window_end) GROUP BY 1
+    FROM billing_increases($window_start, $window_end) WHERE in_fleet GROUP BY 1
 ),
 tok AS (
     SELECT coalesce(tier, '(no tier)') AS tier,

@@ -37,11 +37,15 @@ class Seeder:
         """One sampler run at ``at``: resources are (type, id, usd_per_hour, total_bill_usd, active)."""
         run_id = f"run-{uuid.uuid4()}"
         with self.store.transaction() as con:
-            con.execute("INSERT INTO sample_runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            con.execute("INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM sample_runs))",
                         [run_id, provider, at, at + timedelta(seconds=0.5), ok, None if ok else "boom",
                          len(resources) if ok else 0])
             for kind, rid, rate, total, active in resources if ok else []:
-                con.execute("INSERT INTO billing_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                if not rid.startswith("outside-"):  # the fleet: spot created it
+                    con.execute("INSERT INTO fleet_resources VALUES (?, ?, ?, ?, NULL, ?, 'created') "
+                                "ON CONFLICT DO NOTHING", [provider, kind, rid, rid, at])
+                con.execute("INSERT INTO billing_samples (run_id, sampled_at, provider, resource_id, resource_type, name, tier, usd_per_hour, total_bill_usd, active, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [run_id, at + timedelta(seconds=0.1), provider, rid, kind, rid, None,
                              None if rate is None else D(rate), D(total), active, json.dumps({})])
 
@@ -81,12 +85,43 @@ def test_fresh_samples_under_budget_are_open(seeded: Store, home: Path) -> None:
     assert state.day == NOW.date()
 
 
-def test_no_budget_stays_open_and_still_shows_the_figures(seeded: Store, home: Path) -> None:
+def test_no_budget_is_open_while_billing_is_observed_and_closed_when_it_is_not(seeded: Store, home: Path) -> None:
     state = gate_state(seeded, settings_for(home), NOW)
     assert state.open is True and state.reason == "no_budget" and state.budget_usd is None
     assert state.spend_today_usd == D("0.22")
+    # Serving blind is an outage whether or not a budget is set.
     stale = gate_state(seeded, settings_for(home), NOW + timedelta(hours=1))
-    assert stale.open is True and stale.reason == "no_budget" and "old" in stale.message
+    assert stale.open is False and stale.reason == "billing_unobservable" and stale.http_status == 503
+    assert "old" in stale.message
+
+
+def test_turning_the_gate_off_is_explicit(seeded: Store, home: Path) -> None:
+    off = gate_state(seeded, settings_for(home, daily_usd="0.01", enforce=False), NOW + timedelta(hours=1))
+    assert off.open is True and off.reason == "gate_off" and "OFF" in off.message
+
+
+def test_a_sample_dated_in_the_future_is_a_clock_fault_that_closes_the_gate(seeded: Store, home: Path) -> None:
+    Seeder(seeded).run(NOW + timedelta(minutes=10), fleet("5.30", "1.03"))  # the sampler's clock runs ahead
+    state = gate_state(seeded, settings_for(home, daily_usd="1.00"), NOW + timedelta(seconds=5))
+    assert state.open is False and state.reason == "billing_unobservable" and state.http_status == 503
+    assert state.clock_fault is True and "future" in state.message
+    # Once our clock passes it, the sample is fresh again.
+    later = gate_state(seeded, settings_for(home, daily_usd="1.00"), NOW + timedelta(minutes=10, seconds=30))
+    assert later.open is True and later.clock_fault is False
+
+
+def test_the_gate_counts_the_fleet_unless_told_to_count_the_account(store: Store, home: Path) -> None:
+    # A developer's VM in the same account bills $6/h; the fleet's VM $0.60/h.
+    seed = Seeder(store)
+    both = lambda dev, vm: [("vm", "outside-dev", "6.00", dev, True), ("vm", "vm-1", "0.60", vm, True)]  # noqa: E731
+    seed.run(T0, both("100.00", "5.00"))
+    seed.run(T0 + timedelta(minutes=1), both("100.10", "5.01"))
+    at = T0 + timedelta(minutes=1, seconds=10)
+    fleet_only = gate_state(store, settings_for(home, daily_usd="0.05"), at)
+    assert fleet_only.open is True and fleet_only.spend_today_usd == D("0.01")
+    assert fleet_only.burn_usd_per_hour == D("0.60")
+    account = gate_state(store, settings_for(home, daily_usd="0.05", scope="account"), at)
+    assert account.open is False and account.reason == "budget_exhausted" and account.spend_today_usd == D("0.11")
 
 
 def test_stale_samples_close_the_gate_as_unobservable(seeded: Store, home: Path) -> None:
@@ -142,10 +177,10 @@ def test_a_projected_crossing_closes_early(seeded: Store, home: Path) -> None:
     assert late.projected_spend_usd == D("0.385") and late.closes_early is True
 
 
-def test_a_counter_reset_is_not_negative_spend(seeded: Store, home: Path) -> None:
-    Seeder(seeded).run(T0 + timedelta(minutes=3), fleet("0.05", "1.03"))  # the VM's counter restarted at 0
+def test_a_decrease_is_neither_negative_spend_nor_the_whole_bill_again(seeded: Store, home: Path) -> None:
+    Seeder(seeded).run(T0 + timedelta(minutes=3), fleet("0.05", "1.03"))  # the VM's total read low
     state = gate_state(seeded, settings_for(home, daily_usd="1.00"), T0 + timedelta(minutes=3, seconds=10))
-    assert state.spend_today_usd == D("0.22") + D("0.05") + D("0.01")
+    assert state.spend_today_usd == D("0.22") + D("0.01")
 
 
 def test_the_day_rolls_over_in_the_configured_time_zone(store: Store, home: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from spotinference.billing import anomalies
 from spotinference.costs import Window, report, rollup
 from spotinference.reports import available_queries, query_parameters, run_query
 from spotinference.store import Store
@@ -36,13 +37,13 @@ class Seed:
 
     def run(self, t: datetime, ok: bool = True) -> str:
         run_id = f"run-{t.isoformat()}"
-        self.runs.append((run_id, "sim", t, t + timedelta(seconds=1), ok, None if ok else "503", 0))
+        self.runs.append((run_id, "sim", t, t + timedelta(seconds=1), ok, None if ok else "503", 0, len(self.runs) + 1))
         return run_id
 
-    def sample(self, run_id: str, t: datetime, resource: str, total: str, *, kind: str = "vm",
+    def sample(self, run_id: str, t: datetime, resource: str, total: str | None, *, kind: str = "vm",
                tier: str | None = "t1", rate: str | None = "6", active: bool = True) -> None:
         self.samples.append((run_id, t + timedelta(seconds=0.5), "sim", resource, kind, resource, tier,
-                             None if rate is None else D(rate), D(total), active, "{}"))
+                             None if rate is None else D(rate), None if total is None else D(total), active, "{}"))
 
     def request(self, finished: datetime, prompt: int, completion: int, *, key: str | None = "key-a",
                 tier: str | None = "t1", model: str = "m1", started: datetime | None = None) -> None:
@@ -65,15 +66,22 @@ class Seed:
     def write(self) -> Store:
         with self.store.transaction() as con:
             if self.runs:
-                con.executemany("INSERT INTO sample_runs VALUES (?, ?, ?, ?, ?, ?, ?)", self.runs)
+                con.executemany("INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.runs)
             if self.samples:
-                con.executemany("INSERT INTO billing_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.samples)
+                # The fleet: every resource with a tier, as the sampler adopts it (outside=True
+                # samples carry no tier and stay outside).
+                con.executemany(
+                    "INSERT INTO fleet_resources VALUES (?, ?, ?, ?, ?, ?, 'adopted') ON CONFLICT DO NOTHING",
+                    [(s[2], s[4], s[3], s[5], s[6], s[1]) for s in self.samples if s[6] is not None])
+                con.executemany("INSERT INTO billing_samples (run_id, sampled_at, provider, resource_id, resource_type, name, tier, usd_per_hour, total_bill_usd, active, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.samples)
             if self.requests:
                 con.executemany(
                     "INSERT INTO requests (request_id, gateway_id, key_id, model, tier, node, started_at, "
                     "finished_at, prompt_tokens, completion_tokens, http_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     self.requests,
                 )
+            for run_id, t in {(s[0], s[1]) for s in self.samples}:  # what the sampler records per run
+                anomalies.record(con, run_id, t)
         return self.store
 
 
@@ -107,12 +115,16 @@ def test_every_query_runs_on_an_empty_database(home: Path, name: str) -> None:
 
 def test_an_empty_database_is_unobservable_not_zero(home: Path) -> None:
     store = Store(home)
-    assert q(store, "spend", at(10, 0), at(11, 0))[0] == {"spend_usd": None, "observable": False, "good_runs": 0, "resources": 0}
+    assert q(store, "spend", at(10, 0), at(11, 0))[0] == {
+        "spend_usd": None, "outside_fleet_usd": None, "account_spend_usd": None, "observable": False,
+        "good_runs": 0, "resources": 0}
     head = q(store, "cost_per_mtok", at(10, 0), at(11, 0))[0]
     assert head["spend_usd"] is None and head["usd_per_mtok_output"] is None and head["observable"] is False
-    assert q(store, "coverage", at(10, 0), at(11, 0))[0] == {"window_minutes": 60, "covered_minutes": 0, "coverage": 0.0}
-    assert [(g["gap_start"], g["gap_end"], g["minutes"]) for g in q(store, "coverage_gaps", at(10, 0), at(11, 0))] == [
-        (at(10, 0), at(11, 0), 60)]
+    assert q(store, "coverage", at(10, 0), at(11, 0)) == []  # no account has ever been sampled
+    assert q(store, "coverage_gaps", at(10, 0), at(11, 0)) == []
+    result = report(store, Window(at(10, 0), at(11, 0)), refresh_rollup=False, accounts=["sim"])
+    assert result.observable is False and result.spend_usd is None and result.complete is False
+    assert [(g.provider, g.minutes) for g in result.gaps] == [("sim", 60)]
 
 
 # -- spend ------------------------------------------------------------------------------------------
@@ -133,16 +145,35 @@ def test_resources_created_and_deleted_inside_the_window(seed: Seed) -> None:
     assert spend(store, at(10, 41), at(11, 0)) == D("1.90")
     assert spend(store, T0, at(10, 0)) == D("0.90")  # 09:50 is the baseline: 9 increases of 0.10
     by_resource = q(store, "spend_by_resource", at(10, 0), at(11, 0))
-    assert by_resource == [{"resource_type": "vm", "resources": 2, "spend_usd": D("10.05"), "share": 1.0}]
+    assert by_resource == [{"resource_type": "vm", "in_fleet": True, "resources": 2, "spend_usd": D("10.05"), "share": 1.0}]
 
 
-def test_a_counter_reset_counts_the_new_value_never_negative_spend(seed: Seed) -> None:
-    bills = {"vm-c": lambda k: ["4.8", "4.9", "5.0", "5.1", "0.3", "0.4"][k]}
-    seed.every_minute(at(9, 58), at(10, 4), bills)
+def test_a_decrease_counts_nothing_and_never_the_whole_bill_again(seed: Seed) -> None:
+    # A cumulative bill only grows: a lower total is an anomaly, and spend resumes only past the
+    # high-water mark (5.1), so no dollar is counted twice.
+    bills = {"vm-c": lambda k: ["4.8", "4.9", "5.0", "5.1", "0.3", "0.4", "5.3"][k]}
+    seed.every_minute(at(9, 58), at(10, 5), bills)
     store = seed.write()
-    # 09:59 +0.1 | 10:00 +0.1, 10:01 +0.1, 10:02 reset: +0.3, 10:03 +0.1
-    assert spend(store, at(10, 0), at(10, 4)) == D("0.6")
-    assert spend(store, at(10, 2), at(10, 3)) == D("0.3")
+    # 09:59 +0.1 | 10:00 +0.1, 10:01 +0.1, 10:02 0 (anomaly), 10:03 0 (anomaly), 10:04 +0.2
+    assert spend(store, at(10, 0), at(10, 4)) == D("0.2")
+    assert spend(store, at(10, 2), at(10, 4)) == D("0")
+    assert spend(store, at(9, 58), at(10, 5)) == D("0.5")  # = 5.3 - 4.8, the true growth
+    anomalies = q(store, "billing_anomalies", at(9, 58), at(10, 5))
+    assert [(a["sampled_at"].minute, a["kind"], a["total_bill_usd"], a["previous_high_usd"]) for a in anomalies] == [
+        (2, "decrease", D("0.3"), D("5.1")), (3, "decrease", D("0.4"), D("5.1"))]
+
+
+def test_downward_jitter_and_missing_totals_keep_the_spend_exact(seed: Seed) -> None:
+    # A micro-dollar dip, then a missing (NULL) total: neither is spend, nothing is lost.
+    bills = {"vm-j": lambda k: ["10.000000", "10.100000", "10.099999", None, "10.400000"][k]}
+    seed.every_minute(at(9, 58), at(10, 3), bills)
+    run_of_null = seed.runs[3][0]  # every_minute skips a None total: the 10:01 run gets a NULL one
+    seed.sample(run_of_null, at(10, 1), "vm-j", None)
+    store = seed.write()
+    assert spend(store, at(9, 58), at(10, 3)) == D("0.4")
+    assert spend(store, at(10, 2), at(10, 3)) == D("0.3")  # the next known total carries it
+    kinds = [(a["sampled_at"].minute, a["kind"]) for a in q(store, "billing_anomalies", at(9, 58), at(10, 3))]
+    assert kinds == [(0, "decrease"), (1, "missing_total")]
 
 
 def test_a_sampler_gap_is_coverage_not_zero_spend(seed: Seed) -> None:
@@ -153,7 +184,8 @@ def test_a_sampler_gap_is_coverage_not_zero_spend(seed: Seed) -> None:
     bad = seed.run(at(10, 30), ok=False)
     seed.sample(bad, at(10, 30), "vm", "999")
     store = seed.write()
-    cov = q(store, "coverage", at(10, 0), at(11, 0))[0]
+    [cov] = q(store, "coverage", at(10, 0), at(11, 0))
+    assert cov["provider"] == "sim"
     assert (cov["window_minutes"], cov["covered_minutes"]) == (60, 39)
     assert cov["coverage"] == pytest.approx(0.65)
     assert [(g["gap_start"], g["gap_end"], g["minutes"]) for g in q(store, "coverage_gaps", at(10, 0), at(11, 0))] == [
@@ -174,7 +206,7 @@ def test_an_idle_fleet_with_healthy_billing_costs_zero_and_has_no_rate(seed: See
     seed.every_minute(at(10, 0), at(11, 0), {"vm-asleep": lambda k: "42.000000"})
     store = seed.write()
     head = q(store, "cost_per_mtok", at(10, 0), at(11, 0))[0]
-    assert head == {"spend_usd": D("0.000000"), "prompt_tokens": 0, "completion_tokens": 0,
+    assert head == {"spend_usd": D("0.000000"), "outside_fleet_usd": D("0.000000"), "prompt_tokens": 0, "completion_tokens": 0,
                     "usd_per_mtok_output": None, "usd_per_mtok_total": None, "observable": True}
     result = report(store, Window(at(10, 0), at(11, 0)), refresh_rollup=False)
     assert (result.observable, result.spend_usd, result.usd_per_mtok_output, result.coverage) == (True, D(0), None, 1.0)
@@ -183,7 +215,9 @@ def test_an_idle_fleet_with_healthy_billing_costs_zero_and_has_no_rate(seed: See
 def test_runs_without_any_resource_still_make_the_window_observable(seed: Seed) -> None:
     seed.every_minute(at(10, 0), at(11, 0), {})
     store = seed.write()
-    assert q(store, "spend", at(10, 0), at(11, 0))[0] == {"spend_usd": D(0), "observable": True, "good_runs": 60, "resources": 0}
+    assert q(store, "spend", at(10, 0), at(11, 0))[0] == {
+        "spend_usd": D(0), "outside_fleet_usd": D(0), "account_spend_usd": D(0), "observable": True,
+        "good_runs": 60, "resources": 0}
 
 
 # -- tokens and cost per token ------------------------------------------------------------------------
@@ -245,18 +279,20 @@ def test_spend_by_tier_and_model(seed: Seed) -> None:
         run_id = seed.run(t)
         seed.sample(run_id, t, "vm-1", str(D("0.1") * k), tier="t1")
         seed.sample(run_id, t, "vm-2", str(D("0.3") * k), tier="t2")
-        seed.sample(run_id, t, "vol", str(D("0.01") * k), kind="volume", tier=None)
+        seed.sample(run_id, t, "vol", str(D("0.01") * k), kind="volume", tier=None)  # outside the fleet
         t, k = t + timedelta(minutes=1), k + 1
     seed.request(at(10, 1), 200, 100, model="m1")
     seed.request(at(10, 2), 50, 50, model="m1b")
     store = seed.write()
     tiers = {r["tier"]: (r["spend_usd"], r["completion_tokens"], r["usd_per_mtok_output"])
              for r in q(store, "spend_by_tier", at(10, 0), at(10, 10))}
-    assert tiers == {"t1": (D("1.0"), 150, D("6666.666667")), "t2": (D("3.0"), 0, None), "(no tier)": (D("0.1"), 0, None)}
+    assert tiers == {"t1": (D("1.0"), 150, D("6666.666667")), "t2": (D("3.0"), 0, None)}
     models = {r["model"]: (r["tiers"], r["spend_usd"]) for r in q(store, "spend_by_model", at(10, 0), at(10, 10))}
-    assert models == {"m1": ("t1", D("0.75")), "m1b": ("t1", D("0.25")), None: ("(no tier), t2", D("3.1"))}
-    kinds = {r["resource_type"]: r["spend_usd"] for r in q(store, "spend_by_resource", at(10, 0), at(10, 10))}
-    assert kinds == {"vm": D("4.0"), "volume": D("0.1")}
+    assert models == {"m1": ("t1", D("0.75")), "m1b": ("t1", D("0.25")), None: ("t2", D("3.0"))}
+    kinds = {(r["resource_type"], r["in_fleet"]): (r["spend_usd"], r["share"])
+             for r in q(store, "spend_by_resource", at(10, 0), at(10, 10))}
+    assert kinds == {("vm", True): (D("4.0"), 1.0), ("volume", False): (D("0.1"), None)}
+    assert q(store, "spend", at(10, 0), at(10, 10))[0]["outside_fleet_usd"] == D("0.1")
 
 
 # -- days --------------------------------------------------------------------------------------------

@@ -60,6 +60,12 @@ class Cloud:
     def spent(self) -> Decimal:
         return Decimal(self.state()["spent_usd"])
 
+    def bill_of(self, name: str) -> Decimal:
+        """One resource's cumulative bill, by name, as the emulator computes it."""
+        state = self.state()
+        [bill] = [Decimal(r["bill"]["total_usd"]) for r in state["vms"] + state["volumes"] if r["name"] == name]
+        return bill
+
     def advance(self, seconds: float) -> None:
         httpx.post(f"{self.root}/_sim/advance", json={"seconds": seconds}, timeout=10).raise_for_status()
 
@@ -124,6 +130,7 @@ def test_a_run_writes_one_row_per_resource_with_its_tier_and_one_run_row(cloud: 
     assert isinstance(data["duration_s"], float) and data["duration_s"] > 0
     assert data["spend_usd_since_last"] is None  # nothing to compare the first run with
     spent_first = cloud.spent()
+    scratch_first = cloud.bill_of("scratch")
 
     [run] = rows(home, "SELECT run_id, provider, ok, error, resource_count, started_at <= finished_at FROM sample_runs")
     assert run == (data["run_id"], "sim", True, None, 4, True)
@@ -150,8 +157,13 @@ def test_a_run_writes_one_row_per_resource_with_its_tier_and_one_run_row(cloud: 
     cloud.advance(180)
     second, data2 = sample_json()
     assert second.returncode == 0 and data2["ok"] is True and data2["resources"] == 4
-    # The spend since the last run is the emulator's own bill delta (to the micro-dollar per resource).
-    assert abs(Decimal(str(data2["spend_usd_since_last"])) - (cloud.spent() - spent_first)) <= Decimal("0.000004")
+    # The spend since the last run is the emulator's own bill delta (to the micro-dollar per resource):
+    # the fleet's (the headline), and the whole account's, which includes the volume outside the fleet.
+    account_delta = cloud.spent() - spent_first
+    fleet_delta = account_delta - (cloud.bill_of("scratch") - scratch_first)
+    assert abs(Decimal(str(data2["account_usd_since_last"])) - account_delta) <= Decimal("0.000004")
+    assert abs(Decimal(str(data2["spend_usd_since_last"])) - fleet_delta) <= Decimal("0.000003")
+    assert Decimal(str(data2["spend_usd_since_last"])) < Decimal(str(data2["account_usd_since_last"]))
     [vm_row] = rows(home, "SELECT active, usd_per_hour, tier FROM billing_samples WHERE run_id = ? AND resource_type = 'vm'",
                     [data2["run_id"]])
     assert vm_row == (False, None, "demo")

@@ -227,7 +227,7 @@ def test_times_are_stored_in_utc(home: Path) -> None:
     store = Store(home)
     with store.transaction() as con:
         con.execute(
-            "INSERT INTO sample_runs VALUES ('r', 'sim', ?, ?, true, NULL, 0)",
+            "INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq) VALUES ('r', 'sim', ?, ?, true, NULL, 0, 1)",
             [datetime(2026, 1, 1, 12, tzinfo=UTC), datetime(2026, 1, 1, 12, 0, 1, tzinfo=UTC)],
         )
     with store.reading() as con:
@@ -238,7 +238,7 @@ def test_a_failed_transaction_writes_nothing(home: Path) -> None:
     store = Store(home)
     with pytest.raises(RuntimeError):
         with store.transaction() as con:
-            con.execute("INSERT INTO sample_runs VALUES ('r', 'sim', now(), now(), true, NULL, 0)")
+            con.execute("INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq) VALUES ('r', 'sim', now(), now(), true, NULL, 0, 1)")
             raise RuntimeError("sampler crashed mid-run")
     with store.reading() as con:
         assert con.execute("SELECT count(*) FROM sample_runs").fetchone() == (0,)

@@ -8,8 +8,11 @@ computation as a pure function.
 Reasons (``GateState.reason``)::
 
     ok                    open    fresh samples; spend and its projection are under the budget
-    no_budget             open    no [budget] daily_usd: nothing to enforce (figures still shown)
-    billing_unobservable  closed  HTTP 503: no good sample within max_sample_age_s (fail closed)
+    no_budget             open    fresh samples, no [budget] daily_usd: nothing to spend against
+    gate_off              open    [budget] enforce = false: the operator turned the gate off
+    billing_unobservable  closed  HTTP 503: no good sample within max_sample_age_s from every
+                                  sampled account, or the last one is dated in the future (a
+                                  clock fault: ``clock_fault``); with or without a budget
     budget_exhausted      closed  HTTP 429: spend >= budget, or the projection crosses it
                                   before the next sample (closes_early)
 
@@ -17,12 +20,13 @@ Definitions:
 
 * Today is the calendar day of ``now`` in ``budget.timezone``; today's spend is
   ``queries/spend.sql`` over [midnight, next midnight): the sum of the increases of each
-  resource's cumulative bill between consecutive good samples whose later sample falls today (a
-  decrease is a counter reset, never negative spend). The same file `spot cost` reads.
+  resource's cumulative bill whose sample falls today, by the ledger's rules (migration 0008: a
+  decrease counts nothing). The fleet's (``budget.scope = "fleet"``, the default) or the whole
+  account's (``"account"``). The same file `spot cost` reads.
 * The last good sample is the oldest of the sampled providers' latest ok runs (their
   ``finished_at``): if any provider's billing is stale, spend is unobservable.
-* Burn is the sum of the current hourly rates of the active resources in each provider's latest
-  ok run. The sampling interval is the gap between a provider's last two ok runs (clamped to
+* Burn is the sum of the current hourly rates of the active resources (in the same scope) in
+  each provider's latest ok run. The sampling interval is the gap between a provider's last two ok runs (clamped to
   1 s .. max_sample_age_s; 60 s with only one run).
 * Projected spend is what the next sample should show: spend + burn × (interval, or the time
   already elapsed since the last sample if longer) / 3600. Closing when it reaches the budget is
@@ -77,6 +81,7 @@ class GateState:
     day: date | None = None  # today, in the budget's time zone
     checked_at: datetime | None = None
     retry_after_s: int | None = None  # for a closed gate: when asking again may help
+    clock_fault: bool = False  # closed because a billing sample is dated in the future
 
     @property
     def http_status(self) -> int | None:
@@ -101,6 +106,7 @@ class Snapshot:
     fetched_at: datetime
     missing_providers: tuple[str, ...] = ()
     good_run_ids: tuple[str, ...] = ()  # the latest ok run of each sampled provider
+    newest_good_sample_at: datetime | None = None  # the most recent of them (a future one is a clock fault)
 
 
 def _day_bounds(now: datetime, zone: str) -> tuple[date, datetime, datetime]:
@@ -112,9 +118,14 @@ def _day_bounds(now: datetime, zone: str) -> tuple[date, datetime, datetime]:
 
 
 _BURN = """
-SELECT coalesce(sum(usd_per_hour), 0) FROM billing_samples
-WHERE active AND usd_per_hour IS NOT NULL AND list_contains($runs, run_id) AND sampled_at >= $since
+SELECT coalesce(sum(b.usd_per_hour), 0) FROM billing_samples AS b
+LEFT JOIN fleet_resources AS f
+    ON f.provider = b.provider AND f.resource_type = b.resource_type AND f.resource_id = b.resource_id
+WHERE b.active AND b.usd_per_hour IS NOT NULL AND NOT coalesce(b.excluded, false)
+  AND list_contains($runs, b.run_id) AND b.sampled_at >= $since AND ($account OR f.resource_id IS NOT NULL)
 """
+# A sample this far past the gate's clock is a clock fault, not a fresh sample.
+FUTURE_TOLERANCE_S = 10.0
 
 
 def read_snapshot(store: Store, settings: Settings, now: datetime, previous: Snapshot | None = None) -> Snapshot:
@@ -132,19 +143,22 @@ def read_snapshot(store: Store, settings: Settings, now: datetime, previous: Sna
         if previous is not None and previous.day == today and previous.good_run_ids == run_ids:
             spend, burn = previous.spend_today_usd, previous.burn_usd_per_hour
         else:
+            account = settings.budget.scope == "account"
             row = con.execute(query_text("spend"), {"window_start": start, "window_end": end}).fetchone()
-            spend = row[0] if row is not None and row[0] is not None else Decimal(0)
+            figure = None if row is None else (row[2] if account else row[0])
+            spend = figure if figure is not None else Decimal(0)
             burn = None
             if runs:
-                (burn,) = con.execute(_BURN, {"runs": list(run_ids),
+                (burn,) = con.execute(_BURN, {"runs": list(run_ids), "account": account,
                                               "since": min(r.started_at for r in runs.values())}).fetchone()
     missing = tuple(p for p in providers if p not in runs)
     last_good = None if missing or not runs else min(r.finished_at for r in runs.values())
     gaps = [(r.started_at - r.previous_started_at).total_seconds() for r in runs.values() if r.previous_started_at]
     interval = max(gaps) if gaps else DEFAULT_SAMPLE_INTERVAL_S
     interval = min(max(interval, 1.0), float(settings.budget.max_sample_age_s))
+    newest = max((r.finished_at for r in runs.values()), default=None)
     return Snapshot(today, Decimal(spend), None if burn is None else Decimal(burn), last_good, interval, now,
-                    missing, run_ids)
+                    missing, run_ids, newest)
 
 
 def evaluate(snapshot: Snapshot | None, settings: Settings, now: datetime, *, error: str | None = None) -> GateState:
@@ -155,16 +169,19 @@ def evaluate(snapshot: Snapshot | None, settings: Settings, now: datetime, *, er
     until_midnight = max(1, int((day_end - now).total_seconds()) + 1)
     common: dict[str, Any] = {"budget_usd": budget, "day": today, "checked_at": now}
 
+    if not budget_cfg.enforce:
+        return GateState(True, "gate_off", None if snapshot is None else snapshot.spend_today_usd, None, None, None,
+                         closes_early=False, message="the budget gate is OFF (budget.enforce = false): serving "
+                         "whether or not spend can be observed", **common)
     if snapshot is None:
         why = f"billing samples could not be read ({error})" if error else "billing samples not read yet"
-        if budget is None:
-            return GateState(True, "no_budget", None, None, None, None, closes_early=False,
-                             message=f"no daily budget configured; {why}", **common)
         return GateState(False, "billing_unobservable", None, None, None, None, closes_early=False,
                          message=f"{why}: serving blind is refused", retry_after_s=30, **common)
 
     last = snapshot.last_good_sample_at
-    age = None if last is None else max(0.0, (now - last).total_seconds())
+    age = None if last is None else (now - last).total_seconds()
+    newest = snapshot.newest_good_sample_at
+    ahead_s = 0.0 if newest is None else (newest - now).total_seconds()
     stale = age is None or age > budget_cfg.max_sample_age_s
     spend = snapshot.spend_today_usd if snapshot.day == today else None  # the day rolled over since
     burn = snapshot.burn_usd_per_hour
@@ -172,9 +189,16 @@ def evaluate(snapshot: Snapshot | None, settings: Settings, now: datetime, *, er
     if spend is not None and burn is not None and last is not None:
         horizon_s = max(snapshot.sample_interval_s, (now - last).total_seconds())
         projected = spend + burn * Decimal(str(round(horizon_s, 3))) / _HOUR
-    figures = dict(spend_today_usd=spend, burn_usd_per_hour=burn, last_good_sample_at=last, sample_age_s=age,
-                   projected_spend_usd=projected, **common)
+    figures = dict(spend_today_usd=spend, burn_usd_per_hour=burn, last_good_sample_at=last,
+                   sample_age_s=None if age is None else max(0.0, age), projected_spend_usd=projected, **common)
 
+    if ahead_s > FUTURE_TOLERANCE_S:
+        # A sample from the future says a clock is wrong (ours or the sampler's host's): its age
+        # means nothing, so spend is unobservable until the clocks agree again.
+        return GateState(False, "billing_unobservable", closes_early=False, retry_after_s=30, clock_fault=True,
+                         message=f"clock fault: the last good billing sample is dated {ahead_s:.0f} s in the future, "
+                                 "so its freshness cannot be judged and serving is refused (check NTP on this host "
+                                 "and on the sampler's)", **figures)
     if stale:
         if last is None:
             missing = ", ".join(snapshot.missing_providers) or "any provider"
@@ -183,18 +207,18 @@ def evaluate(snapshot: Snapshot | None, settings: Settings, now: datetime, *, er
             freshness = f"the last good billing sample is {age:.0f} s old (limit {budget_cfg.max_sample_age_s} s)"
         if error:
             freshness += f"; the store could not be read ({error})"
-    if budget is None:
-        note = f"; {freshness}" if stale else ""
-        return GateState(True, "no_budget", closes_early=False, message=f"no daily budget configured{note}",
-                         **figures)
-    if spend is not None and spend >= budget:
+    if budget is not None and spend is not None and spend >= budget:
         return GateState(False, "budget_exhausted", closes_early=False, retry_after_s=until_midnight,
                          message=f"today's spend ${spend:.2f} has reached the daily budget ${budget:.2f}; "
                                  f"it resets at midnight ({budget_cfg.timezone})", **figures)
     if stale:
         return GateState(False, "billing_unobservable", closes_early=False, retry_after_s=30,
                          message=f"{freshness}: spend is unobservable, so serving is refused "
-                                 "(is `spot sample` running? see `spot cron`)", **figures)
+                                 "(is `spot sample` running? see `spot cron`, or `spot serve --with-sampler`)",
+                         **figures)
+    if budget is None:
+        return GateState(True, "no_budget", closes_early=False,
+                         message="billing is observed; no daily budget configured (budget.daily_usd)", **figures)
     if spend is None:  # fresh samples but a snapshot of yesterday: wait for the next refresh
         return GateState(False, "billing_unobservable", closes_early=False, retry_after_s=5,
                          message="today's spend has not been read yet", **figures)

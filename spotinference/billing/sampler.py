@@ -42,6 +42,7 @@ from ..fleet.naming import parse_node_name
 from ..providers.base import BillingItem, Provider
 from ..providers.registry import open_provider
 from ..store import Store
+from . import anomalies
 from .runs import sampled_providers
 
 log = logging.getLogger("spotinference.billing.sampler")
@@ -73,9 +74,10 @@ class ProviderRun:
     error: str | None = None
     exit_code: int = 0  # what the CLI exits with for this failure (the error's own code)
     hint: str | None = None
-    # Sum of the resources' bill increases since this provider's previous ok run (None: no
-    # previous ok run to compare with). Same rules as the reports: a decrease is a counter reset.
+    # The fleet's bill increases in this run (None: no previous ok run to compare with), by the
+    # ledger's rules (the same SQL the reports read); and the whole account's.
     spend_usd_since_last: Decimal | None = None
+    account_usd_since_last: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,13 @@ class SampleRun:
         return sum(parts, Decimal(0))  # type: ignore[arg-type]
 
     @property
+    def account_usd_since_last(self) -> Decimal | None:
+        parts = [run.account_usd_since_last for run in self.runs]
+        if not parts or any(p is None for p in parts):
+            return None
+        return sum(parts, Decimal(0))  # type: ignore[arg-type]
+
+    @property
     def error(self) -> str | None:
         failed = [f"{run.provider}: {run.error}" for run in self.runs if not run.ok]
         return "; ".join(failed) or None
@@ -135,13 +144,15 @@ class SampleRun:
             "run_id": self.run_id,
             "sampled_at": self.sampled_at,
             "spend_usd_since_last": self.spend_usd_since_last,
+            "account_usd_since_last": self.account_usd_since_last,
             "error": self.error,
             "skipped": self.skipped,
             "runs": [
                 {
                     "provider": r.provider, "run_id": r.run_id, "ok": r.ok, "resources": r.resource_count,
                     "started_at": r.started_at, "sampled_at": r.sampled_at, "finished_at": r.finished_at,
-                    "spend_usd_since_last": r.spend_usd_since_last, "error": r.error,
+                    "spend_usd_since_last": r.spend_usd_since_last,
+                    "account_usd_since_last": r.account_usd_since_last, "error": r.error,
                 }
                 for r in self.runs
             ],
@@ -158,6 +169,7 @@ class _Reading:
     started_at: datetime
     sampled_at: datetime | None = None
     items: list[BillingItem] = field(default_factory=list)
+    provider_clock_at: datetime | None = None
     error: str | None = None
     exit_code: int = 0
     hint: str | None = None
@@ -202,7 +214,8 @@ def _read(settings: Settings, name: str, clock: Clock, provider_factory: Provide
     reading = _Reading(name, str(uuid.uuid4()), clock())
     try:
         with provider_factory(settings, name) as provider:
-            reading.items = provider.billing_usage()
+            answer = provider.read_billing()
+        reading.items, reading.provider_clock_at = answer.items, answer.provider_clock_at
         reading.sampled_at = clock()
     except SpotError as exc:
         reading.error, reading.exit_code, reading.hint = exc.message, exc.exit_code, exc.hint
@@ -225,13 +238,30 @@ def _one_line(message: str, settings: Settings, provider: str) -> str:
 
 # -- recording ----------------------------------------------------------------------------------
 
-_INSERT_SAMPLE = "INSERT INTO billing_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_RUN = "INSERT INTO sample_runs VALUES (?, ?, ?, ?, ?, ?, ?)"
-_PREVIOUS_RUN = """
-SELECT run_id, started_at FROM sample_runs WHERE ok AND provider = ? ORDER BY started_at DESC LIMIT 1
+_INSERT_SAMPLE = """
+INSERT INTO billing_samples (run_id, sampled_at, provider, resource_id, resource_type, name, tier, usd_per_hour,
+                             total_bill_usd, active, raw, created_at, excluded)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-_PREVIOUS_TOTALS = """
-SELECT resource_type, resource_id, total_bill_usd FROM billing_samples WHERE run_id = ? AND sampled_at >= ?
+_INSERT_RUN = """
+INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq,
+                         provider_clock_at, clock_behind_s)
+VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM sample_runs), ?, ?)
+"""
+_LATEST_RUN_STARTED = "SELECT started_at FROM sample_runs ORDER BY seq DESC LIMIT 1"
+_PREVIOUS_ACTIVE = """
+SELECT resource_type, resource_id, name FROM billing_samples
+WHERE active AND run_id = (SELECT run_id FROM sample_runs WHERE ok AND provider = ? ORDER BY seq DESC LIMIT 1)
+ORDER BY resource_type, resource_id
+"""
+_ADOPT = """
+INSERT INTO fleet_resources VALUES (?, ?, ?, ?, ?, ?, 'adopted') ON CONFLICT DO NOTHING
+"""
+# The run's own increases, by the ledger's rules (migration 0008): the fleet's, and the account's.
+_SINCE_LAST = """
+SELECT (SELECT count(*) FROM sample_runs WHERE ok AND provider = $provider) > 1,
+       coalesce(sum(increase_usd) FILTER (WHERE in_fleet), 0), coalesce(sum(increase_usd), 0)
+FROM billing_increases($at, $at + INTERVAL 1 MICROSECOND) WHERE run_id = $run_id
 """
 
 
@@ -247,44 +277,58 @@ def _record(store: Store, settings: Settings, readings: list[_Reading], clock: C
 
 
 def _record_one(con: duckdb.DuckDBPyConnection, settings: Settings, r: _Reading, clock: Clock) -> ProviderRun:
+    # A clock behind the previous run's (NTP stepped it back) is noted, and the run is still
+    # recorded in sequence: refusing it would stop sampling and close the gate.
+    latest = con.execute(_LATEST_RUN_STARTED).fetchone()
+    behind_s = (latest[0] - r.started_at).total_seconds() if latest and latest[0] > r.started_at else None
+    if behind_s is not None:
+        log.warning("the clock reads %.3f s behind the previous sampler run's; recorded in sequence", behind_s)
+    if r.error is None:
+        r.error = _vanished(con, r)
     if r.error is not None:
         finished_at = clock()
-        con.execute(_INSERT_RUN, [r.run_id, r.provider, r.started_at, finished_at, False, r.error, 0])
+        con.execute(_INSERT_RUN, [r.run_id, r.provider, r.started_at, finished_at, False, r.error, 0, None, behind_s])
         return ProviderRun(r.provider, r.run_id, r.started_at, finished_at, False, 0, error=r.error,
-                           exit_code=r.exit_code, hint=r.hint)
+                           exit_code=r.exit_code or 1, hint=r.hint)
     tier_of = tier_resolver(settings, r.provider)
-    rows = [
-        [r.run_id, r.sampled_at, r.provider, item.resource_id, item.resource_type, item.name, tier_of(item),
-         _micro(item.usd_per_hour), _micro(item.total_bill_usd), item.active, json.dumps(item.raw, default=str)]
-        for item in r.items
-    ]
-    since_last = _spend_since_last(con, r.provider, {(row[4], row[3]): row[8] for row in rows})
+    rows = []
+    for item in r.items:
+        tier = tier_of(item)
+        rows.append([r.run_id, r.sampled_at, r.provider, item.resource_id, item.resource_type, item.name, tier,
+                     _micro(item.usd_per_hour), _micro(item.total_bill_usd), item.active,
+                     json.dumps(item.raw, default=str), item.created_at, item.excluded])
+        if tier is not None:  # named by spot's convention for a configured tier: the fleet's
+            con.execute(_ADOPT, [r.provider, item.resource_type, item.resource_id, item.name, tier, r.sampled_at])
+    finished_at = clock()
+    con.execute(_INSERT_RUN, [r.run_id, r.provider, r.started_at, finished_at, True, None, len(rows),
+                              r.provider_clock_at, behind_s])
     if rows:
         con.executemany(_INSERT_SAMPLE, rows)
-    finished_at = clock()
-    con.execute(_INSERT_RUN, [r.run_id, r.provider, r.started_at, finished_at, True, None, len(rows)])
+        anomalies.record(con, r.run_id, r.sampled_at)
+    earlier, fleet, account = con.execute(
+        _SINCE_LAST, {"provider": r.provider, "at": r.sampled_at, "run_id": r.run_id}).fetchone()
     return ProviderRun(r.provider, r.run_id, r.started_at, finished_at, True, len(rows), sampled_at=r.sampled_at,
-                       spend_usd_since_last=since_last)
+                       spend_usd_since_last=Decimal(fleet) if earlier else None,
+                       account_usd_since_last=Decimal(account) if earlier else None)
+
+
+def _vanished(con: duckdb.DuckDBPyConnection, r: _Reading) -> str | None:
+    """Why the reading is suspect: a resource active at the account's last good run that is in
+    neither list now (an emptied, cut or reshaped answer). None when every one is accounted for."""
+    listed = {(item.resource_type, item.resource_id) for item in r.items}
+    missing = [(kind, rid, name) for kind, rid, name in con.execute(_PREVIOUS_ACTIVE, [r.provider]).fetchall()
+               if (kind, rid) not in listed]
+    if not missing:
+        return None
+    kind, rid, name = missing[0]
+    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+    label = f"{kind} {rid}" + (f" ({name})" if name else "")
+    return (f"billing answer is missing {label}{more}, active at the last good run and now in neither the "
+            "active nor the deleted list: not trusted as a good run")
 
 
 def _micro(value: Decimal | None) -> Decimal | None:
     return None if value is None else Decimal(value).quantize(_MICRO, rounding=ROUND_HALF_EVEN)
-
-
-def _spend_since_last(
-    con: duckdb.DuckDBPyConnection, provider: str, totals: dict[tuple[str, str], Decimal]
-) -> Decimal | None:
-    # A resource is (type, id): a provider numbers its VMs and its volumes separately.
-    previous = con.execute(_PREVIOUS_RUN, [provider]).fetchone()
-    if previous is None:
-        return None
-    before = {(kind, rid): total for kind, rid, total in con.execute(_PREVIOUS_TOTALS, list(previous)).fetchall()}
-    spend = Decimal(0)
-    for key, total in totals.items():
-        prior = before.get(key)
-        # New since the last run: its whole bill; a decrease is a counter reset: the new value.
-        spend += total if prior is None or total < prior else total - prior
-    return spend
 
 
 def tier_resolver(settings: Settings, provider: str) -> Callable[[BillingItem], str | None]:

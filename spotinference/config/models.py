@@ -63,8 +63,13 @@ class GatewaySettings(_Section):
 class BudgetSettings(_Section):
     """The daily budget the gateway's gate enforces from billing samples (``[budget]``)."""
 
-    # USD per day; None: no budget (the gate stays open and says so).
+    # USD per day; None: no budget (stale billing still closes the gate: serving blind is an outage).
     daily_usd: Annotated[Decimal, Field(ge=0)] | None = None
+    # false turns the gate off entirely (no 503 on stale billing, no 429): `spot serve` warns.
+    enforce: bool = True
+    # What the budget counts: "fleet" (what spot created or adopted, as the headline) or
+    # "account" (every resource billed to the configured accounts).
+    scope: Literal["fleet", "account"] = "fleet"
     # The day the budget covers starts at midnight in this IANA time zone (e.g. "Europe/Paris").
     timezone: str = "UTC"
     # No good billing sample for longer than this: spend is unobservable and the gate closes.

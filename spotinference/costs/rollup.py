@@ -1,4 +1,4 @@
-"""The daily billing roll-up (table ``billing_daily``, migration 0006).
+"""The daily billing roll-up (table ``billing_daily``, migrations 0006 and 0008).
 
 Whole UTC days that ended at least ``SETTLE`` before ``now`` are summed from the raw samples with
 the same ``billing_increases`` definition every report uses, a few days per transaction so no
@@ -25,7 +25,7 @@ SELECT coalesce((SELECT max(day) + 1 FROM billing_daily),
 _ROLL = """
 INSERT INTO billing_daily
 SELECT day, provider, resource_id, resource_type, tier, sum(increase_usd), count(*),
-       max(sampled_at), arg_max(total_bill_usd, sampled_at)
+       max(sampled_at), max(total_bill_usd)
 FROM billing_increases($day_start, $day_end)
 GROUP BY day, provider, resource_id, resource_type, tier
 """

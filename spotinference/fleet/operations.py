@@ -89,11 +89,16 @@ class Fleet:
         recreated = bootstrapped = restore_called = restore_seen = False
         while True:
             if vm is None:
-                spec = prepare(ctx.settings, tier, provider, index)
+                def own(resource_type: str, resource_id: str, resource_name: str | None) -> None:
+                    ctx.records.own(provider=tier.provider, resource_type=resource_type, resource_id=resource_id,
+                                    name=resource_name, tier=tier.name)
+
+                spec = prepare(ctx.settings, tier, provider, index, own)
                 with tier_lock(ctx.settings.home, tier.name):
                     # create_vm looks the name up first: a second process finds the first's VM.
                     ctx.progress(tier.name, name, f"creating {tier.flavor} in {tier.environment}")
                     vm = provider.create_vm(spec)
+                own("vm", vm.provider_id, vm.name)
                 ctx.note(tier, name, vm, NodeState.PROVISIONING, reason)
             elif vm.phase is VmPhase.ERROR:
                 if recreated:

@@ -3,6 +3,7 @@ hibernate if the tier does, the SSH key pair and weights volumes exist, the fire
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Settings, Tier
@@ -56,8 +57,11 @@ def public_key(settings: Settings, tier: Tier) -> str:
     )
 
 
-def prepare(settings: Settings, tier: Tier, provider: Provider, index: int) -> VmSpec:
-    """Make sure the key pair and the node's weights volume exist; the spec to create the node."""
+def prepare(settings: Settings, tier: Tier, provider: Provider, index: int,
+            own: Callable[[str, str, str], None] | None = None) -> VmSpec:
+    """Make sure the key pair and the node's weights volume exist; the spec to create the node.
+
+    ``own(resource_type, resource_id, name)`` records a resource spot made or uses for the tier."""
     from .naming import node_name
 
     key_name = key_pair_name(tier.environment)
@@ -65,7 +69,9 @@ def prepare(settings: Settings, tier: Tier, provider: Provider, index: int) -> V
     volumes: tuple[str, ...] = ()
     if tier.weights_volume:
         name = volume_name(tier.weights_volume, index)
-        provider.ensure_volume(name, tier.environment, tier.weights_volume_gb)
+        volume_id = provider.ensure_volume(name, tier.environment, tier.weights_volume_gb)
+        if own is not None:
+            own("volume", volume_id, name)
         volumes = (name,)
     return VmSpec(
         name=node_name(tier.name, index),

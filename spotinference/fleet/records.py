@@ -93,6 +93,14 @@ class FleetRecords:
                 )
         return previous
 
+    def own(self, *, provider: str, resource_type: str, resource_id: str, name: str | None, tier: str) -> None:
+        """Record that spot created this resource: from now on its bill is the fleet's."""
+        with self.store.writing() as con:
+            con.execute(
+                "INSERT INTO fleet_resources VALUES (?, ?, ?, ?, ?, ?, 'created') ON CONFLICT DO NOTHING",
+                [provider, resource_type, str(resource_id), name, tier, self.clock()],
+            )
+
     def decision(self, *, tier: str, reason: str, node: str | None = None, detail: dict[str, Any] | None = None) -> None:
         """An event that is not a state change: a wake requested, an idle tier hibernated, ..."""
         with self.store.writing() as con:

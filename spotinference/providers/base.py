@@ -102,9 +102,23 @@ class BillingItem:
     resource_type: str  # vm | volume | ...
     name: str | None
     usd_per_hour: Decimal | None  # None once the resource is terminated
-    total_bill_usd: Decimal  # the provider's cumulative bill for the resource
+    # The provider's cumulative bill for the resource; None when the answer had no readable
+    # total (a missing sample, never $0).
+    total_bill_usd: Decimal | None
     active: bool
+    created_at: datetime | None = None  # the provider's create_time, in the provider's clock
+    excluded: bool = False  # the provider says it is not billed (Hyperstack's exclude_billing)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BillingReading:
+    """One complete, validated read of an account's billing usage."""
+
+    items: list[BillingItem]
+    # The provider's own time when it answered (its HTTP Date header), None if it gave none:
+    # ``created_at`` values are compared with this, not with our clock.
+    provider_clock_at: datetime | None = None
 
 
 class Provider(ABC):
@@ -164,8 +178,15 @@ class Provider(ABC):
     # -- money -----------------------------------------------------------------------------------
 
     @abstractmethod
+    def read_billing(self) -> BillingReading:
+        """Every resource's current rate and cumulative bill, active and terminated.
+
+        Raises ProviderError when the answer does not have the documented shape: an answer the
+        provider reshaped is a failed read, never an account with no resources."""
+
     def billing_usage(self) -> list[BillingItem]:
-        """Every resource's current rate and cumulative bill, active and terminated."""
+        """``read_billing().items``."""
+        return self.read_billing().items
 
     def close(self) -> None:
         """Release connections."""

@@ -21,7 +21,7 @@ import httpx
 
 from ..config.models import ProviderSettings
 from ..errors import ConfigError
-from .base import BillingItem, FirewallRule, Flavor, Provider, Vm, VmPhase, VmSpec
+from .base import BillingItem, BillingReading, FirewallRule, Flavor, Provider, Vm, VmPhase, VmSpec
 from .errors import (
     InsufficientCapacityError,
     ProviderError,
@@ -34,8 +34,10 @@ from .hyperstack_mapping import (
     attached_volume_names,
     create_body,
     flavors_from,
+    BillingShapeError,
     has_rule,
     merge_billing,
+    usage_list,
     rule_body,
     vm_from,
 )
@@ -227,12 +229,40 @@ class HyperstackProvider(Provider):
 
     # -- money -----------------------------------------------------------------------------------
 
-    def billing_usage(self) -> list[BillingItem]:
+    def read_billing(self) -> BillingReading:
+        """Active and deleted usage, every page, validated; the provider's clock from its Date."""
         deadline = self.api.deadline()
-        active = payload(self.api.call("GET", "/billing/billing/usage", deadline=deadline), "data")
-        deleted = payload(self.api.call("GET", "/billing/billing/usage", params={"deleted": "true"},
-                                        deadline=deadline), "data")
-        return merge_billing(active or [], deleted or [])
+        active = self._usage_pages("active", {}, deadline)
+        clock_at = self.api.last_answer_date
+        deleted = self._usage_pages("deleted", {"deleted": "true"}, deadline)
+        return BillingReading(merge_billing(active, deleted), clock_at)
+
+    def _usage_pages(self, which: str, params: dict[str, Any], deadline: Deadline) -> list[dict[str, Any]]:
+        """One usage list, following pages when the answer says it is paged (``page_size`` or a
+        ``count`` above what came back). Usage is not documented as paged; if it is, a list that
+        ends short of its ``count`` is a failed read, not a smaller bill."""
+        items: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for page in range(1, _MAX_PAGES + 1):
+            asked = params if page == 1 else {**params, "page": page, "pageSize": page_size}
+            answer = self.api.call("GET", "/billing/billing/usage", params=asked or None, deadline=deadline)
+            try:
+                batch = usage_list(answer, which)
+            except BillingShapeError as exc:
+                raise ProviderError(str(exc), provider=self.name) from None
+            fresh = [i for i in batch if (str(i["resource_type"]), str(i["resource_id"])) not in seen]
+            seen.update((str(i["resource_type"]), str(i["resource_id"])) for i in batch)
+            items.extend(fresh)
+            count = answer.get("count") if isinstance(answer.get("count"), int) else None
+            echoed = answer.get("page_size")
+            page_size = echoed if isinstance(echoed, int) and echoed > 0 else PAGE_SIZE
+            paged = isinstance(echoed, int) or (count is not None and count > len(items))
+            if not paged or not fresh or len(batch) < page_size:
+                break
+        if count is not None and len(items) < count:  # a total or a page's count: never above what we hold
+            raise ProviderError(f"the {which} billing usage listed {len(items)} of its {count} resources",
+                                provider=self.name)
+        return items
 
     # -- helpers ---------------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ import random
 import re
 import time
 from collections.abc import Callable, Generator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -108,6 +110,8 @@ class HyperstackApi:
         self.sleep = sleep
         self._jitter = jitter
         self._key = api_key
+        # The provider's clock as its last answer's HTTP Date header gave it (None without one).
+        self.last_answer_date: datetime | None = None
         self._client = httpx.Client(
             base_url=self.base_url,
             auth=_ApiKeyAuth(api_key),
@@ -182,6 +186,7 @@ class HyperstackApi:
             raise ProviderError(
                 f"{self._label(method, path)} failed: {type(exc).__name__}", provider=self.provider
             ) from None
+        self.last_answer_date = _http_date(response.headers.get("date"))
         return self._decode(method, path, response)
 
     def _decode(self, method: str, path: str, response: httpx.Response) -> Any:
@@ -259,6 +264,17 @@ def _json_or_none(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+def _http_date(value: str | None) -> datetime | None:
+    """An HTTP Date header (RFC 9110 IMF-fixdate) as an aware UTC datetime, or None."""
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def payload(body: Any, *keys: str) -> Any:

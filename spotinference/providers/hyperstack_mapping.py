@@ -264,30 +264,61 @@ def decimal_of(value: Any) -> Decimal | None:
     return result if result.is_finite() else None
 
 
-def billing_item_from(item: dict[str, Any]) -> BillingItem | None:
-    """One usage line; None when it names no resource."""
-    resource_id = item.get("resource_id")
-    if resource_id is None or resource_id == "":
-        return None
+# A cumulative bill past this is not a bill: it would not fit the ledger's DECIMAL(18, 6).
+_MAX_BILL_USD = Decimal("1e12")
+
+
+class BillingShapeError(ValueError):
+    """A billing usage answer without the documented shape (the message names what is missing)."""
+
+
+def usage_list(answer: Any, which: str) -> list[dict[str, Any]]:
+    """The ``data`` list of a usage answer, each item checked for what names a resource.
+
+    Raises BillingShapeError naming what is missing: an answer reshaped or emptied of its list
+    is a failed read, never an account without resources. A missing or unreadable total is
+    not a shape error: that resource's sample is missing (``billing_item_from``)."""
+    if not isinstance(answer, dict):
+        raise BillingShapeError(f"the {which} billing usage answer is not a JSON object")
+    data = answer.get("data")
+    if not isinstance(data, list):
+        keys = ", ".join(sorted(map(str, answer))) or "none"
+        got = "missing" if data is None else f"a {type(data).__name__}"
+        raise BillingShapeError(f"the {which} billing usage answer has no `data` list ({got}; keys: {keys})")
+    for position, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise BillingShapeError(f"item {position} of the {which} billing usage is not an object")
+        for key in ("resource_id", "resource_type"):
+            if item.get(key) in (None, ""):
+                raise BillingShapeError(f"item {position} of the {which} billing usage has no `{key}`")
+    return data
+
+
+def billing_item_from(item: dict[str, Any]) -> BillingItem:
+    """One usage line (``usage_list`` has checked that it names a resource)."""
     per_minute = decimal_of(item.get("bill_per_minute"))
+    total = decimal_of(item.get("total_bill"))
+    if total is not None and not 0 <= total < _MAX_BILL_USD:
+        total = None  # negative or absurd: unreadable, so a missing sample
     active = item.get("active")
     return BillingItem(
-        resource_id=str(resource_id),
+        resource_id=str(item["resource_id"]),
         resource_type=_text(item.get("resource_type")).lower() or "unknown",
         name=_text(item.get("name")) or None,
         usd_per_hour=per_minute * 60 if per_minute is not None else None,
-        total_bill_usd=decimal_of(item.get("total_bill")) or Decimal(0),
+        total_bill_usd=total,
         active=active if isinstance(active, bool) else item.get("terminate_time") in (None, ""),
+        created_at=parse_time(item.get("create_time")),
+        excluded=item.get("exclude_billing") is True,
         raw=item,
     )
 
 
-def merge_billing(active: list[Any], deleted: list[Any]) -> list[BillingItem]:
+def merge_billing(active: list[dict[str, Any]], deleted: list[dict[str, Any]]) -> list[BillingItem]:
     """Both usage lists, one item per (resource_type, resource_id); the active list wins."""
     merged: dict[tuple[str, str], BillingItem] = {}
     for source in (deleted, active):  # active last, so it overwrites
-        for raw in source if isinstance(source, list) else ():
-            item = billing_item_from(raw) if isinstance(raw, dict) else None
-            if item is not None:
-                merged[(item.resource_type, item.resource_id)] = item
+        for raw in source:
+            item = billing_item_from(raw)
+            merged[(item.resource_type, item.resource_id)] = item
     return list(merged.values())

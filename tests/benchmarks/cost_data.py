@@ -23,20 +23,21 @@ KEYS = 20
 TIERS = 3
 
 _RUNS = """
-INSERT INTO sample_runs
+INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq)
 SELECT 'run-' || m,
        'sim',
        $epoch + to_microseconds(m * 60000000 + 1000000),
        $epoch + to_microseconds(m * 60000000 + 1500000),
        m % $failed_every <> $failed_every // 2,
        CASE WHEN m % $failed_every = $failed_every // 2 THEN 'simulated provider 503' END,
-       CASE WHEN m % $failed_every = $failed_every // 2 THEN 0 ELSE $resources END
+       CASE WHEN m % $failed_every = $failed_every // 2 THEN 0 ELSE $resources END,
+       m + 1
 FROM range($minutes) AS t(m)
 """
 
 # mod: minute of the day; a, h: the VM's daily serving block [a, a + h) in minutes.
 _SAMPLES = """
-INSERT INTO billing_samples
+INSERT INTO billing_samples (run_id, sampled_at, provider, resource_id, resource_type, name, tier, usd_per_hour, total_bill_usd, active, raw)
 WITH grid AS (
     SELECT m, r,
            m // 1440 AS d,

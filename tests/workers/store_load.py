@@ -82,11 +82,12 @@ def role_samples(store: Store, seconds: float) -> dict[str, object]:
         now = datetime.now(UTC)
         with store.transaction() as con:
             con.execute(
-                "INSERT INTO sample_runs VALUES (?, 'sim', ?, ?, true, NULL, 3)", [run_id, now, now]
+                "INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq) VALUES (?, 'sim', ?, ?, true, NULL, 3, "
+                "(SELECT coalesce(max(seq), 0) + 1 FROM sample_runs))", [run_id, now, now]
             )
             for n in range(3):
                 con.execute(
-                    "INSERT INTO billing_samples VALUES (?, ?, 'sim', ?, 'vm', ?, 'tiny', 1.9, ?, true, '{}')",
+                    "INSERT INTO billing_samples (run_id, sampled_at, provider, resource_id, resource_type, name, tier, usd_per_hour, total_bill_usd, active, raw) VALUES (?, ?, 'sim', ?, 'vm', ?, 'tiny', 1.9, ?, true, '{}')",
                     [run_id, now, f"vm-{n}", f"node-{n}", runs * 0.03],
                 )
         runs += 1
