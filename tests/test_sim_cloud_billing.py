@@ -255,6 +255,10 @@ def test_null_missing_and_jittered_totals_change_one_answer_only(start) -> None:
     state = sim.admin("GET", "/state")
     assert Decimal(state["vms"][0]["bill"]["total_usd"]) == usd(truth[("vm", a["id"])])  # the meter never moved
 
+    sim.fault({"kind": "billing_missing_item", "resource_type": "vm", "resource_id": a["id"]})
+    assert set(sim.usage()) == set(truth) - {("vm", a["id"])} and ("vm", a["id"]) not in sim.usage(deleted=True)
+    assert set(sim.usage()) == set(truth)
+
     sim.fault({"kind": "billing_null_total", "deleted": True})  # waits for a ?deleted=true answer
     assert sim.usage()[("vm", a["id"])]["total_bill"] == truth[("vm", a["id"])]
     assert len(sim.admin("GET", "/state")["faults"]) == 1
@@ -335,6 +339,9 @@ def test_bad_fault_bodies_are_refused_naming_the_field(start) -> None:
         response = sim.http.post("/_sim/faults", json=body)
         assert named in assert_error(response, 400, "bad_request")["message"], body
     assert sim.admin("GET", "/state")["faults"] == []
+    listed = sim.admin("GET", "/faults")
+    assert listed["faults"] == [] and "billing_paged" in listed["kinds"]
+    assert all(f'"{kind}"' in listed["doc"] for kind in listed["kinds"])  # every kind is documented
 
 
 def test_exclude_billing_and_a_vm_outside_the_fleet(start) -> None:

@@ -1,6 +1,7 @@
 """The admin API at ``/_sim`` (no auth, not Hyperstack's): faults, reclaims, the clock, a dump.
 
-* ``POST /_sim/faults`` a fault (see ``faults``); ``DELETE /_sim/faults`` clears them all.
+* ``POST /_sim/faults`` a fault (see ``faults``); ``DELETE /_sim/faults`` clears them all;
+  ``GET /_sim/faults`` lists the pending ones, every kind, and their documentation.
 * ``POST /_sim/reclaim {"vm_id": ID, "mode": "error"|"vanish"}``: a spot VM taken back.
 * ``POST /_sim/advance {"seconds": X}``: move the emulated clock X seconds ahead.
 * ``POST /_sim/exclude-billing {"resource_type": "vm"|"volume", "resource_id": ID, "exclude": true}``:
@@ -15,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 from . import billing, render
+from . import faults as faults_module
 from .account import bad_request, not_found
 from .faults import FaultBook, FaultError, parse_fault
 from .lifecycle import Cloud
@@ -33,6 +35,7 @@ class Admin:
     def register(self, router: Router) -> None:
         router.add("POST", "/_sim/faults", self.add_fault)
         router.add("DELETE", "/_sim/faults", self.clear_faults)
+        router.add("GET", "/_sim/faults", self.list_faults)
         router.add("POST", "/_sim/reclaim", self.reclaim)
         router.add("POST", "/_sim/advance", self.advance)
         router.add("GET", "/_sim/state", self.state)
@@ -45,6 +48,10 @@ class Admin:
             raise bad_request(str(exc)) from None
         self.faults.add(fault)
         return ok("Fault queued", faults=self.faults.pending())
+
+    def list_faults(self, req: Request) -> Response:
+        return ok("Faults", faults=self.faults.pending(), kinds=list(faults_module.KINDS),
+                  doc=faults_module.__doc__)
 
     def clear_faults(self, req: Request) -> Response:
         self.faults.clear()

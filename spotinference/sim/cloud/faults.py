@@ -1,6 +1,7 @@
 """Injected faults and the API's rate limit.
 
-Faults are queued through ``POST /_sim/faults`` and consumed by the next matching ``/v1``
+Faults are queued through ``POST /_sim/faults`` (``GET /_sim/faults`` lists the pending ones, the
+kinds and this text) and consumed by the next matching ``/v1``
 requests, oldest first, one fault per request:
 
 * ``{"kind": "rate_limit", "count": N}``: 429.
@@ -21,6 +22,8 @@ and/or ``resource_id`` to pick items (default: every item of the answer):
 * ``{"kind": "billing_missing_total"}``: the items have no ``total_bill`` key at all.
 * ``{"kind": "billing_jitter", "amount_usd": X}``: the items' ``total_bill`` is reported X
   lower (default 0.000001, not below 0) in that answer only; the meter itself never decreases.
+* ``{"kind": "billing_missing_item"}``: the items are left out of that answer (a resource that
+  vanished from both lists for one answer).
 * ``{"kind": "billing_empty"}``: 200 ``{"status": true, "message": ..., "data": []}`` whatever
   exists.
 * ``{"kind": "billing_reshaped", "shape": S}``: a 200 without the documented shape. S is
@@ -50,9 +53,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 REQUEST_KINDS = ("rate_limit", "server_error", "slow")
-BILLING_KINDS = ("billing_null_total", "billing_missing_total", "billing_jitter", "billing_empty",
-                 "billing_reshaped", "billing_paged")
-ITEM_KINDS = ("billing_null_total", "billing_missing_total", "billing_jitter")
+BILLING_KINDS = ("billing_null_total", "billing_missing_total", "billing_jitter", "billing_missing_item",
+                 "billing_empty", "billing_reshaped", "billing_paged")
+ITEM_KINDS = ("billing_null_total", "billing_missing_total", "billing_jitter", "billing_missing_item")
 KINDS = (*REQUEST_KINDS, "restore_capacity", *BILLING_KINDS)
 SHAPES = ("no_data", "data_null", "data_object", "renamed", "bare_list")
 DEFAULT_JITTER_USD = Decimal("0.000001")

@@ -21,7 +21,8 @@ MAX_PAGE_SIZE = 1000
 
 
 def answer(req: Request, items: list[dict[str, Any]], faults: dict[str, Fault]) -> Response:
-    items = [_item_faults(item, faults) for item in items]
+    dropped = faults.get("billing_missing_item")
+    items = [_item_faults(item, faults) for item in items if dropped is None or not dropped.targets(item)]
     if "billing_empty" in faults:
         items = []
     body: dict[str, Any] = {"status": True, "message": MESSAGE}
