@@ -1,8 +1,8 @@
 """Injected faults and the API's rate limit.
 
-Faults are queued through ``POST /_sim/faults`` (``GET /_sim/faults`` lists the pending ones, the
-kinds and this text) and consumed by the next matching ``/v1``
-requests, oldest first, one fault per request:
+Faults are queued through ``POST /_sim/faults`` (``GET /_sim/faults`` lists the pending ones,
+the kinds and this text) and consumed by the next matching ``/v1`` requests, oldest first, one
+fault per request:
 
 * ``{"kind": "rate_limit", "count": N}``: 429.
 * ``{"kind": "server_error", "count": N, "status": 500|502|503}``: that status, body
@@ -37,7 +37,11 @@ and/or ``resource_id`` to pick items (default: every item of the answer):
   pages a client reads changes the page size mid-listing, as a provider's change would).
 
 Any fault may carry ``path_prefix`` to match only the paths starting with it. Faults live in
-memory only: a restarted emulator has none.
+memory only: a restarted emulator has none. A bad fault body is refused with 400 naming the
+field. Not faults but the same family: a resource the provider does not charge
+(``exclude_billing: true``) is flagged with ``POST /_sim/exclude-billing`` (see ``admin``);
+resources outside a fleet (``dev-box``) are made with the ordinary ``/v1`` calls; a second
+account is a second emulator (``--state-dir``, ``--port``, ``--id-offset``).
 
 The rate limit counts every ``/v1`` request in fixed windows of 60 real seconds, the first
 starting at the first request: past ``limit`` requests in a window, every request gets 429
