@@ -124,6 +124,12 @@ def cloud(
         typer.Option("--api-key", help="Accept only this api_key header [default: any non-empty key].",
                      show_default=False),
     ] = None,
+    id_offset: Annotated[
+        int, typer.Option("--id-offset", help="A fresh account's ids start after this (a second account: 1000).")
+    ] = 0,
+    organization_id: Annotated[
+        int, typer.Option("--organization-id", help="A fresh account's organization_id (in billing answers).")
+    ] = 1,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level (info: one line per request).")] = "warning",
 ) -> None:
     """Emulate Hyperstack's API on this machine, for tests, demos and trying spot without an account.
@@ -133,7 +139,9 @@ def cloud(
     emulated minute (full rate while running, storage while hibernated), and each is a
     directory under STATE_DIR/nodes/ whose boot/*.sh scripts run when it becomes ACTIVE and
     whose run/*.pid processes are killed when it stops. The state survives restarts. An admin
-    API at /_sim (faults, reclaims, clock advance, state dump) drives it from tests.
+    API at /_sim (faults, billing faults, reclaims, clock advance, state dump) drives it from
+    tests. Every answer's Date header is in emulated time. A second account is a second
+    emulator: another --state-dir and --port (and --id-offset so ids differ).
     """
     from spotinference.sim.cloud.lifecycle import Delays
     from spotinference.sim.cloud.server import CloudConfig, run
@@ -148,6 +156,10 @@ def cloud(
         raise typer.BadParameter("must be 0 or more", param_hint="--rate-limit-per-minute")
     if api_key is not None and not api_key:
         raise typer.BadParameter("must not be empty", param_hint="--api-key")
+    if id_offset < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--id-offset")
+    if organization_id < 1:
+        raise typer.BadParameter("must be 1 or more", param_hint="--organization-id")
     if state_dir is None:
         state: CliState = ctx.obj
         state_dir = state.settings.home / "sim-cloud"
@@ -161,6 +173,8 @@ def cloud(
         ssh_port=ssh_port,
         rate_limit_per_minute=rate_limit_per_minute,
         api_key=api_key,
+        id_offset=id_offset,
+        organization_id=organization_id,
     )
 
     def ready(bound_host: str, bound_port: int) -> None:

@@ -7,7 +7,9 @@ One job per module::
     state       the account's records and their JSON persistence (state.json)
     account     environments, key pairs, volumes; CloudError, the API's error answers
     lifecycle   Cloud: VM actions and the state machine that time drives
-    billing     per-minute accrual per state, usage and credit answers
+    billing     per-minute accrual per state (also by UTC hour and by rate event), usage items, credit
+    history     billing history: window details, hourly points, billing events, from the same meters
+    usage       the usage answer with billing faults applied, and its optional paging
     processes   node directories: boot scripts on ACTIVE, kills on stop (the contract is there)
     faults      injected faults and the rate limit
     render      the wire shapes of instances, volumes, key pairs, environments

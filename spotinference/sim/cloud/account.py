@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import catalog
+from . import billing, catalog
 from .clock import EmulatedClock
 from .state import Environment, KeyPair, VmRecord, Volume, World, save
 
@@ -95,6 +96,7 @@ class Account:
             raise bad_request("volume_type is required (e.g. 'Cloud-SSD')")
         self.sync()
         volume = Volume(self.world.next_id("volume"), name, env.name, size, volume_type, self.now_us)
+        billing.note_event(volume.meter, volume.created_us, "CREATED", billing.volume_usd_per_hour(volume))
         self.world.volumes[volume.id] = volume
         self.dirty = True
         return volume
@@ -111,6 +113,7 @@ class Account:
             raise bad_request(f"Volume {volume_id} is attached to virtual machine {volume.attached_to}: detach it first")
         self.sync()
         volume.terminated_us = self.now_us
+        billing.note_event(volume.meter, volume.terminated_us, "DELETED", Decimal(0))
         self.dirty = True
 
     def _check_attachable(self, volume: Volume, vm: VmRecord) -> None:

@@ -1,8 +1,12 @@
 """The admin API at ``/_sim`` (no auth, not Hyperstack's): faults, reclaims, the clock, a dump.
 
-* ``POST /_sim/faults`` a fault (see ``faults``); ``DELETE /_sim/faults`` clears them all.
+* ``POST /_sim/faults`` a fault (see ``faults``); ``DELETE /_sim/faults`` clears them all;
+  ``GET /_sim/faults`` lists the pending ones, every kind, and their documentation.
 * ``POST /_sim/reclaim {"vm_id": ID, "mode": "error"|"vanish"}``: a spot VM taken back.
 * ``POST /_sim/advance {"seconds": X}``: move the emulated clock X seconds ahead.
+* ``POST /_sim/exclude-billing {"resource_type": "vm"|"volume", "resource_id": ID, "exclude": true}``:
+  the resource's usage item says ``exclude_billing: true`` (false: back to normal) from now on,
+  as for a resource the provider does not charge; it keeps metering, the credit leaves it out.
 * ``GET /_sim/state``: everything, including a counter of ``/v1`` requests per ``METHOD path``.
 """
 
@@ -12,7 +16,8 @@ from collections import Counter
 from typing import Any
 
 from . import billing, render
-from .account import bad_request
+from . import faults as faults_module
+from .account import bad_request, not_found
 from .faults import FaultBook, FaultError, parse_fault
 from .lifecycle import Cloud
 from .routing import Request, Response, Router, ok
@@ -30,9 +35,11 @@ class Admin:
     def register(self, router: Router) -> None:
         router.add("POST", "/_sim/faults", self.add_fault)
         router.add("DELETE", "/_sim/faults", self.clear_faults)
+        router.add("GET", "/_sim/faults", self.list_faults)
         router.add("POST", "/_sim/reclaim", self.reclaim)
         router.add("POST", "/_sim/advance", self.advance)
         router.add("GET", "/_sim/state", self.state)
+        router.add("POST", "/_sim/exclude-billing", self.exclude_billing)
 
     def add_fault(self, req: Request) -> Response:
         try:
@@ -41,6 +48,10 @@ class Admin:
             raise bad_request(str(exc)) from None
         self.faults.add(fault)
         return ok("Fault queued", faults=self.faults.pending())
+
+    def list_faults(self, req: Request) -> Response:
+        return ok("Faults", faults=self.faults.pending(), kinds=list(faults_module.KINDS),
+                  doc=faults_module.__doc__)
 
     def clear_faults(self, req: Request) -> Response:
         self.faults.clear()
@@ -61,10 +72,28 @@ class Admin:
         self.cloud.advance(float(seconds))
         return ok("Clock advanced", **self._clock())
 
+    def exclude_billing(self, req: Request) -> Response:
+        body = req.json_object()
+        kind, rid, exclude = body.get("resource_type"), body.get("resource_id"), body.get("exclude", True)
+        if kind not in ("vm", "volume"):
+            raise bad_request("resource_type must be 'vm' or 'volume'")
+        if not isinstance(rid, int) or isinstance(rid, bool):
+            raise bad_request("resource_id must be a resource id (a whole number)")
+        if not isinstance(exclude, bool):
+            raise bad_request("exclude must be true or false")
+        world = self.cloud.world
+        resource = (world.vms if kind == "vm" else world.volumes).get(rid)
+        if resource is None:
+            raise not_found(f"No {kind} with id {rid}")
+        resource.exclude_billing = exclude
+        self.cloud.dirty = True
+        return ok(f"exclude_billing of {kind} {rid} is now {str(exclude).lower()}")
+
     def _clock(self) -> dict[str, Any]:
         now = self.cloud.clock.now_us()
-        return {"emulated_seconds": now / 1_000_000, "now": self.cloud.clock.iso_at(now),
-                "time_scale": self.cloud.clock.time_scale}
+        clock = self.cloud.clock
+        return {"emulated_seconds": now / 1_000_000, "now": clock.iso_at(now),
+                "now_unix": (clock.epoch_us + now) / 1_000_000, "time_scale": clock.time_scale}
 
     def state(self, req: Request) -> Response:
         cloud, world, clock = self.cloud, self.cloud.world, self.cloud.clock
@@ -76,12 +105,13 @@ class Admin:
                                for due, status in vm.pending]
             item["terminated_at"] = clock.iso_at(vm.terminated_us)
             item["bill"] = {"minutes": vm.meter.minutes, "total_usd": str(billing.total_usd(vm.meter)),
-                            "usd_per_hour": str(billing.vm_usd_per_hour(vm))}
+                            "usd_per_hour": str(billing.vm_usd_per_hour(vm)), "exclude_billing": vm.exclude_billing}
             vms.append(item)
         volumes = []
         for vol in sorted(world.volumes.values(), key=lambda v: v.id):
             volumes.append({**render.volume_json(vol, world, clock), "terminated_at": clock.iso_at(vol.terminated_us),
-                            "bill": {"minutes": vol.meter.minutes, "total_usd": str(billing.total_usd(vol.meter))}})
+                            "bill": {"minutes": vol.meter.minutes, "total_usd": str(billing.total_usd(vol.meter)),
+                                     "exclude_billing": vol.exclude_billing}})
         return ok(
             "Emulator state",
             clock=self._clock(),

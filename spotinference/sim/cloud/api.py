@@ -7,14 +7,20 @@ short. ``search`` matches a substring of the name (case-insensitive) or the exac
 ``environment`` matches a substring of the environment's name unless
 ``exact_environment_match=true``. ``count`` > 1 in a create names the VMs ``<name>-1`` ...
 ``<name>-<count>``.
+
+Billing: ``usage`` (see ``usage`` for its faults and optional paging), the credit, and the
+history of one VM or volume (see ``history``): details and hourly ``/graph`` points under
+``/billing/billing/history/{virtual-machine,volume}/{id}``, rate events under
+``/billing/billing/{virtual-machine,volume}/{id}/billing-events``. Terminated resources keep
+their history; an id never seen is a 404.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import billing, catalog, render
-from .account import bad_request
+from . import billing, catalog, history, render, usage
+from .account import bad_request, not_found
 from .faults import FaultBook
 from .lifecycle import Cloud
 from .routing import Request, Response, Router, ok
@@ -57,6 +63,12 @@ class Api:
             ("POST", f"{vm}/{{vm_id}}/attach-volumes", self.attach_volumes),
             ("GET", "/v1/billing/billing/usage", self.billing_usage),
             ("GET", "/v1/billing/user-credit/credit", self.credit),
+            ("GET", "/v1/billing/billing/history/virtual-machine/{vm_id}", self.vm_history),
+            ("GET", "/v1/billing/billing/history/virtual-machine/{vm_id}/graph", self.vm_graph),
+            ("GET", "/v1/billing/billing/history/volume/{volume_id}", self.volume_history),
+            ("GET", "/v1/billing/billing/history/volume/{volume_id}/graph", self.volume_graph),
+            ("GET", "/v1/billing/billing/virtual-machine/{vm_id}/billing-events", self.vm_events),
+            ("GET", "/v1/billing/billing/volume/{volume_id}/billing-events", self.volume_events),
         ):
             router.add(method, path, handler)
 
@@ -179,12 +191,72 @@ class Api:
     # -- billing -------------------------------------------------------------------------------
 
     def billing_usage(self, req: Request) -> Response:
-        items = billing.usage_items(self.cloud.world, self.cloud.clock, deleted=req.flag("deleted"),
+        deleted = req.flag("deleted")
+        items = billing.usage_items(self.cloud.world, self.cloud.clock, deleted=deleted,
                                     environment=req.query.get("environment"))
-        return ok("Getting billing usage success", data=items)
+        return usage.answer(req, items, self.faults.take_billing_faults(req.path, deleted=deleted))
 
     def credit(self, req: Request) -> Response:
         return ok("Getting credit success", data=billing.credit_json(self.cloud.world))
+
+    # -- billing history -----------------------------------------------------------------------
+
+    def _any_vm(self, vm_id: int) -> Any:
+        vm = self.cloud.world.vms.get(vm_id)
+        if vm is None:
+            raise not_found(f"Virtual machine with id {vm_id} not found")
+        return vm
+
+    def _any_volume(self, volume_id: int) -> Any:
+        volume = self.cloud.world.volumes.get(volume_id)
+        if volume is None:
+            raise not_found(f"Volume with id {volume_id} not found")
+        return volume
+
+    def _points(self, req: Request, res: Any) -> list[history.HourPoint]:
+        start, end = history.window(self.cloud.clock, res, req.query.get("start_date"), req.query.get("end_date"))
+        return history.hour_points(res.meter, start, end)
+
+    def _history(self, res: Any, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        entry = {"attributes": {**history.attributes(res), **(extra or {})}, "metrics": metrics}
+        return {"org_id": self.cloud.world.organization_id, "total_count": 1, "billing_history": [entry]}
+
+    def vm_history(self, req: Request, vm_id: int) -> Response:
+        vm = self._any_vm(vm_id)
+        metrics = history.details_metrics(self._points(req, vm), vm=True)
+        return ok("Billing details of the virtual machine retrieved successfully",
+                  billing_history_vm_details=self._history(vm, metrics))
+
+    def vm_graph(self, req: Request, vm_id: int) -> Response:
+        vm = self._any_vm(vm_id)
+        graph = {**self._history(vm, history.graph_metrics(self._points(req, vm))), "granularity": 3600}
+        return ok("Billing details hourly cost datapoints for the virtual machine retrieved successfully",
+                  billing_history_vm_details=graph)
+
+    def volume_history(self, req: Request, volume_id: int) -> Response:
+        volume = self._any_volume(volume_id)
+        metrics = history.details_metrics(self._points(req, volume), vm=False)
+        extra = {"subresource_type": volume.volume_type, "subresource_amount": volume.size_gb}
+        return ok("Billing details of the volume retrieved successfully",
+                  billing_history_volume_details=self._history(volume, metrics, extra))
+
+    def volume_graph(self, req: Request, volume_id: int) -> Response:
+        volume = self._any_volume(volume_id)
+        graph = {**self._history(volume, history.graph_metrics(self._points(req, volume))), "granularity": 3600}
+        # the OpenAPI file names this key billing_history_snapshot_details, and so does the emulator
+        return ok("Billing details hourly cost datapoints for the volume retrieved successfully",
+                  billing_history_snapshot_details=graph)
+
+    def _events(self, req: Request, res: Any) -> Response:
+        start, end = history.window(self.cloud.clock, res, req.query.get("start_date"), req.query.get("end_date"))
+        return ok("Billing events history retrieved successfully",
+                  billing_events_history=history.billing_events(self.cloud.clock, res, start, end))
+
+    def vm_events(self, req: Request, vm_id: int) -> Response:
+        return self._events(req, self._any_vm(vm_id))
+
+    def volume_events(self, req: Request, volume_id: int) -> Response:
+        return self._events(req, self._any_volume(volume_id))
 
 
 def _searched(req: Request, items: list[Any]) -> list[Any]:

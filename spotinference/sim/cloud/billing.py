@@ -15,6 +15,14 @@ The rule, chosen so a bill can be computed by hand:
   decimal places; it never decreases. ``bill_per_minute`` = current hourly rate / 60, same
   rounding (null once terminated). ``total_up_time`` = whole minutes since creation (until
   termination), whatever the state.
+* Every billed minute is also put in the bucket of the UTC hour (of emulated time) in which it
+  ENDS, and added to the rate event (state change) in force when it ends. The billing history
+  endpoints are served from those buckets and events, never from rate × time: an hour's
+  ``incurred_bill`` is the rounded total at the hour's end minus the rounded total at the end of
+  the hour before, so the hourly points of a resource add up to the growth of its ``total_bill``
+  exactly, to the last decimal, over any span of whole hours (see ``history``).
+* An ``exclude_billing`` resource (``POST /_sim/exclude-billing``) still meters and reports its
+  ``total_bill``, but is not charged: the credit balance leaves it out.
 """
 
 from __future__ import annotations
@@ -23,8 +31,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from . import catalog
-from .clock import US_PER_MINUTE, EmulatedClock
-from .state import ACTIVE, HIBERNATED, SHUTOFF, STARTING, STOPPING, Meter, VmRecord, Volume, World
+from .clock import US_PER_HOUR, US_PER_MINUTE, EmulatedClock
+from .state import ACTIVE, HIBERNATED, SHUTOFF, STARTING, STOPPING, HourBucket, Meter, RateEvent, VmRecord, Volume, World
 
 STARTING_CREDIT_USD = Decimal("500")
 CREDIT_THRESHOLD_USD = Decimal("0")
@@ -54,27 +62,53 @@ def _minutes_by(created_us: int, until_us: int, *, inclusive: bool) -> int:
     return max(0, span // US_PER_MINUTE)
 
 
-def _accrue(meter: Meter, created_us: int, until_us: int, rate: Decimal, *, inclusive: bool) -> bool:
+def _accrue(meter: Meter, created_us: int, until_us: int, rate: Decimal, *, inclusive: bool, epoch_us: int,
+            state: str | None) -> bool:
     due = _minutes_by(created_us, until_us, inclusive=inclusive)
     if due <= meter.minutes:
         return False
+    base = epoch_us + created_us  # absolute microseconds (Unix) at which minute 0 "ends"
+    k = meter.minutes + 1
+    while k <= due:  # one bucket at a time: minutes k..last all end in the same UTC hour
+        hour = (base + k * US_PER_MINUTE) // US_PER_HOUR
+        last = min(due, ((hour + 1) * US_PER_HOUR - 1 - base) // US_PER_MINUTE)
+        n = last - k + 1
+        bucket = meter.hours.setdefault(hour, HourBucket())
+        bucket.minutes += n
+        bucket.usd_hour_minutes += rate * n
+        bucket.usd_per_hour = rate
+        if state is not None:
+            bucket.state_minutes[state] = bucket.state_minutes.get(state, 0) + n
+        k = last + 1
     meter.usd_hour_minutes += rate * (due - meter.minutes)
     meter.minutes = due
     return True
 
 
-def accrue_all(world: World, until_us: int, *, inclusive: bool) -> bool:
+def accrue_all(world: World, until_us: int, *, inclusive: bool, epoch_us: int = 0) -> bool:
     """Bill every existing resource's minutes ending by ``until_us`` at its current rate."""
     changed = False
     for vm in world.live_vms():
-        changed |= _accrue(vm.meter, vm.created_us, until_us, vm_usd_per_hour(vm), inclusive=inclusive)
+        changed |= _accrue(vm.meter, vm.created_us, until_us, vm_usd_per_hour(vm), inclusive=inclusive,
+                           epoch_us=epoch_us, state=vm.status)
     for volume in world.live_volumes():
-        changed |= _accrue(volume.meter, volume.created_us, until_us, volume_usd_per_hour(volume), inclusive=inclusive)
+        changed |= _accrue(volume.meter, volume.created_us, until_us, volume_usd_per_hour(volume),
+                           inclusive=inclusive, epoch_us=epoch_us, state=None)
     return changed
 
 
+def note_event(meter: Meter, at_us: int, event: str, usd_per_hour: Decimal) -> None:
+    """Log a state change of a resource: the minutes ending from ``at_us`` on are billed under it."""
+    meter.events.append(RateEvent(at_us, event, usd_per_hour, meter.usd_hour_minutes))
+
+
 def total_usd(meter: Meter) -> Decimal:
-    return (meter.usd_hour_minutes / 60).quantize(_QUANTUM, ROUND_HALF_EVEN)
+    return usd_of(meter.usd_hour_minutes)
+
+
+def usd_of(usd_hour_minutes: Decimal) -> Decimal:
+    """A Σ of hourly rates over minutes as dollars, rounded as ``total_bill`` is."""
+    return (usd_hour_minutes / 60).quantize(_QUANTUM, ROUND_HALF_EVEN)
 
 
 def per_minute_usd(usd_per_hour: Decimal) -> Decimal:
@@ -86,12 +120,10 @@ def usage_items(world: World, clock: EmulatedClock, *, deleted: bool, environmen
     rows: list[tuple[int, dict[str, Any]]] = []
     for vm in world.vms.values():
         if (not vm.exists) == deleted and _env_matches(vm.environment, environment):
-            rows.append((vm.created_us, _item(clock, vm.id, "vm", vm.name, vm.created_us, vm.terminated_us,
-                                               vm.meter, vm_usd_per_hour(vm))))
+            rows.append((vm.created_us, _item(clock, world, vm, "vm", vm_usd_per_hour(vm))))
     for vol in world.volumes.values():
         if (vol.terminated_us is not None) == deleted and _env_matches(vol.environment, environment):
-            rows.append((vol.created_us, _item(clock, vol.id, "volume", vol.name, vol.created_us, vol.terminated_us,
-                                                vol.meter, volume_usd_per_hour(vol))))
+            rows.append((vol.created_us, _item(clock, world, vol, "volume", volume_usd_per_hour(vol))))
     return [item for _, item in sorted(rows, key=lambda row: row[0])]
 
 
@@ -99,26 +131,27 @@ def _env_matches(name: str, wanted: str | None) -> bool:
     return not wanted or wanted == name
 
 
-def _item(clock: EmulatedClock, rid: int, kind: str, name: str, created_us: int, terminated_us: int | None,
-          meter: Meter, usd_per_hour: Decimal) -> dict[str, Any]:
-    active = terminated_us is None
+def _item(clock: EmulatedClock, world: World, res: VmRecord | Volume, kind: str, usd_per_hour: Decimal) -> dict[str, Any]:
+    active = res.terminated_us is None
     return {
-        "resource_id": rid,
+        "resource_id": res.id,
         "resource_type": kind,
-        "name": name,
-        "organization_id": 1,
+        "name": res.name,
+        "organization_id": world.organization_id,
         "bill_per_minute": float(per_minute_usd(usd_per_hour)) if active else None,
-        "total_bill": float(total_usd(meter)),
-        "total_up_time": meter.minutes,
-        "create_time": clock.iso_at(created_us),
-        "terminate_time": clock.iso_at(terminated_us),
+        "total_bill": float(total_usd(res.meter)),
+        "total_up_time": res.meter.minutes,
+        "create_time": clock.iso_at(res.created_us),
+        "terminate_time": clock.iso_at(res.terminated_us),
         "active": active,
-        "exclude_billing": False,
+        "exclude_billing": res.exclude_billing,
     }
 
 
 def spent_usd(world: World) -> Decimal:
-    return sum((total_usd(r.meter) for r in [*world.vms.values(), *world.volumes.values()]), Decimal(0))
+    """Everything charged so far: every resource's total but the ``exclude_billing`` ones."""
+    resources = [*world.vms.values(), *world.volumes.values()]
+    return sum((total_usd(r.meter) for r in resources if not r.exclude_billing), Decimal(0))
 
 
 def credit_json(world: World) -> dict[str, Any]:

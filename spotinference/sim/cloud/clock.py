@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 US_PER_S = 1_000_000
 US_PER_MINUTE = 60 * US_PER_S
+US_PER_HOUR = 60 * US_PER_MINUTE
 
 
 def seconds_to_us(seconds: float) -> int:
@@ -60,6 +62,11 @@ class EmulatedClock:
         self._base_us += seconds_to_us(seconds)
         return self.now_us()
 
+    @property
+    def epoch_us(self) -> int:
+        """The epoch as whole Unix microseconds: hour buckets and history dates are counted from it."""
+        return round(self.epoch_unix * US_PER_S)
+
     def datetime_at(self, us: int) -> datetime:
         return datetime.fromtimestamp(self.epoch_unix + us / US_PER_S, UTC)
 
@@ -68,6 +75,10 @@ class EmulatedClock:
         if us is None:
             return None
         return self.datetime_at(us).strftime("%Y-%m-%dT%H:%M:%S")
+
+    def http_date(self) -> str:
+        """Now as an HTTP ``Date`` (RFC 9110 IMF-fixdate): the provider's clock, as its answers carry it."""
+        return format_datetime(self.datetime_at(self.now_us()), usegmt=True)
 
     def to_json(self) -> dict:
         return {"emulated_us": self.now_us(), "saved_at_unix": self._wall(), "epoch_unix": self.epoch_unix}

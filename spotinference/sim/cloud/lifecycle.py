@@ -49,6 +49,7 @@ from .state import (
 
 EffectKind = Literal["boot", "kill", "wipe_ephemeral", "remove_node"]
 MAX_COUNT = 20
+ID_KINDS = ("vm", "volume", "keypair", "environment", "attachment", "security_rule")
 NODE_SUBDIRS = ("boot", "run", "log", "ephemeral")  # made at create; see ``processes``
 
 
@@ -78,12 +79,20 @@ class Cloud(Account):
         self._effects: list[Effect] = []
 
     @classmethod
-    def open(cls, state_dir: Path, delays: Delays, *, time_scale: float = 1.0) -> Cloud:
-        """The account saved in ``state_dir``, or a fresh one with the default environments."""
+    def open(cls, state_dir: Path, delays: Delays, *, time_scale: float = 1.0, id_offset: int = 0,
+             organization_id: int = 1) -> Cloud:
+        """The account saved in ``state_dir``, or a fresh one with the default environments.
+
+        ``id_offset`` and ``organization_id`` shape a fresh account only (a saved one keeps its
+        own): with an offset of N, its first VM, volume, key pair... has id N + 1, so a second
+        account's resources never share ids with the first's.
+        """
         state_dir = state_dir.resolve()
         saved = load(state_dir)
         if saved is None:
-            cloud = cls(state_dir, World(), EmulatedClock(time_scale=time_scale), delays)
+            world = World(counters={kind: id_offset for kind in ID_KINDS} if id_offset else {},
+                          organization_id=organization_id)
+            cloud = cls(state_dir, world, EmulatedClock(time_scale=time_scale), delays)
             for name, region in catalog.DEFAULT_ENVIRONMENTS:
                 cloud.create_environment(name, region)
         else:
@@ -110,10 +119,10 @@ class Cloud(Account):
             due = [vm.pending[0][0] for vm in world.live_vms() if vm.pending]
             step_at = min(due, default=None)
             if step_at is None or step_at > until_us:
-                self.dirty |= billing.accrue_all(world, until_us, inclusive=True)
+                self.dirty |= billing.accrue_all(world, until_us, inclusive=True, epoch_us=self.clock.epoch_us)
                 break
             # minutes ending before the step are billed at the old rates, the one ending at it at the new
-            self.dirty |= billing.accrue_all(world, step_at, inclusive=False)
+            self.dirty |= billing.accrue_all(world, step_at, inclusive=False, epoch_us=self.clock.epoch_us)
             for vm in sorted(world.live_vms(), key=lambda v: v.id):
                 if vm.pending and vm.pending[0][0] == step_at:
                     _, status = vm.pending.pop(0)
@@ -126,13 +135,19 @@ class Cloud(Account):
             self._terminate(vm, at_us)
             return
         vm.status = status
+        self._note(vm, at_us)
         if status == ACTIVE:
             vm.ip_retained = False
             self._effect("boot", vm)
 
+    def _note(self, vm: VmRecord, at_us: int) -> None:
+        """Log the VM's new status and rate for billing events (see ``billing.note_event``)."""
+        billing.note_event(vm.meter, at_us, vm.status if vm.exists else "DELETED", billing.vm_usd_per_hour(vm))
+
     def _terminate(self, vm: VmRecord, at_us: int) -> None:
         vm.terminated_us = at_us
         vm.pending = []
+        self._note(vm, at_us)
         for vid in vm.volume_ids:
             volume = self.world.volumes.get(vid)
             if volume is not None and volume.attached_to == vm.id:
@@ -149,6 +164,7 @@ class Cloud(Account):
     def _schedule(self, vm: VmRecord, status: str, steps: list[tuple[float, str]]) -> None:
         now = self.now_us
         vm.status = status
+        self._note(vm, now)
         vm.pending = [(now + seconds_to_us(after_s), step) for after_s, step in steps]
         self.dirty = True
         self._advance_to(now)  # zero delays complete at once

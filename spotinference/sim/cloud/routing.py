@@ -84,13 +84,13 @@ def error(err: CloudError) -> Response:
     return Response(err.status, {"status": False, "message": err.message, "error_reason": err.reason})
 
 
-async def send_response(send: Send, response: Response) -> None:
+async def send_response(send: Send, response: Response, *, date: str | None = None) -> None:
+    """Send a JSON answer; ``date`` is its ``Date`` header (the emulator's clock, not this machine's)."""
     body = response.encode()
-    await send({
-        "type": "http.response.start",
-        "status": response.status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    })
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if date is not None:
+        headers.append((b"date", date.encode("latin-1")))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -7,6 +7,10 @@ limit). Before each route and every 100 ms in the background the account is brou
 emulated clock's now; the effects of what changed (boot scripts, kills) are applied and the
 state is saved when it changed.
 
+Every answer carries a ``Date`` header in EMULATED time (RFC 9110 IMF-fixdate), uvicorn's own
+(this machine's clock) turned off: the provider's "now", in the same time as the
+``create_time`` and ``created_at`` it reports, since the emulated clock is scaled and advanced.
+
 Nothing here logs a request's headers: uvicorn's access log (at ``--log-level info``) shows the
 method, path and status only, so the API key never reaches a log line.
 """
@@ -46,12 +50,15 @@ class CloudConfig:
     ssh_port: int | None = None
     rate_limit_per_minute: int = 500
     api_key: str | None = None  # None: any non-empty key is accepted
+    id_offset: int = 0  # a fresh account's first VM/volume/... id is id_offset + 1 (a second account's ids differ)
+    organization_id: int = 1
 
     def public(self) -> dict:
         """The settings shown by ``/_sim/state`` (never the key itself)."""
         return {"host": self.host, "port": self.port, "delays": asdict(self.delays), "time_scale": self.time_scale,
                 "ssh_port": self.ssh_port, "rate_limit_per_minute": self.rate_limit_per_minute,
-                "api_key_required": self.api_key is not None}
+                "api_key_required": self.api_key is not None, "id_offset": self.id_offset,
+                "organization_id": self.organization_id}
 
 
 class CloudApp:
@@ -76,27 +83,30 @@ class CloudApp:
             self.requests[f"{req.method} {path}"] += 1
             if not self.limiter.allow():
                 limit = self.config.rate_limit_per_minute
-                await send_response(send, _too_many(f"Too many requests: more than {limit} in a minute"))
+                await self._send(send, _too_many(f"Too many requests: more than {limit} in a minute"))
                 return
             fault = self.faults.take_request_fault(path)
             if fault is not None and fault.kind == "rate_limit":
-                await send_response(send, _too_many("Too many requests"))
+                await self._send(send, _too_many("Too many requests"))
                 return
             if fault is not None and fault.kind == "server_error":
-                await send_response(send, Response(fault.status or 500, {"message": "Internal Server Error"}))
+                await self._send(send, Response(fault.status or 500, {"message": "Internal Server Error"}))
                 return
             if fault is not None and fault.kind == "slow":
                 await asyncio.sleep(fault.delay_s or 0.0)
             if path not in UNAUTHENTICATED and not self._authorized(req.headers.get("api_key")):
-                await send_response(send, error(CloudError(401, "unauthorized", "Unauthorized: invalid or missing api_key")))
+                await self._send(send, error(CloudError(401, "unauthorized", "Unauthorized: invalid or missing api_key")))
                 return
             router = self.v1
         elif path.startswith("/_sim/"):
             router = self.admin
         else:
-            await send_response(send, error(CloudError(404, "not_found", f"No route for {req.method} {path}")))
+            await self._send(send, error(CloudError(404, "not_found", f"No route for {req.method} {path}")))
             return
-        await send_response(send, self._dispatch(router, req))
+        await self._send(send, self._dispatch(router, req))
+
+    async def _send(self, send: Send, response: Response) -> None:
+        await send_response(send, response, date=self.cloud.clock.http_date())
 
     def _authorized(self, key: str | None) -> bool:
         if not key:
@@ -148,12 +158,13 @@ async def serve(config: CloudConfig, *, on_ready: ReadyCallback | None = None, l
     """Open (or resume) the account in ``config.state_dir`` and serve it until stopped."""
     import uvicorn  # imported here: `spot --help` must not pay for it
 
-    cloud = Cloud.open(config.state_dir, config.delays, time_scale=config.time_scale)
+    cloud = Cloud.open(config.state_dir, config.delays, time_scale=config.time_scale, id_offset=config.id_offset,
+                       organization_id=config.organization_id)
     app = CloudApp(config, cloud)
     app.tick()  # transitions due while the emulator was down, and their boots
     sock = _bind(config.host, config.port)
     server = uvicorn.Server(
-        uvicorn.Config(app, http=_http_protocol(), ws="none", lifespan="off", access_log=True,
+        uvicorn.Config(app, http=_http_protocol(), ws="none", lifespan="off", access_log=True, date_header=False,
                        log_level=log_level, timeout_graceful_shutdown=1)
     )
     ticks = asyncio.create_task(app.run_ticks())

@@ -41,18 +41,77 @@ FORMAT_VERSION = 1
 
 
 @dataclass
+class HourBucket:
+    """The billed minutes that ENDED in one UTC hour of emulated time, and what they cost.
+
+    ``minutes`` counts every minute of existence that ended in the hour (like ``total_up_time``);
+    ``state_minutes`` splits them by the VM status in force when each ended; ``usd_hour_minutes``
+    is the same Σ of $/h rates as the meter's; ``usd_per_hour`` the rate of the last one.
+    """
+
+    minutes: int = 0
+    usd_hour_minutes: Decimal = Decimal(0)
+    state_minutes: dict[str, int] = field(default_factory=dict)
+    usd_per_hour: Decimal = Decimal(0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"minutes": self.minutes, "usd_hour_minutes": str(self.usd_hour_minutes),
+                "state_minutes": dict(self.state_minutes), "usd_per_hour": str(self.usd_per_hour)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HourBucket:
+        return cls(minutes=int(data["minutes"]), usd_hour_minutes=Decimal(data["usd_hour_minutes"]),
+                   state_minutes={str(k): int(v) for k, v in data.get("state_minutes", {}).items()},
+                   usd_per_hour=Decimal(data.get("usd_per_hour", "0")))
+
+
+@dataclass
+class RateEvent:
+    """A change of what a resource is billed: from ``start_us`` on, ``usd_per_hour`` in ``event``.
+
+    ``usd_hour_minutes_before`` is the meter's Σ when the event began, so an event's cost is the
+    difference of two rounded totals and the costs of all events add up to ``total_bill`` exactly.
+    """
+
+    start_us: int
+    event: str
+    usd_per_hour: Decimal
+    usd_hour_minutes_before: Decimal
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start_us": self.start_us, "event": self.event, "usd_per_hour": str(self.usd_per_hour),
+                "usd_hour_minutes_before": str(self.usd_hour_minutes_before)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RateEvent:
+        return cls(int(data["start_us"]), str(data["event"]), Decimal(data["usd_per_hour"]),
+                   Decimal(data["usd_hour_minutes_before"]))
+
+
+@dataclass
 class Meter:
-    """A resource's bill: whole minutes elapsed, and the sum of the hourly rates billed in them."""
+    """A resource's bill: whole minutes elapsed, and the sum of the hourly rates billed in them.
+
+    ``hours`` (UTC hour index since the Unix epoch -> bucket) and ``events`` (rate changes, oldest
+    first) are the same minutes seen by hour and by state: billing history is served from them.
+    A state saved before they existed loads with both empty (its history starts then).
+    """
 
     minutes: int = 0
     usd_hour_minutes: Decimal = Decimal(0)  # Σ over billed minutes of the $/h rate in force
+    hours: dict[int, HourBucket] = field(default_factory=dict)
+    events: list[RateEvent] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"minutes": self.minutes, "usd_hour_minutes": str(self.usd_hour_minutes)}
+        return {"minutes": self.minutes, "usd_hour_minutes": str(self.usd_hour_minutes),
+                "hours": {str(h): b.to_json() for h, b in self.hours.items()},
+                "events": [e.to_json() for e in self.events]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Meter:
-        return cls(minutes=int(data["minutes"]), usd_hour_minutes=Decimal(data["usd_hour_minutes"]))
+        return cls(minutes=int(data["minutes"]), usd_hour_minutes=Decimal(data["usd_hour_minutes"]),
+                   hours={int(h): HourBucket.from_json(b) for h, b in data.get("hours", {}).items()},
+                   events=[RateEvent.from_json(e) for e in data.get("events", [])])
 
 
 @dataclass
@@ -86,6 +145,7 @@ class Volume:
     attached_us: int | None = None
     terminated_us: int | None = None
     meter: Meter = field(default_factory=Meter)
+    exclude_billing: bool = False  # flagged by POST /_sim/exclude-billing
 
 
 @dataclass
@@ -110,6 +170,7 @@ class VmRecord:
     volume_ids: list[int] = field(default_factory=list)
     terminated_us: int | None = None
     meter: Meter = field(default_factory=Meter)
+    exclude_billing: bool = False  # flagged by POST /_sim/exclude-billing
 
     @property
     def exists(self) -> bool:
@@ -126,6 +187,7 @@ class World:
     vms: dict[int, VmRecord] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     synced_us: int = 0
+    organization_id: int = 1
 
     def next_id(self, kind: str) -> int:
         self.counters[kind] = self.counters.get(kind, 0) + 1
@@ -147,11 +209,13 @@ class World:
             "vms": [_with_meter(vm) for vm in self.vms.values()],
             "counters": dict(self.counters),
             "synced_us": self.synced_us,
+            "organization_id": self.organization_id,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> World:
-        world = cls(counters={k: int(v) for k, v in data["counters"].items()}, synced_us=int(data["synced_us"]))
+        world = cls(counters={k: int(v) for k, v in data["counters"].items()}, synced_us=int(data["synced_us"]),
+                    organization_id=int(data.get("organization_id", 1)))
         for item in data["environments"]:
             env = _build(Environment, item)
             world.environments[env.name] = env
