@@ -6,10 +6,11 @@ import os
 import stat
 import tempfile
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .config import ConfigSource, Settings, load_settings, locate_config
+from .billing.budget import FUTURE_TOLERANCE_S
 from .errors import SpotError
 from .reports import available_queries
 from .store import Store
@@ -43,6 +44,7 @@ def run_checks(config_path: Path | None = None) -> list[Check]:
     checks.append(check_data_dir(settings.home))
     checks.append(check_database(settings.home))
     checks.append(check_sampler(settings))
+    checks.append(check_ledger(settings))
     checks.extend(check_provider_credentials(settings))
     checks.append(check_ssh_key(settings))
     checks.append(check_gateway(settings))
@@ -126,10 +128,48 @@ def check_sampler(settings: Settings, now: datetime | None = None) -> Check:
         ages.append(f"{name}: never" if run is None else f"{name}: {(now - run.finished_at).total_seconds():.0f} s ago")
     stale = [n for n in providers if n not in runs or (now - runs[n].finished_at).total_seconds() > limit]
     detail = f"last good sample {', '.join(ages)} (limit {limit} s)"
+    ahead = [n for n in runs if (runs[n].finished_at - now).total_seconds() > FUTURE_TOLERANCE_S]
+    if ahead:
+        return Check("sampler", False, f"{detail}: dated in the future ({', '.join(ahead)}), a clock fault that "
+                     "closes the budget gate", "check NTP on this host and on the sampler's")
     if stale:
         effect = "spend is unobservable" if settings.budget.daily_usd is None else "the budget gate is closed"
         return Check("sampler", False, f"{detail}: {effect} while billing is stale", fix)
     return Check("sampler", True, detail)
+
+
+_LEDGER = """
+SELECT
+    (SELECT count(*) FROM billing_anomalies WHERE sampled_at >= $since AND kind = 'decrease'),
+    (SELECT count(*) FROM billing_anomalies WHERE sampled_at >= $since AND kind = 'missing_total'),
+    (SELECT arg_max(provider || ' ' || resource_type || ' ' || resource_id || coalesce(' (' || name || ')', '')
+                    || ' at ' || strftime(sampled_at, '%Y-%m-%d %H:%M UTC'), sampled_at)
+     FROM billing_anomalies WHERE sampled_at >= $since),
+    (SELECT count(*) FROM sample_runs WHERE started_at >= $since AND clock_behind_s IS NOT NULL),
+    (SELECT max(clock_behind_s) FROM sample_runs WHERE started_at >= $since)
+"""
+
+
+def check_ledger(settings: Settings, now: datetime | None = None, days: int = 7) -> Check:
+    """What the ledger refused to count, and clock steps, over the last ``days`` days."""
+    now = now or datetime.now(UTC)
+    try:
+        with Store(settings.home).reading() as con:
+            decreases, missing, latest, steps, most = con.execute(
+                _LEDGER, {"since": now - timedelta(days=days)}).fetchone()
+    except SpotError as exc:
+        return Check("ledger", False, f"cannot read the samples: {exc}", exc.hint)
+    notes = []
+    if decreases or missing:
+        notes.append(f"{decreases} bill total(s) below their high-water mark and {missing} missing total(s) "
+                     f"not counted (latest: {latest})")
+    if steps:
+        notes.append(f"the sampler's clock stepped behind its previous run {steps} time(s) (by up to {most:.0f} s); "
+                     "those runs were recorded in sequence")
+    if not notes:
+        return Check("ledger", True, f"no billing anomaly or clock step in the last {days} days")
+    return _warn("ledger", "; ".join(notes) + f" in the last {days} days",
+                 "see the anomalies in `spot cost --json`; `spot cost reconcile` compares with the provider's own history")
 
 
 def check_provider_credentials(settings: Settings) -> list[Check]:

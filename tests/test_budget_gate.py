@@ -57,7 +57,7 @@ def cloud(tmp_path: Path):
 
 
 def test_stale_billing_closes_the_gate_and_fresh_samples_reopen_it(cloud: Cloud, tmp_path: Path, home: Path) -> None:
-    write_config(cloud.base_url, fallback=False)
+    write_config(cloud.base_url, fallback=False, gate=True)
     with_budget("1000")
     ok("up", "demo")
     sampler = Sampler(tmp_path)
@@ -87,7 +87,7 @@ def test_stale_billing_closes_the_gate_and_fresh_samples_reopen_it(cloud: Cloud,
 
 
 def test_a_spent_budget_closes_the_gate_and_hibernates_the_fleet(cloud: Cloud, tmp_path: Path, home: Path) -> None:
-    write_config(cloud.base_url, fallback=False)
+    write_config(cloud.base_url, fallback=False, gate=True)
     # Above the projected burn over one sampling interval ($0.50/h for 1 s), below one billed
     # minute of sim-cpu-1 ($0.0083).
     with_budget("0.005", max_sample_age_s=30)

@@ -19,15 +19,17 @@ WINDOW = ["--since", "2026-03-01T10:00", "--until", "2026-03-01T11:00"]
 
 @pytest.fixture
 def seeded(home: Path) -> Path:
-    """09:59-11:00 one run a minute except 10:30-10:39; vm +0.10/min (tier t1), a volume +0.01/min
-    without a tier; 3 requests: key-a 1500 prompt + 500 completion, key-b 300 + 100 (m1), 100 + 0."""
+    """09:59-11:00 one run a minute except 10:30-10:39; the fleet: vm +0.10/min and its volume
+    +0.01/min (tier t1); outside the fleet, in the same account: a developer's VM +1.00/min;
+    3 requests: key-a 1500 prompt + 500 completion, key-b 300 + 100 (m1), 100 + 0."""
     seed = Seed(Store(home))
     t, k = at(9, 59), 0
     while t < at(11, 1):
         if not at(10, 30) <= t < at(10, 40):
             run_id = seed.run(t)
             seed.sample(run_id, t, "vm-1", str(Decimal("0.1") * k))
-            seed.sample(run_id, t, "vol-1", str(Decimal("0.01") * k), kind="volume", tier=None, rate="0.6")
+            seed.sample(run_id, t, "vol-1", str(Decimal("0.01") * k), kind="volume", rate="0.6")
+            seed.sample(run_id, t, "dev-box", str(Decimal(1) * k), tier=None, rate="60")
         t, k = t + timedelta(minutes=1), k + 1
     seed.request(at(10, 10), 1500, 500, key="key-a")
     seed.request(at(10, 20), 300, 100, key="key-b")
@@ -48,11 +50,18 @@ def test_json_headline(spot, seeded: Path) -> None:
             "usd_per_mtok_output", "coverage", "observable"} <= set(data)
     assert data["window_start"] == "2026-03-01T10:00:00+00:00" and data["window_end"] == "2026-03-01T11:00:00+00:00"
     assert data["observable"] is True
+    # Snapped to the samples that bound the window: runs end a second after they start.
+    assert data["billed_from"] == "2026-03-01T09:59:00.500000+00:00"
+    assert data["billed_until"] == "2026-03-01T10:59:00.500000+00:00"
     assert data["spend_usd"] == pytest.approx(6.6)  # 60 × 0.10 + 60 × 0.01, the gap included
+    assert data["outside_fleet_usd"] == pytest.approx(60.0)  # on its own line, never in the quotient
     assert (data["prompt_tokens"], data["completion_tokens"]) == (1900, 600)
     assert data["usd_per_mtok_output"] == pytest.approx(11000.0)  # 6.60 / 600 × 1e6
     assert data["coverage"] == pytest.approx(50 / 60)
-    assert data["gaps"] == [{"start": "2026-03-01T10:30:00+00:00", "end": "2026-03-01T10:40:00+00:00", "minutes": 10}]
+    assert data["gaps"] == [{"provider": "sim", "start": "2026-03-01T10:30:00+00:00",
+                             "end": "2026-03-01T10:40:00+00:00", "minutes": 10}]
+    assert data["complete"] is False and [a["provider"] for a in data["accounts"]] == ["sim"]
+    assert data["not_billed_yet"]["completion_tokens"] == 0
     assert data["hosted"]["as_of"] and data["hosted"]["prices"]
     assert "rows" not in data
 
@@ -66,11 +75,12 @@ def test_json_breakdowns(spot, seeded: Path, by: str) -> None:
         assert {r["key_id"]: r["statement_usd"] for r in rows} == pytest.approx({"key-a": 5.28, "key-b": 1.32})
         assert sum(Decimal(str(r["statement_usd"])) for r in rows) == Decimal("6.6")
     elif by == "resource":
-        assert {r["resource_type"]: r["spend_usd"] for r in rows} == pytest.approx({"vm": 6.0, "volume": 0.6})
+        spends = {(r["resource_type"], r["in_fleet"]): r["spend_usd"] for r in rows}
+        assert spends == pytest.approx({("vm", True): 6.0, ("volume", True): 0.6, ("vm", False): 60.0})
     elif by == "tier":
-        assert {r["tier"]: r["spend_usd"] for r in rows} == pytest.approx({"t1": 6.0, "(no tier)": 0.6})
+        assert {r["tier"]: r["spend_usd"] for r in rows} == pytest.approx({"t1": 6.6})
     elif by == "model":
-        assert {r["model"]: r["spend_usd"] for r in rows} == pytest.approx({"m1": 6.0, None: 0.6})
+        assert {r["model"]: r["spend_usd"] for r in rows} == pytest.approx({"m1": 6.6})
     elif by == "day":
         assert [(r["day"], r["completion_tokens"]) for r in rows] == [("2026-03-01", 600)]
         assert rows[0]["spend_usd"] == pytest.approx(6.6)
@@ -81,6 +91,7 @@ def test_csv_and_markdown(spot, seeded: Path) -> None:
     assert result.returncode == 0, result.stderr
     (row,) = list(csv.DictReader(io.StringIO(result.stdout)))
     assert Decimal(row["spend_usd"]) == Decimal("6.6") and row["observable"] == "True"
+    assert Decimal(row["outside_fleet_usd"]) == Decimal("60") and row["complete"] == "False" and row["gaps"] == "1"
     result = spot("cost", *WINDOW, "--by", "key", "--csv")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [r["key_id"] for r in rows] == ["key-a", "key-b"]
@@ -90,12 +101,13 @@ def test_csv_and_markdown(spot, seeded: Path) -> None:
     assert page.startswith("# Serving economics")
     assert "$11,000.00 / M output tokens" in page and "## By tier" in page
     assert "COVERAGE GAPS" in page and "outside it" in page and "List prices as of" in page
+    assert "| outside the fleet (same accounts, not in the figures) | $60.00 |" in page
 
 
 def test_table_says_gaps_loudly(spot, seeded: Path) -> None:
     result = spot("cost", *WINDOW)
     assert result.returncode == 0, result.stderr
-    assert "COVERAGE GAPS" in result.stdout and "$6.60" in result.stdout
+    assert "COVERAGE GAPS" in result.stdout and "$6.60" in result.stdout and "$60.00" in result.stdout
     assert "egress are outside it" in result.stdout.replace("\n", " ")
 
 

@@ -37,7 +37,8 @@ class Seed:
 
     def run(self, t: datetime, ok: bool = True) -> str:
         run_id = f"run-{t.isoformat()}"
-        self.runs.append((run_id, "sim", t, t + timedelta(seconds=1), ok, None if ok else "503", 0, len(self.runs) + 1))
+        self.runs.append((run_id, "sim", t, t + timedelta(seconds=1), ok, None if ok else "503", 0, len(self.runs) + 1,
+                          t + timedelta(seconds=0.5) if ok else None))
         return run_id
 
     def sample(self, run_id: str, t: datetime, resource: str, total: str | None, *, kind: str = "vm",
@@ -66,7 +67,8 @@ class Seed:
     def write(self) -> Store:
         with self.store.transaction() as con:
             if self.runs:
-                con.executemany("INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.runs)
+                con.executemany("INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq, "
+                                "sampled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self.runs)
             if self.samples:
                 # The fleet: every resource with a tier, as the sampler adopts it (outside=True
                 # samples carry no tier and stay outside).

@@ -229,8 +229,10 @@ def runs(home: Path) -> list[tuple[str, bool, datetime, datetime]]:
 def test_spot_cost_spend_equals_the_emulators_bill_delta_while_traffic_flows(cloud: Emulator, tmp_path: Path,
                                                                             home: Path) -> None:
     ok("up", "demo")
+    sample()  # the gateway refuses to serve blind: a fresh sample opens its gate
     gateway = start_gateway(tmp_path, home)
     try:
+        wait_for(lambda: httpx.get(f"{gateway.url}/health", timeout=5).json()["budget_gate"]["open"], 30, "the gate")
         before = asyncio.run(burst(gateway, 0, 6))  # served before the window: not in it
         cloud.advance(STEP_S)
         sample()  # the sample before the baseline
@@ -417,7 +419,7 @@ def test_a_stopped_sampler_leaves_a_gap_in_coverage_and_its_spend_lands_on_the_n
     table = run_spot("cost", "--since", gap_start.isoformat(), "--until", (gap_start + timedelta(minutes=1)).isoformat())
     assert table.returncode == 0, table.stderr
     assert "UNOBSERVABLE" in table.stdout
-    assert re.search(r"│ spend +│ unobservable +│", table.stdout), table.stdout  # not "$0.00"
+    assert re.search(r"│ spend \(fleet\) +│ unobservable +│", table.stdout), table.stdout  # not "$0.00"
     loud = run_spot("cost", "--since", since.isoformat(), "--until", until.isoformat())
     assert loud.returncode == 0 and "COVERAGE GAPS" in loud.stdout
 

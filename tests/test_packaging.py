@@ -63,6 +63,17 @@ def test_pip_install_into_a_fresh_venv_gives_a_working_spot(tmp_path: Path) -> N
     init = spot("init", "--example", "hyperstack")
     assert init.returncode == 0 and (outside / "spot.toml").read_text().startswith("# spotinference: a real Hyperstack")
 
+    # The README's first command is a non-editable install, then `spot demo` from the checkout: every
+    # process the demo starts (gateway, flusher, sampler, emulator, engines) must run the installed
+    # package, not the source tree in the working directory (which has no spotinference.queries).
+    env["SPOT_HOME"] = str(tmp_path / "demo-home")
+    demo = subprocess.run([str(venv / "bin" / "spot"), "demo", "--json", "--asleep-seconds", "2"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    for failure in ("No module named", "could not be read", "Traceback", "internal error"):
+        assert failure not in demo.stderr + demo.stdout, demo.stderr[-3000:]
+    assert json.loads(demo.stdout)["observable"] is True
+
 
 def test_the_readme_quotes_the_headline_queries_verbatim() -> None:
     readme = (ROOT / "README.md").read_text()

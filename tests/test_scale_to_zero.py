@@ -29,14 +29,17 @@ MODEL = "tiny-chat"
 
 
 def write_config(base_url: str, *, idle_timeout_s: int = 600, wake_timeout_s: int = 120, min_awake_s: int = 0,
-                 fallback: bool = True, fallback_retry_s: float = 60) -> None:
+                 fallback: bool = True, fallback_retry_s: float = 60, gate: bool = False) -> None:
+    """The fleet config of these tests. They are about waking and hibernating, with no sampler
+    running, so the budget gate is turned off explicitly unless ``gate`` (test_budget_gate.py
+    tests the gate with a real sampler)."""
     common = dict(idle_timeout_s=idle_timeout_s, min_awake_s=min_awake_s, wake_timeout_s=wake_timeout_s)
     tiers = {"demo": sim_tier(**common, **({"fallback": "demo-ondemand"} if fallback else {}),
                               sim={"load_seconds": 0.5, "ttft_ms": 20, "itl_ms": 5})}
     if fallback:
         tiers["demo-ondemand"] = sim_tier(capacity="on-demand", **common, sim={"load_seconds": 0.5})
     gateway = {"keepalive_s": 1, "health_interval_s": 0.5, "provider_refresh_s": 1, "fallback_retry_s": fallback_retry_s}
-    write_fleet_config(base_url, tiers, gateway=gateway)
+    write_fleet_config(base_url, tiers, gateway=gateway, extra="" if gate else "[budget]\nenforce = false\n")
 
 
 class Gateway:

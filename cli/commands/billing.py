@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from spotinference.child import python_module
 from spotinference.jsonable import jsonable
 
 from ..output import print_error, print_json
@@ -106,7 +107,7 @@ def _spot_executable() -> str:
     found = shutil.which("spot")
     if found:
         return str(Path(found).resolve())
-    return f"{sys.executable} -m spotinference_cli.main"
+    return " ".join(python_module("spotinference_cli.main"))
 
 
 def _systemd_quote(word: str) -> str:

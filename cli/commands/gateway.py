@@ -28,6 +28,9 @@ def serve(
         list[str] | None,
         typer.Option("--upstream", help="Serve MODEL from an engine at URL, without fleet config (repeatable).", metavar="MODEL=URL"),
     ] = None,
+    with_sampler: Annotated[
+        bool, typer.Option("--with-sampler", help="Also run `spot sample --every 60` beside the gateway (cron stays the production setup).")
+    ] = False,
 ) -> None:
     """Run the OpenAI-compatible gateway in front of the fleet's engines."""
     from spotinference.gateway.routing import parse_upstream_flags
@@ -42,6 +45,7 @@ def serve(
         port=port or settings.gateway.port,
         workers=workers or settings.gateway.workers,
         static_upstreams=parse_upstream_flags(upstream or []),
+        with_sampler=with_sampler,
     )
     for note in startup_notes(settings, spec):
         typer.echo(note, err=True)

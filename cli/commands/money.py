@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from spotinference.costs import CostReport
 
 BY_CHOICES = ("day", "tier", "model", "key", "resource", "utilisation")
+INCOMPLETE_EXIT = 3  # `spot cost --strict` on a window that is not complete
 _FORMATS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (UTC unless an offset is given)"
 
 
@@ -55,6 +56,7 @@ def cost(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a publishable economics page in Markdown.")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="Plot spend and cost per million output tokens per day in the terminal; `--plot FILE.png` writes a PNG.")] = False,
     plot_file: Annotated[Path | None, typer.Argument(metavar="[FILE.png]", help="With --plot: the PNG to write.", show_default=False)] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when the window is not complete (unobservable, gaps, or billing behind).")] = False,
 ) -> None:
     """Invoice-true cost per million tokens: billed spend between samples over tokens served."""
     from spotinference.costs import Window, report, trailing_window
@@ -76,20 +78,28 @@ def cost(
         window = trailing_window(7 if days is None else days, end)
     else:
         window = trailing_window(7 if days is None else days, now)
+    from spotinference.billing.runs import sampled_providers
+
     state: CliState = ctx.obj
     store = state.store()
+    settings = state.settings
+    options = {"now": now, "accounts": sampled_providers(settings) if settings.providers else [],
+               "fresh_within_s": float(settings.budget.max_sample_age_s)}
     if plot:
-        _plot(report(store, window, by="day", now=now), plot_file)
-        return
-    result = report(store, window, by=by, now=now)
-    if json:
-        print_json(jsonable(result.to_dict()))
-    elif as_csv:
-        _csv(result)
-    elif markdown:
-        sys.stdout.write(_markdown(result))
+        result = report(store, window, by="day", **options)
+        _plot(result, plot_file)
     else:
-        _table(result)
+        result = report(store, window, by=by, **options)
+        if json:
+            print_json(jsonable(result.to_dict()))
+        elif as_csv:
+            _csv(result)
+        elif markdown:
+            sys.stdout.write(_markdown(result))
+        else:
+            _table(result)
+    if strict and not result.complete:
+        raise typer.Exit(INCOMPLETE_EXIT)
 
 
 # -- formatting ---------------------------------------------------------------------------------
@@ -120,26 +130,54 @@ def _cell(key: str, value: Any) -> str:
 
 def _warnings(r: CostReport) -> list[str]:
     out = []
+    blind = [a for a in r.accounts if not a.observable]
     if not r.observable:
-        out.append("UNOBSERVABLE: no good billing sample in this window, so its spend is unknown (not $0). "
-                   "Is `spot sample` running (cron)?")
+        who = ", ".join(a.provider for a in blind) or "any account"
+        out.append(f"UNOBSERVABLE: no good billing sample in this window from {who}, so its spend is unknown "
+                   "(not $0). Is `spot sample` running (cron)?")
     elif r.gaps:
         missing = r.window_minutes - r.covered_minutes
-        out.append(f"COVERAGE GAPS: billing was observed in {r.coverage:.2%} of the window's minutes "
-                   f"({missing:,} minute(s) missing in {len(r.gaps)} gap(s)); spend accrued in a gap is "
-                   "counted at the first good sample after it, which may fall outside the window.")
+        out.append(f"COVERAGE GAPS: billing was observed in {r.coverage:.2%} of the window's minutes up to the last "
+                   f"sample ({missing:,} minute(s) missing from the least-covered account, {len(r.gaps)} gap(s)); "
+                   "spend accrued in a gap is counted at the account's first good sample after it.")
+    lag = r.billing_lag_s
+    if r.observable and lag is not None and lag > r.fresh_within_s:
+        out.append(f"BILLING BEHIND: the last billing sample is {lag:,.0f} s before the window's end; what was served "
+                   "since is not billed yet (not $0) and not in the figures.")
+    if r.anomalies:
+        out.append(f"ANOMALIES: {len(r.anomalies)} billing sample(s) were not counted (a total below its high-water "
+                   "mark, or none at all); see --json or `spot doctor`.")
     return out
 
 
+def _billed(r: CostReport) -> str:
+    if r.billed_from is None or r.billed_until is None:
+        return "nothing (no good billing sample in the window)"
+    return f"{r.billed_from.isoformat()} → {r.billed_until.isoformat()} (snapped to billing samples)"
+
+
+def _unbilled(r: CostReport) -> str:
+    u = r.not_billed_yet
+    if u is None:
+        return "nothing"
+    return f"{u.completion_tokens:,} completion tokens in {u.requests:,} request(s) since {u.start.isoformat()}"
+
+
 def _headline(r: CostReport) -> list[tuple[str, str]]:
+    accounts = "; ".join(f"{a.provider} {a.coverage:.2%}" + ("" if a.observable else " UNOBSERVABLE")
+                         for a in r.accounts) or "no account"
     return [
         ("window", f"{r.window.start.isoformat()} → {r.window.end.isoformat()} (UTC)"),
+        ("billed", _billed(r)),
         ("cost per million output tokens", _rate(r.usd_per_mtok_output, r.observable)),
         ("cost per million tokens (prompt + completion)",
          _rate(r.usd_per_mtok_total, r.observable).replace(" output", "")),
-        ("spend", _usd(r.spend_usd)),
+        ("spend (fleet)", _usd(r.spend_usd)),
+        ("outside the fleet (same accounts, not in the figures)", _usd(r.outside_fleet_usd)),
         ("tokens", f"{r.prompt_tokens:,} prompt + {r.completion_tokens:,} completion"),
-        ("billing coverage", f"{r.coverage:.2%} of {r.window_minutes:,} minutes"),
+        ("not billed yet", _unbilled(r)),
+        ("billing coverage", f"{r.coverage:.2%} of {r.window_minutes:,} minutes ({accounts})"),
+        ("complete", "yes" if r.complete else "no"),
     ]
 
 
@@ -170,7 +208,7 @@ def _table(r: CostReport) -> None:
         head.add_row(name, value)
     con.print(head)
     for g in r.gaps[:10]:
-        con.print(f"  gap {g.start.isoformat()} → {g.end.isoformat()} ({g.minutes} min)")
+        con.print(f"  gap {g.provider}: {g.start.isoformat()} → {g.end.isoformat()} ({g.minutes} min)")
     if len(r.gaps) > 10:
         con.print(f"  … and {len(r.gaps) - 10} more gap(s) (see --json)")
     if r.by is not None:
@@ -200,8 +238,12 @@ def _csv(r: CostReport) -> None:
             out.writerow(["" if v is None else (v.isoformat() if hasattr(v, "isoformat") else v) for v in row.values()])
         return
     data = r.to_dict()
-    keys = ["window_start", "window_end", "observable", "spend_usd", "prompt_tokens", "completion_tokens",
-            "usd_per_mtok_output", "usd_per_mtok_total", "coverage"]
+    data["gaps"] = len(r.gaps)
+    data["anomalies"] = len(r.anomalies)
+    data["not_billed_yet_completion_tokens"] = r.not_billed_yet.completion_tokens if r.not_billed_yet else 0
+    keys = ["window_start", "window_end", "billed_from", "billed_until", "observable", "complete", "spend_usd",
+            "outside_fleet_usd", "prompt_tokens", "completion_tokens", "usd_per_mtok_output", "usd_per_mtok_total",
+            "coverage", "gaps", "anomalies", "not_billed_yet_completion_tokens"]
     out.writerow(keys)
     out.writerow(["" if data[k] is None else (data[k].isoformat() if hasattr(data[k], "isoformat") else data[k]) for k in keys])
 
@@ -218,14 +260,16 @@ def _markdown(r: CostReport) -> str:
     parts.append(_md_table(["figure", "value"], [[k, v] for k, v in _headline(r)]))
     parts.append(
         "\n**Method.** Spend is read from the provider's billing API once a minute: the sum of the "
-        "increases of each resource's cumulative bill between consecutive samples (a decrease is a "
-        "counter reset, never negative spend). Cost per million output tokens is that spend divided "
-        "by the completion tokens the gateway served in the same window. No list price × time "
+        "increases of each resource's cumulative bill between consecutive samples (a lower total is an "
+        "anomaly that counts nothing). Cost per million output tokens is the spend between two billing "
+        "samples divided by the completion tokens the gateway finished between the same two samples; "
+        "what was served after the last sample is not billed yet. No list price × time "
         f"estimate is used. {r.scope}\n"
     )
     if r.gaps:
         parts.append("\n## Billing gaps\n\n" + _md_table(
-            ["from", "to", "minutes"], [[g.start.isoformat(), g.end.isoformat(), str(g.minutes)] for g in r.gaps[:50]]))
+            ["account", "from", "to", "minutes"],
+            [[g.provider or "", g.start.isoformat(), g.end.isoformat(), str(g.minutes)] for g in r.gaps[:50]]))
     if r.by is not None and r.breakdown:
         cols = list(r.breakdown[0])
         parts.append(f"\n## By {r.by}\n\n" + _md_table(cols, [[_cell(k, v) for k, v in row.items()] for row in r.breakdown]))
@@ -270,7 +314,8 @@ def _plot_png(r: CostReport, path: Path) -> None:
                          hint="pip install 'spotinference[plot]', or use --plot alone for a terminal chart") from None
     days = [row["day"] for row in r.breakdown]
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
-    top.bar(days, [float(row["spend_usd"] or 0) for row in r.breakdown])
+    # An unobserved day is a gap in the chart, never a $0 bar.
+    top.bar(days, [float(row["spend_usd"]) if row["spend_usd"] is not None else float("nan") for row in r.breakdown])
     top.set_ylabel("spend (USD)")
     bottom.plot(days, [float(row["usd_per_mtok_output"]) if row["usd_per_mtok_output"] is not None else float("nan")
                        for row in r.breakdown], marker="o")

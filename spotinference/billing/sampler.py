@@ -245,8 +245,8 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_RUN = """
 INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq,
-                         provider_clock_at, clock_behind_s)
-VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM sample_runs), ?, ?)
+                         provider_clock_at, clock_behind_s, sampled_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM sample_runs), ?, ?, ?)
 """
 _LATEST_RUN_STARTED = "SELECT started_at FROM sample_runs ORDER BY seq DESC LIMIT 1"
 _PREVIOUS_ACTIVE = """
@@ -287,7 +287,8 @@ def _record_one(con: duckdb.DuckDBPyConnection, settings: Settings, r: _Reading,
         r.error = _vanished(con, r)
     if r.error is not None:
         finished_at = clock()
-        con.execute(_INSERT_RUN, [r.run_id, r.provider, r.started_at, finished_at, False, r.error, 0, None, behind_s])
+        con.execute(_INSERT_RUN, [r.run_id, r.provider, r.started_at, finished_at, False, r.error, 0, None, behind_s,
+                                  None])
         return ProviderRun(r.provider, r.run_id, r.started_at, finished_at, False, 0, error=r.error,
                            exit_code=r.exit_code or 1, hint=r.hint)
     tier_of = tier_resolver(settings, r.provider)
@@ -301,7 +302,7 @@ def _record_one(con: duckdb.DuckDBPyConnection, settings: Settings, r: _Reading,
             con.execute(_ADOPT, [r.provider, item.resource_type, item.resource_id, item.name, tier, r.sampled_at])
     finished_at = clock()
     con.execute(_INSERT_RUN, [r.run_id, r.provider, r.started_at, finished_at, True, None, len(rows),
-                              r.provider_clock_at, behind_s])
+                              r.provider_clock_at, behind_s, r.sampled_at])
     if rows:
         con.executemany(_INSERT_SAMPLE, rows)
         anomalies.record(con, r.run_id, r.sampled_at)

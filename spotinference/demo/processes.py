@@ -18,10 +18,12 @@ from pathlib import Path
 
 import httpx
 
+from ..child import python_module
+
 
 def spot_argv(config: Path, *args: str) -> list[str]:
     """`spot --config CONFIG ARGS...` with this very installation of spot."""
-    return [sys.executable, "-m", "spotinference_cli.main", "--config", str(config), *args]
+    return [*python_module("spotinference_cli.main"), "--config", str(config), *args]
 
 
 def child_env(home: Path) -> dict[str, str]:

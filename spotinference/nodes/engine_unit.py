@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from typing import Literal
 
+from ..child import python_module
 from ..config import Tier
 
 Supervisor = Literal["systemd", "boot-scripts"]
@@ -105,7 +106,7 @@ class EnginePlan:
         if tier.engine == "sim":
             # The node is this machine (an emulated VM), so the engine is this very install of spot.
             return [
-                sys.executable, "-m", "spotinference_cli.main", "sim", "engine",
+                *python_module("spotinference_cli.main"), "sim", "engine",
                 "--model", tier.model_name, "--host", self.host, "--port", str(self.port),
                 "--max-model-len", str(tier.vllm.max_model_len or 2048),
                 "--ttft-ms", f"{tier.sim.ttft_ms:g}", "--itl-ms", f"{tier.sim.itl_ms:g}",

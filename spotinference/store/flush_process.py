@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
+from ..child import python_module
 from .database import Store
 from .spool import SpoolWriter
 
@@ -19,7 +19,7 @@ class SpoolFlushProcess:
 
     def start(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "spotinference.store.flush_loop", str(self.store.home),
+            [*python_module("spotinference.store.flush_loop"), str(self.store.home),
              str(self.interval_s), str(os.getpid())],
             stdin=subprocess.DEVNULL,
         )

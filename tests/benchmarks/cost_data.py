@@ -23,7 +23,7 @@ KEYS = 20
 TIERS = 3
 
 _RUNS = """
-INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq)
+INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq, sampled_at)
 SELECT 'run-' || m,
        'sim',
        $epoch + to_microseconds(m * 60000000 + 1000000),
@@ -31,7 +31,8 @@ SELECT 'run-' || m,
        m % $failed_every <> $failed_every // 2,
        CASE WHEN m % $failed_every = $failed_every // 2 THEN 'simulated provider 503' END,
        CASE WHEN m % $failed_every = $failed_every // 2 THEN 0 ELSE $resources END,
-       m + 1
+       m + 1,
+       CASE WHEN m % $failed_every <> $failed_every // 2 THEN $epoch + to_microseconds(m * 60000000 + 1200000) END
 FROM range($minutes) AS t(m)
 """
 
@@ -98,6 +99,10 @@ def build(home: Path, *, days: int, resources: int, request_rows: int) -> Store:
         con.execute("DELETE FROM sample_runs; DELETE FROM billing_samples; DELETE FROM billing_daily")
         con.execute(_RUNS, {**common, "minutes": minutes, "resources": resources})
         con.execute(_SAMPLES, {**common, "minutes": minutes, "resources": resources, "tiers": TIERS})
+        con.execute("DELETE FROM fleet_resources")
+        con.execute("INSERT INTO fleet_resources SELECT provider, resource_type, resource_id, any_value(name), "
+                    "any_value(tier), min(sampled_at), 'adopted' FROM billing_samples "
+                    "WHERE run_id = 'run-0' GROUP BY ALL")  # every generated resource is the fleet's
         con.execute("CHECKPOINT")
     return add_requests(store, days=days, request_rows=request_rows)
 

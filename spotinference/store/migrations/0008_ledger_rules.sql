@@ -21,9 +21,15 @@
 ALTER TABLE sample_runs ADD COLUMN seq BIGINT;
 ALTER TABLE sample_runs ADD COLUMN provider_clock_at TIMESTAMPTZ;  -- the provider's own time (HTTP Date), if given
 ALTER TABLE sample_runs ADD COLUMN clock_behind_s DOUBLE;          -- our clock read this much behind the previous run's
+ALTER TABLE sample_runs ADD COLUMN sampled_at TIMESTAMPTZ;         -- a good run's sample time (its rows'): a window's bound
 UPDATE sample_runs SET seq = n.seq
 FROM (SELECT run_id, row_number() OVER (ORDER BY started_at, run_id) AS seq FROM sample_runs) AS n
 WHERE sample_runs.run_id = n.run_id;
+UPDATE sample_runs SET sampled_at = coalesce(s.sampled_at, sample_runs.finished_at)
+FROM (SELECT r.run_id, max(b.sampled_at) AS sampled_at
+      FROM sample_runs AS r LEFT JOIN billing_samples AS b ON b.run_id = r.run_id
+      WHERE r.ok GROUP BY r.run_id) AS s
+WHERE sample_runs.run_id = s.run_id;
 
 -- Samples: a total may be unknown; the provider's creation time; excluded items.
 ALTER TABLE billing_samples ALTER COLUMN total_bill_usd DROP NOT NULL;
@@ -109,19 +115,21 @@ ok_runs AS (  -- each good run, with when its account's previous good run read t
     FROM sample_runs WHERE ok
 ),
 -- Raw segments: 1 = the window up to the first rolled day (or all of it), 2 = after the last.
+-- Each reads a day past its end: a run recorded earlier in sequence can carry a later time when
+-- the clock stepped back since, and it is still the "earlier sample" of what follows it.
 raw AS (
     SELECT 1 AS seg, o.seq, o.prev_ok_at, b.run_id, b.sampled_at, b.provider, b.resource_id, b.resource_type,
            b.tier, b.usd_per_hour, b.total_bill_usd, b.created_at
     FROM billing_samples AS b JOIN ok_runs AS o ON o.run_id = b.run_id, bounds AS x
     WHERE b.sampled_at >= to_timestamp(x.head_scan_d * 86400)
-      AND b.sampled_at < coalesce(to_timestamp(x.mid_from_d * 86400), window_end)
+      AND b.sampled_at < coalesce(to_timestamp(x.mid_from_d * 86400), window_end) + INTERVAL 1 DAY
       AND NOT coalesce(b.excluded, false)
     UNION ALL
     SELECT 2 AS seg, o.seq, o.prev_ok_at, b.run_id, b.sampled_at, b.provider, b.resource_id, b.resource_type,
            b.tier, b.usd_per_hour, b.total_bill_usd, b.created_at
     FROM billing_samples AS b JOIN ok_runs AS o ON o.run_id = b.run_id, bounds AS x
     WHERE b.sampled_at >= to_timestamp(x.mid_to_d * 86400)
-      AND b.sampled_at < window_end
+      AND b.sampled_at < window_end + INTERVAL 1 DAY
       AND NOT coalesce(b.excluded, false)
 ),
 prev_rolled AS (  -- each resource's high-water mark over the rolled days before each segment
@@ -145,8 +153,10 @@ judged AS (
     SELECT l.*, greatest(l.raw_high_usd, p.high_usd) AS previous_high_usd
     FROM lagged AS l
     LEFT JOIN prev_rolled AS p
-        ON p.seg = l.seg AND p.provider = l.provider AND p.resource_type = l.resource_type AND p.resource_id = l.resource_id
+        ON p.seg = l.seg AND p.provider = l.provider AND p.resource_type = l.resource_type AND p.resource_id = l.resource_id,
+         bounds AS x
     WHERE l.sampled_at >= window_start AND l.sampled_at < window_end AND l.total_bill_usd IS NOT NULL
+      AND (l.seg = 2 OR x.mid_from_d IS NULL OR l.sampled_at < to_timestamp(x.mid_from_d * 86400))
 ),
 counted AS (
     SELECT
