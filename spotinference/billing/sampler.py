@@ -13,8 +13,9 @@ nothing and returns ``skipped``: the run in progress will record this minute (as
 so skipping neither double-writes nor hides a failure; if that run never records anything, the
 minute is a coverage gap, as it should be. The kernel drops the lock of a killed run.
 
-Times are ours, UTC: ``started_at`` before the provider call, ``sampled_at`` when its answer
-arrived (the provider gives no "as of"), ``finished_at`` when the rows are written.
+Times are ours, UTC: ``started_at`` before the provider call, ``sampled_at`` when the last
+provider's answer arrived (the provider gives no "as of"; one time for every account of the run,
+so that they bound a report's window together), ``finished_at`` when the rows are written.
 """
 
 from __future__ import annotations
@@ -202,6 +203,12 @@ def sample(
             return SampleRun((), time.perf_counter() - began, skipped=True,
                              skipped_because=f"another `spot sample` is in progress ({holder}); this run skipped")
         readings = [_read(settings, name, clock, provider_factory) for name in providers]
+        # One sample time for every account read by this run (the last answer's): the report
+        # bounds a window by samples, and accounts sampled together must bound it together.
+        times = [r.sampled_at for r in readings if r.sampled_at is not None]
+        for reading in readings:
+            if reading.sampled_at is not None:
+                reading.sampled_at = max(times)
         runs = _record(store, settings, readings, clock)
     duration_s = time.perf_counter() - began
     errors: tuple[str, ...] = ()
