@@ -1,0 +1,31 @@
+-- Question: what did each resource's bill do at each of our samples, on the PROVIDER's timeline?
+-- Parameters: $window_start, $window_end — TIMESTAMPTZ in the provider's clock: the good runs whose
+--   provider_clock_at (the provider's HTTP Date at the sample) is in [start, end).
+-- Output one row per counted sample (the ledger's rules: billing_increases, migration 0008), by
+--   resource then run order: provider, resource_type, resource_id, name, tier, in_fleet, seq,
+--   run_id, provider_clock_at, sampled_at (our clock), total_bill_usd (as the provider said),
+--   increase_usd (what the ledger counted at this sample), cumulative_usd (the ledger's high-water
+--   mark after this sample: the bill it measures from; cumulative_usd - increase_usd is where this
+--   sample's increase starts).
+-- Runs without a provider clock cannot be placed on the provider's timeline and are left out;
+--   rolled-up whole days (no run) carry no sample detail and are left out too.
+WITH runs AS (
+    SELECT run_id, seq, provider_clock_at
+    FROM sample_runs
+    WHERE ok AND provider_clock_at >= $window_start AND provider_clock_at < $window_end
+),
+scan_span AS (  -- the same runs in OUR clock, to bound the ledger's scan
+    SELECT coalesce(min(b.sampled_at), TIMESTAMPTZ '1970-01-01 00:00:00+00') AS s0,
+           coalesce(max(b.sampled_at), TIMESTAMPTZ '1970-01-01 00:00:00+00') + INTERVAL 1 MICROSECOND AS s1
+    FROM billing_samples AS b JOIN runs AS r ON r.run_id = b.run_id
+)
+SELECT i.provider, i.resource_type, i.resource_id, s.name, i.tier, i.in_fleet, r.seq, i.run_id,
+       r.provider_clock_at, i.sampled_at, i.total_bill_usd, i.increase_usd,
+       CASE WHEN i.previous_high_usd IS NULL THEN i.total_bill_usd
+            ELSE greatest(i.previous_high_usd, i.total_bill_usd) END AS cumulative_usd
+FROM billing_increases((SELECT s0 FROM scan_span), (SELECT s1 FROM scan_span)) AS i
+JOIN runs AS r ON r.run_id = i.run_id
+LEFT JOIN billing_samples AS s
+    ON s.run_id = i.run_id AND s.provider = i.provider AND s.resource_type = i.resource_type
+   AND s.resource_id = i.resource_id
+ORDER BY i.provider, i.resource_type, i.resource_id, r.seq;

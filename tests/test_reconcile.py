@@ -1,0 +1,168 @@
+"""`spot cost reconcile`: the pure matching with hand-computed figures, then the user's view
+against `spot sim cloud` (frozen emulated clock, a fleet from `spot up`, `spot sample` after
+every emulated minute).
+
+The hand-computed resource of the unit tests: created 09:59:30, billed $0.60/h = $0.01 a minute,
+each minute ending at hh:mm:30 (the first at 10:00:30), so the provider's hours are 10:00 $0.60,
+11:00 $0.60 and, read at 12:30, 12:00 $0.30 (minutes ending 12:00:30 … 12:29:30). Our samples
+are at hh:m5:40 every ten minutes from 10:05:40 to 12:25:40: the total at hh:mm:40 counts the
+minutes ended by hh:mm:30, so 10:05:40 reads $0.06 (the baseline), each later sample $0.10 more.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from spotinference.costs.reconcile import (
+    AnomalyPoint,
+    ResourceRef,
+    RunPoint,
+    SamplePoint,
+    days_of,
+    match_resource,
+)
+from spotinference.providers.base import BilledHour
+
+D = Decimal
+VM = ResourceRef("sim", "vm", "1", "spot-demo-1", "demo", True)
+
+
+def at(hh: int, mm: int, ss: int = 0) -> datetime:
+    return datetime(2026, 3, 1, hh, mm, ss, tzinfo=UTC)
+
+
+def history(*points: tuple[int, str | None]) -> list[BilledHour]:
+    return [BilledHour("vm", "1", at(hh, 0), None if usd is None else D(usd)) for hh, usd in points]
+
+
+HISTORY = history((10, "0.60"), (11, "0.60"), (12, "0.30"))
+
+
+def samples(skip: set[datetime] = frozenset(), extra: dict[datetime, str] | None = None) -> list[SamplePoint]:
+    """Every ten minutes from 10:05:40 to 12:25:40; ``extra`` adds to the ledger's cumulative
+    figure from that sample on (a ledger that counted too much or lost money)."""
+    out, t, seq, previous = [], at(10, 5, 40), 0, None
+    offset = D(0)
+    while t <= at(12, 25, 40):
+        seq += 1
+        if extra and t in extra:
+            offset += D(extra[t])
+        if t not in skip:
+            minutes = int((t - at(9, 59, 30)).total_seconds() // 60)
+            cumulative = D(minutes) / 100 + offset
+            out.append(SamplePoint(seq, t, D(0) if previous is None else cumulative - previous, cumulative))
+            previous = cumulative
+        t += timedelta(minutes=10)
+    return out
+
+
+def match(resource, points, hours, **kw):
+    """The fixture samples every ten minutes: only a longer stretch is a gap."""
+    return match_resource(resource, points, hours, gap_s=kw.pop("gap_s", 900), **kw)
+
+
+def rows_by_hour(rows):
+    return {r.hour_start.hour: r for r in rows}
+
+
+def test_boundaries_between_samples_are_carried_not_mismatched() -> None:
+    rows = rows_by_hour(match(VM, samples(), HISTORY))
+    assert sorted(rows) == [10, 11, 12]
+    first, middle, last = rows[10], rows[11], rows[12]
+    # 10:00: ours 0.56 - 0.06 (baseline at our first sample); the provider's 0.60 includes 0.06
+    # before our first sample and 0.04 (10:56:30 … 10:59:30) read by the 11:05:40 sample.
+    assert (first.ours_usd, first.provider_usd, first.difference_usd) == (D("0.50"), D("0.60"), D("-0.10"))
+    assert (first.carried_usd, first.unexplained_usd, first.status) == (D("-0.10"), D(0), "carried")
+    assert first.cause == "before_first_sample, boundary"
+    # 11:00: 0.04 carried in, 0.04 carried out: equal figures.
+    assert (middle.ours_usd, middle.provider_usd, middle.difference_usd) == (D("0.60"), D("0.60"), D(0))
+    assert (middle.status, middle.cause, middle.samples) == ("matched", None, 6)
+    # 12:00: ours 1.46 - 1.16: 0.04 carried in, and 0.04 (12:26:30 … 12:29:30) after our last sample.
+    assert (last.ours_usd, last.provider_usd, last.difference_usd, last.status) == (
+        D("0.30"), D("0.30"), D(0), "matched")
+    days = days_of(rows.values(), D("0.01"))
+    assert [(d.ours_usd, d.provider_usd, d.difference_usd, d.unexplained_usd, d.within_tolerance)
+            for d in days] == [(D("1.40"), D("1.50"), D("-0.10"), D(0), True)]
+
+
+def test_spend_after_our_last_sample_is_not_read_yet() -> None:
+    rows = rows_by_hour(match(VM, samples(skip={at(12, 25, 40)}), HISTORY))
+    # our last sample is 12:15:40 ($1.36): $0.14 of the provider's 12:00 hour came after it.
+    assert (rows[12].ours_usd, rows[12].difference_usd, rows[12].carried_usd) == (D("0.20"), D("-0.10"), D("-0.10"))
+    assert (rows[12].status, rows[12].cause, rows[12].unexplained_usd) == (
+        "carried", "boundary, after_last_sample", D(0))
+
+
+def test_a_gap_across_a_boundary_is_named() -> None:
+    missing = {at(11, 45, 40), at(11, 55, 40), at(12, 5, 40)}
+    rows = rows_by_hour(match(VM, samples(skip=missing), HISTORY))
+    # 12:00 lies between 11:35:40 ($0.96) and 12:15:40 ($1.36): $0.24 read after the gap.
+    assert (rows[11].ours_usd, rows[11].difference_usd, rows[11].carried_usd) == (D("0.40"), D("-0.20"), D("-0.20"))
+    assert (rows[11].status, rows[11].cause) == ("carried", "gap")
+    assert (rows[12].ours_usd, rows[12].difference_usd, rows[12].status, rows[12].cause) == (
+        D("0.50"), D("0.20"), "carried", "gap")
+    assert days_of(rows.values(), D("0.01"))[0].within_tolerance
+
+
+def test_a_failed_run_between_the_samples_is_a_gap_too() -> None:
+    # the 10:55:40 and 11:05:40 samples, renumbered 60 and 70: a failed run (65) between them
+    points = samples()
+    points = [SamplePoint(p.seq * 10, p.provider_clock_at, p.increase_usd, p.cumulative_usd) for p in points]
+    runs = [RunPoint(p.seq, True) for p in points] + [RunPoint(65, False)]
+    rows = rows_by_hour(match(VM, points, HISTORY, runs=runs))
+    assert (rows[10].status, rows[10].cause) == ("carried", "gap")
+
+
+def test_an_anomaly_names_its_hour_and_changes_no_figure() -> None:
+    anomaly = AnomalyPoint("sim", "vm", "1", "decrease", at(11, 35, 40), D("0.959999"), D("0.96"))
+    rows = rows_by_hour(match(VM, samples(), HISTORY, anomalies=[anomaly]))
+    assert (rows[11].status, rows[11].cause, rows[11].anomalies) == ("matched", "anomaly", ("decrease",))
+    assert rows[10].anomalies == () and rows[12].anomalies == ()
+
+
+def test_money_the_ledger_lost_is_unexplained_and_persists_to_the_end() -> None:
+    rows = rows_by_hour(match(VM, samples(extra={at(11, 25, 40): "-0.10"}), HISTORY))
+    # 12:00: ours 1.06 before, provider 1.20, the straddle to 12:05:40 is 0.10: 0.04 proven lost.
+    assert (rows[11].status, rows[11].unexplained_usd, rows[11].cause) == ("mismatched", D("-0.04"), "unexplained")
+    assert rows[12].unexplained_usd == D(0)  # not cancelled by the spend after our last sample
+    days = days_of(rows.values(), D("0.01"))
+    assert (days[0].unexplained_usd, days[0].within_tolerance) == (D("-0.04"), False)
+    assert days_of(rows.values(), D("0.05"))[0].within_tolerance
+
+
+def test_a_lifetime_counted_twice_is_unexplained() -> None:
+    rows = rows_by_hour(match(VM, samples(extra={at(11, 25, 40): "0.80"}), HISTORY))
+    # 12:00: ours 1.96 before it, the provider's 1.20: 0.76 proven too much (0.04 hides in the straddle).
+    assert (rows[11].status, rows[11].unexplained_usd) == ("mismatched", D("0.76"))
+    assert rows[12].unexplained_usd == D(0)
+    assert days_of(rows.values(), D("0.01"))[0].unexplained_usd == D("0.76")
+
+
+def test_outside_the_fleet_is_the_cause_when_nothing_else_is() -> None:
+    dev = ResourceRef("sim", "vm", "1", "dev-box", None, False)
+    rows = rows_by_hour(match(dev, samples(extra={at(11, 25, 40): "-0.10"}), HISTORY))
+    assert (rows[11].status, rows[11].cause) == ("mismatched", "outside the fleet")
+
+
+def test_an_hour_the_provider_gave_no_figure_for_is_unknown_and_fails_its_day() -> None:
+    rows = rows_by_hour(match(VM, samples(), history((10, "0.60"), (11, None), (12, "0.30"))))
+    assert rows[11].status == "unknown" and rows[11].difference_usd is None
+    assert rows[12].status == "unknown"  # its cumulative figure is unknown too
+    assert not days_of(rows.values(), D("0.01"))[0].within_tolerance
+
+
+def test_since_and_until_keep_whole_provider_hours() -> None:
+    rows = match(VM, samples(), HISTORY, since=at(11, 10), until=at(11, 50))
+    assert [(r.hour_start, r.status) for r in rows] == [(at(11, 0), "matched")]
+
+
+def test_a_resource_counted_whole_at_its_first_sample() -> None:
+    """A resource created since the account's previous good run: the ledger counts its whole bill
+    at the first sample, so the hours before that sample are ours too."""
+    points = samples()
+    first = points[0]
+    points[0] = SamplePoint(first.seq, first.provider_clock_at, first.cumulative_usd, first.cumulative_usd)
+    rows = rows_by_hour(match(VM, points, HISTORY))
+    assert (rows[10].ours_usd, rows[10].difference_usd, rows[10].status, rows[10].cause) == (
+        D("0.56"), D("-0.04"), "carried", "boundary")
