@@ -65,7 +65,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..config import Settings
-from ..errors import SpotError
+from ..errors import ReconcileMismatchError, SpotError
 from ..providers.base import BilledHour, Provider
 from ..store import Store
 
@@ -76,12 +76,6 @@ DEFAULT_GAP_S = 120.0  # samples further apart than this (provider clock) stradd
 _FAR_PAST = datetime(1970, 1, 1, tzinfo=UTC)
 _FAR_FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
 _ZERO = Decimal(0)
-
-
-class ReconcileMismatchError(SpotError):
-    """Our ledger and the provider's history differ past the tolerance (or could not be compared)."""
-
-    exit_code = 8
 
 
 # -- typed rows ------------------------------------------------------------------------------------
