@@ -166,3 +166,144 @@ def test_a_resource_counted_whole_at_its_first_sample() -> None:
     rows = rows_by_hour(match(VM, points, HISTORY))
     assert (rows[10].ours_usd, rows[10].difference_usd, rows[10].status, rows[10].cause) == (
         D("0.56"), D("-0.04"), "carried", "boundary")
+
+
+# -- the user's view: `spot cost reconcile` against `spot sim cloud` ------------------------------
+#
+# The emulator's clock is frozen (test_money_e2e's FROZEN_CLOCK) and moved only by /_sim/advance,
+# so every billed minute is one the test caused. Before `spot up` the clock is moved to 5 min 20 s
+# before an hour boundary B of EMULATED time (its epoch is this machine's clock when it started,
+# so B is unknown until asked): the fleet's minutes then end 20 s before each whole minute, and a
+# sample after each one-minute advance reads them all. `spot sample` right after `spot up` is the
+# account's first good run (a baseline of $0: no minute has ended yet), so the ledger's spend from
+# there on is the emulator's whole bill, and the provider's hourly points (from creation) are too.
+
+import json  # noqa: E402
+from decimal import ROUND_HALF_EVEN  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.conftest import run_spot  # noqa: E402
+from tests.test_fleet import ok  # noqa: E402
+from tests.test_money_e2e import Emulator, cloud, sample  # noqa: E402, F401 - `cloud` is a fixture
+
+MICRO = D("0.000001")
+
+
+def emulated_now(emulator: Emulator) -> datetime:
+    return datetime.fromtimestamp(emulator.state()["clock"]["now_unix"], UTC)
+
+
+def start_before_an_hour(emulator: Emulator) -> datetime:
+    """Move the emulated clock to 5 min 20 s before its next hour boundary (at least 10 min on),
+    bring the fleet up and take the baseline sample; the boundary B."""
+    now = emulated_now(emulator)
+    boundary = floor_hour_of(now) + timedelta(hours=1)
+    if boundary - now < timedelta(minutes=10):
+        boundary += timedelta(hours=1)
+    emulator.advance((boundary - timedelta(minutes=5, seconds=20) - now).total_seconds())
+    ok("up", "demo")
+    sample()
+    return boundary
+
+
+def floor_hour_of(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def minutes_of_sampling(emulator: Emulator, minutes: int, *, before_each=None) -> None:
+    for i in range(minutes):
+        emulator.advance(60)
+        if before_each is not None:
+            before_each(i)
+        sample()
+
+
+def reconcile(*args: str, code: int = 0) -> dict:
+    result = run_spot("cost", "reconcile", "--json", *args)
+    assert result.returncode == code, result.stderr
+    return json.loads(result.stdout)
+
+
+def usd(value: object) -> Decimal:
+    return Decimal(str(value))
+
+
+def ledger_total(emulator: Emulator) -> Decimal:
+    """The emulator's bill as the ledger stores it: each resource's total to the micro-dollar."""
+    return sum((b.quantize(MICRO, ROUND_HALF_EVEN) for b in emulator.bills().values()), D(0))
+
+
+@pytest.mark.slow
+def test_an_hour_of_samples_reconciles_to_the_cent(cloud: Emulator) -> None:
+    boundary = start_before_an_hour(cloud)
+    minutes_of_sampling(cloud, 67)  # B - 5:20 … B + 61:40: the hour from B is bracketed by samples
+    data = reconcile()
+    assert data["ok"] is True and data["unavailable"] == [] and data["anomalies"] == []
+    assert usd(data["ours_usd"]) == ledger_total(cloud) > 0
+    assert usd(data["provider_usd"]) == cloud.total()  # the emulator's hourly points sum to its bill
+    assert usd(data["unexplained_usd"]) == 0
+    assert round(usd(data["ours_usd"]), 2) == round(usd(data["provider_usd"]), 2)
+    hours = data["hours"]
+    kinds = {(h["resource_type"], h["resource_id"]) for h in hours}
+    assert {k for k in cloud.bills()} == {(t, int(i)) for t, i in kinds}  # the VM and its weights volume
+    assert {h["hour_start"] for h in hours} == {
+        (boundary + timedelta(hours=n)).isoformat() for n in (-1, 0, 1)}
+    assert all(h["status"] == "matched" and abs(usd(h["difference_usd"])) <= MICRO for h in hours), hours
+    full = [h for h in hours if h["hour_start"] == boundary.isoformat() and h["resource_type"] == "vm"]
+    assert [(usd(h["ours_usd"]), h["samples"]) for h in full] == [(D("0.5"), 60)]  # $0.50/h, a whole hour
+    assert all(d["within_tolerance"] for d in data["days"])
+    [credit] = data["credit"]
+    assert usd(credit["credit_usd"]) == D(500) - cloud.total()  # the emulator starts every account at $500
+    # The table says the same.
+    table = run_spot("cost", "reconcile")
+    assert table.returncode == 0, table.stderr
+    assert "3 matched" not in table.stdout and "0 mismatched" in table.stdout and "matches" in table.stdout
+
+
+@pytest.mark.slow
+def test_anomalies_are_named_with_their_resource_and_hour_and_the_totals_still_match(cloud: Emulator) -> None:
+    boundary = start_before_an_hour(cloud)
+    [vm] = cloud.vms()
+
+    def faults(i: int) -> None:
+        if i == 20:  # the sample at B + 14:40 reads the VM $0.05 low: below its high-water mark
+            cloud.fault(kind="billing_jitter", amount_usd=0.05, resource_type="vm", resource_id=vm["id"])
+        if i == 30:  # the sample at B + 24:40 has no total for the VM
+            cloud.fault(kind="billing_null_total", resource_type="vm", resource_id=vm["id"], deleted=False)
+
+    minutes_of_sampling(cloud, 40, before_each=faults)
+    data = reconcile()
+    assert data["ok"] is True
+    assert usd(data["ours_usd"]) == ledger_total(cloud)
+    assert usd(data["provider_usd"]) == cloud.total()
+    assert usd(data["unexplained_usd"]) == 0
+    named = sorted((a["resource_type"], a["resource_id"], a["kind"], a["hour_start"]) for a in data["anomalies"])
+    assert named == [("vm", str(vm["id"]), "decrease", boundary.isoformat()),
+                     ("vm", str(vm["id"]), "missing_total", boundary.isoformat())]
+    [row] = [h for h in data["hours"] if h["anomalies"]]
+    assert (row["resource_type"], row["resource_id"], row["hour_start"]) == ("vm", str(vm["id"]), boundary.isoformat())
+    assert sorted(row["anomalies"]) == ["decrease", "missing_total"]
+    assert (row["status"], row["cause"]) == ("matched", "anomaly")
+    table = run_spot("cost", "reconcile")
+    assert table.returncode == 0 and "anomal" in table.stdout and boundary.strftime("%Y-%m-%d %H:00") in table.stdout
+
+
+@pytest.mark.slow
+def test_a_sampler_gap_across_an_hour_boundary_says_gap(cloud: Emulator) -> None:
+    boundary = start_before_an_hour(cloud)
+    minutes_of_sampling(cloud, 2)  # … B - 3:20
+    cloud.advance(8 * 60)  # no sample from B - 3:20 to B + 4:40
+    minutes_of_sampling(cloud, 3)
+    data = reconcile()
+    assert data["ok"] is True and usd(data["unexplained_usd"]) == 0
+    assert usd(data["ours_usd"]) == ledger_total(cloud) and usd(data["provider_usd"]) == cloud.total()
+    vm = {h["hour_start"]: h for h in data["hours"] if h["resource_type"] == "vm"}
+    before, after = vm[(boundary - timedelta(hours=1)).isoformat()], vm[boundary.isoformat()]
+    # The VM's minutes ending B - 2:20 … B - 0:20 (3 × $0.50/60) were read after B, by the gap's first sample.
+    carried = D("0.5") * 3 / 60
+    assert (before["status"], before["cause"]) == ("carried", "gap")
+    assert abs(usd(before["difference_usd"]) + carried) <= MICRO
+    assert (after["status"], after["cause"]) == ("carried", "gap")
+    assert abs(usd(after["difference_usd"]) - carried) <= MICRO
+    assert all(d["within_tolerance"] for d in data["days"])

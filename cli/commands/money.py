@@ -139,7 +139,7 @@ def reconcile(
     if start is not None and end is not None and end <= start:
         raise InputError("--until must be after --since")
     state: CliState = ctx.obj
-    result = run_reconcile(state.store(), state.settings(), since=start, until=end, tolerance_usd=tolerance)
+    result = run_reconcile(state.store(), state.settings, since=start, until=end, tolerance_usd=tolerance)
     if json:
         print_json(jsonable(result.to_dict()))
     else:
@@ -184,17 +184,16 @@ def _reconcile_table(r: Any) -> None:
     con.print(head)
     shown = [h for h in hours if h.status != "matched" or h.anomalies]
     if shown:
-        table = Table(title="hours that differ or had an anomaly", title_justify="left")
-        for col in ("resource", "hour (provider, UTC)", "ours", "provider", "difference", "unexplained",
-                    "status", "cause", "anomalies"):
-            table.add_column(col)
-        for h in shown:
-            res = h.resource
-            label = f"{res.provider} {res.resource_type} {res.resource_id}" + (f" ({res.name})" if res.name else "")
-            table.add_row(label, h.hour_start.strftime("%Y-%m-%d %H:00"), _usd(h.ours_usd, 6),
-                          _usd(h.provider_usd, 6), _signed_usd(h.difference_usd), _signed_usd(h.unexplained_usd),
-                          h.status, h.cause or "", ", ".join(h.anomalies))
-        con.print(table)
+        con.print("hours that differ or had an anomaly (provider's clock, UTC):")
+    for h in shown:  # one line each, so that no column is cut at the terminal's width
+        res = h.resource
+        label = f"{res.provider} {res.resource_type} {res.resource_id}" + (f" ({res.name})" if res.name else "")
+        why = f"{h.status}" + (f", cause: {h.cause}" if h.cause else "")
+        if h.anomalies:
+            why += f"; anomalies recorded: {', '.join(h.anomalies)}"
+        typer.echo(f"  {label}  {h.hour_start:%Y-%m-%d %H:00}  ours {_usd(h.ours_usd, 6)}  provider "
+                   f"{_usd(h.provider_usd, 6)}  difference {_signed_usd(h.difference_usd)}  unexplained "
+                   f"{_signed_usd(h.unexplained_usd)}  {why}")
     days = Table(title="per resource-day", title_justify="left")
     for col in ("resource", "day", "ours", "provider", "unexplained", "verdict"):
         days.add_column(col)
