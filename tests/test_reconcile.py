@@ -258,7 +258,7 @@ def test_an_hour_of_samples_reconciles_to_the_cent(cloud: Emulator) -> None:
     # The table says the same.
     table = run_spot("cost", "reconcile")
     assert table.returncode == 0, table.stderr
-    assert "3 matched" not in table.stdout and "0 mismatched" in table.stdout and "matches" in table.stdout
+    assert "6 matched" in table.stdout and "0 mismatched" in table.stdout and "DIFFERS" not in table.stdout
 
 
 @pytest.mark.slow
@@ -307,3 +307,33 @@ def test_a_sampler_gap_across_an_hour_boundary_says_gap(cloud: Emulator) -> None
     assert (after["status"], after["cause"]) == ("carried", "gap")
     assert abs(usd(after["difference_usd"]) - carried) <= MICRO
     assert all(d["within_tolerance"] for d in data["days"])
+
+
+@pytest.mark.slow
+def test_a_sample_that_read_too_much_fails_its_day_with_exit_8(cloud: Emulator, home) -> None:
+    """A total read $0.05 too high once (edited into the store, as a provider glitch upward
+    would leave it): the ledger counts it, the later samples fall below that high-water mark
+    (recorded decreases), and the provider's history proves the excess."""
+    from spotinference.store import Store
+
+    boundary = start_before_an_hour(cloud)
+    minutes_of_sampling(cloud, 8)  # … B + 2:40
+    [vm] = cloud.vms()
+    with Store(home).transaction() as con:
+        con.execute("""UPDATE billing_samples SET total_bill_usd = total_bill_usd + 0.05
+                       WHERE resource_type = 'vm' AND run_id = (SELECT run_id FROM sample_runs ORDER BY seq DESC LIMIT 1)""")
+    minutes_of_sampling(cloud, 3)  # … B + 5:40: $0.025 more, still under the false high-water mark
+    result = run_spot("cost", "reconcile", "--json")
+    assert result.returncode == 8, result.stderr
+    assert result.stderr.startswith("error: reconciliation differs past $0.01 per resource-day: ")
+    assert f"vm {vm['id']} on {boundary.date().isoformat()}" in result.stderr and len(result.stderr.splitlines()) == 1
+    data = json.loads(result.stdout)
+    assert data["ok"] is False
+    [row] = [h for h in data["hours"] if h["status"] == "mismatched"]
+    assert (row["resource_type"], row["resource_id"], row["hour_start"], row["cause"]) == (
+        "vm", str(vm["id"]), boundary.isoformat(), "anomaly")
+    # $0.05 less the 3 minutes billed since ($0.025), to the ledger's micro-dollar (the provider keeps 10 places)
+    assert usd(row["unexplained_usd"]) == usd(data["unexplained_usd"])
+    assert abs(usd(row["unexplained_usd"]) - D("0.025")) <= MICRO
+    assert [a["kind"] for a in data["anomalies"]] == ["decrease"] * 3
+    assert run_spot("cost", "reconcile", "--json", "--tolerance-usd", "0.03").returncode == 0

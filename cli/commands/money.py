@@ -154,8 +154,9 @@ def reconcile(
 def _signed_usd(value: Decimal | None) -> str:
     if value is None:
         return "unknown"
-    text = _usd(abs(value), 6)
-    return text if value == 0 else ("-" if value < 0 else "+") + text
+    shown = value.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+    text = _usd(abs(shown), 6)
+    return text if shown == 0 else ("-" if shown < 0 else "+") + text
 
 
 def _reconcile_table(r: Any) -> None:
@@ -164,24 +165,25 @@ def _reconcile_table(r: Any) -> None:
     from ..output import console
 
     con = console()
-    head = Table(title="spot cost reconcile: our samples against the provider's billing history",
-                 title_justify="left", show_header=False)
-    head.add_column()
-    head.add_column()
     hours = r.hours
     matched = sum(h.status == "matched" for h in hours)
     carried = sum(h.status == "carried" for h in hours)
-    head.add_row("resource-hours", f"{len(hours):,}: {matched:,} matched, {carried:,} carried across an hour "
-                 f"boundary, {len(hours) - matched - carried:,} mismatched")
-    head.add_row("ours (the ledger)", _usd(r.ours_usd, 6))
-    head.add_row("the provider's history", _usd(r.provider_usd, 6))
-    head.add_row("difference", f"{_signed_usd(r.difference_usd)} ({_signed_usd(r.carried_usd)} read across "
-                 "hour boundaries, before our first or after our last sample)")
-    head.add_row("unexplained", f"{_signed_usd(r.unexplained_usd)} (tolerance ${r.tolerance_usd} per resource-day)")
+    lines = [
+        ("resource-hours", f"{len(hours):,}: {matched:,} matched, {carried:,} carried across an hour boundary, "
+                           f"{len(hours) - matched - carried:,} mismatched"),
+        ("ours (the ledger)", _usd(r.ours_usd, 6)),
+        ("the provider's history", _usd(r.provider_usd, 6)),
+        ("difference", f"{_signed_usd(r.difference_usd)} (of which {_signed_usd(r.carried_usd)} read across an hour "
+                       "boundary, before our first or after our last sample)"),
+        ("unexplained", f"{_signed_usd(r.unexplained_usd)} (tolerance ${r.tolerance_usd} per resource-day)"),
+    ]
     for credit in r.credits:
         figure = _usd(credit.credit_usd) if credit.error is None else f"unavailable ({credit.error})"
-        head.add_row(f"credit balance ({credit.provider})", f"{figure}: {credit.note}")
-    con.print(head)
+        lines.append((f"credit balance ({credit.provider})", f"{figure}: {credit.note}"))
+    # Plain lines, not a table: a figure must never be wrapped or cut at the terminal's width.
+    typer.echo("spot cost reconcile: our samples against the provider's billing history")
+    for label, value in lines:
+        typer.echo(f"  {label + ':':<24}{value}")
     shown = [h for h in hours if h.status != "matched" or h.anomalies]
     if shown:
         con.print("hours that differ or had an anomaly (provider's clock, UTC):")
