@@ -194,8 +194,8 @@ class Credit:
     provider: str
     credit_usd: Decimal | None
     error: str | None = None
-    note: str = ("the account's balance as the provider reads it now; spot stores no earlier balance, "
-                 "so the change over the span is not computed")
+    note: str = ("the account's balance as the provider reads it now (no earlier balance is stored, "
+                 "so the change over the span is not computed)")
 
     def to_dict(self) -> dict[str, Any]:
         return {"provider": self.provider, "credit_usd": self.credit_usd, "error": self.error, "note": self.note}
