@@ -297,7 +297,7 @@ def match_resource(resource: ResourceRef, samples: Sequence[SamplePoint], histor
     samples = sorted(samples, key=lambda s: s.seq)
     times = [s.provider_clock_at for s in samples]
     points = {floor_hour(h.hour_start): h.incurred_usd for h in history}
-    failed = [r.seq for r in runs if not r.ok]
+    failed = sorted(r.seq for r in runs if not r.ok)
     anchor = samples[0].cumulative_usd - samples[0].increase_usd
     first = floor_hour(min(times))
     last = floor_hour(max(times)) + HOUR
@@ -309,17 +309,23 @@ def match_resource(resource: ResourceRef, samples: Sequence[SamplePoint], histor
     for a in anomalies:
         by_hour[a.hour_start].append(a.kind)
 
+    ordered = sorted(points)
+    prefix: list[Decimal | None] = [_ZERO]  # prefix[i]: the sum of the first i hours (None once one is unknown)
+    for hour in ordered:
+        value, before_sum = points[hour], prefix[-1]
+        prefix.append(None if value is None or before_sum is None else before_sum + value)
+    failed_hours = {floor_hour(r.provider_clock_at) for r in runs if not r.ok and r.provider_clock_at is not None}
+
     def cumulative_at(moment: datetime) -> Decimal | None:
-        total = _ZERO
-        for hour, value in points.items():
-            if hour < moment:
-                if value is None:
-                    return None
-                total += value
-        return total
+        return prefix[bisect.bisect_left(ordered, moment)]
+
+    monotonic = times == sorted(times)
+
+    def before_count(moment: datetime) -> int:
+        return bisect.bisect_left(times, moment) if monotonic else sum(t < moment for t in times)
 
     def boundary(moment: datetime, prev_excess: Decimal = _ZERO) -> Boundary:
-        i = bisect.bisect_left(times, moment) if times == sorted(times) else sum(t < moment for t in times)
+        i = before_count(moment)
         before = samples[i - 1] if i > 0 else None
         after = samples[i] if i < len(samples) else None
         ours = before.cumulative_usd if before else anchor
@@ -329,7 +335,7 @@ def match_resource(resource: ResourceRef, samples: Sequence[SamplePoint], histor
         elif after is None:
             kind = "after_last_sample"
         elif ((after.provider_clock_at - before.provider_clock_at).total_seconds() > gap_s
-              or any(before.seq < seq < after.seq for seq in failed)):
+              or bisect.bisect_right(failed, before.seq) < bisect.bisect_left(failed, after.seq)):
             kind = "gap"
         else:
             kind = "boundary"
@@ -359,7 +365,7 @@ def match_resource(resource: ResourceRef, samples: Sequence[SamplePoint], histor
     while hour < last:
         end = boundary(hour + HOUR, start.excess_usd or _ZERO)
         ours = end.ours_before_usd - start.ours_before_usd
-        count = sum(hour <= t < hour + HOUR for t in times)
+        count = before_count(hour + HOUR) - before_count(hour)
         seen = tuple(by_hour.get(hour, ()))
         provider = points.get(hour, _ZERO)
         if provider is None or start.lag_usd is None or end.lag_usd is None:
@@ -369,8 +375,7 @@ def match_resource(resource: ResourceRef, samples: Sequence[SamplePoint], histor
             difference = ours - provider
             carried = start.carried_usd - end.carried_usd  # type: ignore[operator]
             unexplained = start.excess_usd - end.excess_usd  # type: ignore[operator]
-            gap_here = (any(b.kind == "gap" for b in (start, end))
-                        or any(seq in failed for seq in _seqs_in(runs, hour)))
+            gap_here = any(b.kind == "gap" for b in (start, end)) or hour in failed_hours
             if abs(difference) <= ROUNDING_USD:
                 status, cause = "matched", ("anomaly" if seen else None)
             elif abs(unexplained) <= ROUNDING_USD:
@@ -402,10 +407,6 @@ def days_of(hours: Iterable[HourRow], tolerance_usd: Decimal) -> list[DayRow]:
         days.append(DayRow(refs[key], day, ours, provider, None if provider is None else ours - provider,
                            unexplained, unexplained is not None and abs(unexplained) <= tolerance_usd))
     return days
-
-
-def _seqs_in(runs: Sequence[RunPoint], hour: datetime) -> list[int]:
-    return [r.seq for r in runs if r.provider_clock_at is not None and hour <= r.provider_clock_at < hour + HOUR]
 
 
 def _sum_or_none(values: Iterable[Decimal | None]) -> Decimal | None:
