@@ -337,3 +337,40 @@ def test_a_sample_that_read_too_much_fails_its_day_with_exit_8(cloud: Emulator, 
     assert abs(usd(row["unexplained_usd"]) - D("0.025")) <= MICRO
     assert [a["kind"] for a in data["anomalies"]] == ["decrease"] * 3
     assert run_spot("cost", "reconcile", "--json", "--tolerance-usd", "0.03").returncode == 0
+
+
+# -- the queries, on a seeded store: placement by the provider's clock ----------------------------
+
+def test_the_queries_place_samples_by_the_providers_clock(home) -> None:
+    """Runs at 10:00 … 10:05 (our clock) whose provider clock reads an hour and 20 s ahead; the
+    10:03 run failed; the VM's totals 1.00, 1.10, 1.05 (a decrease), -, -, 1.30 (10:04: no total)."""
+    from spotinference.reports import run_query
+    from spotinference.store import Store
+    from tests.test_cost_queries import Seed
+
+    seed = Seed(Store(home))
+    totals = ["1.00", "1.10", "1.05", None, None, "1.30"]
+    for minute, total in enumerate(totals):
+        t = at(10, minute)
+        run_id = seed.run(t, ok=minute != 3)
+        if minute != 3:
+            seed.sample(run_id, t, "7", total)
+    seed.write()
+    with Store(home).transaction() as con:
+        con.execute("UPDATE sample_runs SET provider_clock_at = started_at + INTERVAL 1 HOUR + INTERVAL 20 SECOND WHERE ok")
+    store = Store(home)
+    window = {"window_start": at(11, 0), "window_end": at(12, 0)}  # the PROVIDER's 11:00 hour
+    rows = run_query(store, "spend_by_resource_sample", **window).records()
+    assert [(r["provider_clock_at"], r["total_bill_usd"], r["increase_usd"], r["cumulative_usd"]) for r in rows] == [
+        (at(11, 0, 20), D("1.00"), D(0), D("1.00")),  # the account's first good run: a baseline
+        (at(11, 1, 20), D("1.10"), D("0.10"), D("1.10")),
+        (at(11, 2, 20), D("1.05"), D(0), D("1.10")),  # a decrease counts nothing; the high-water mark stays
+        (at(11, 5, 20), D("1.30"), D("0.20"), D("1.30")),
+    ]
+    assert {(r["resource_type"], r["resource_id"], r["tier"], r["in_fleet"]) for r in rows} == {("vm", "7", "t1", True)}
+    assert run_query(store, "spend_by_resource_sample", window_start=at(10, 0), window_end=at(11, 0)).rows == []
+    runs = run_query(store, "sample_runs_provider_clock", **window).records()
+    assert [(r["seq"], r["ok"]) for r in runs] == [(1, True), (2, True), (3, True), (4, False), (5, True), (6, True)]
+    anomalies = run_query(store, "billing_anomalies_provider_clock", **window).records()
+    assert [(a["kind"], a["resource_id"], a["provider_clock_at"]) for a in anomalies] == [
+        ("decrease", "7", at(11, 2, 20)), ("missing_total", "7", at(11, 4, 20))]
