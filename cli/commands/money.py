@@ -159,6 +159,9 @@ def _signed_usd(value: Decimal | None) -> str:
     return text if shown == 0 else ("-" if shown < 0 else "+") + text
 
 
+_LIST_EVERY_HOUR_UP_TO = 48  # resource-hours; past that, only those that differ or had an anomaly
+
+
 def _reconcile_table(r: Any) -> None:
     from rich.table import Table
 
@@ -184,9 +187,12 @@ def _reconcile_table(r: Any) -> None:
     typer.echo("spot cost reconcile: our samples against the provider's billing history")
     for label, value in lines:
         typer.echo(f"  {label + ':':<24}{value}")
-    shown = [h for h in hours if h.status != "matched" or h.anomalies]
+    every = len(hours) <= _LIST_EVERY_HOUR_UP_TO
+    shown = hours if every else [h for h in hours if h.status != "matched" or h.anomalies]
     if shown:
-        con.print("hours that differ or had an anomaly (provider's clock, UTC):")
+        typer.echo("hours (the provider's clock, UTC):" if every else
+                   f"hours that differ or had an anomaly ({len(hours) - len(shown):,} matched hours not listed: "
+                   "--json lists every hour):")
     for h in shown:  # one line each, so that no column is cut at the terminal's width
         res = h.resource
         label = f"{res.provider} {res.resource_type} {res.resource_id}" + (f" ({res.name})" if res.name else "")
@@ -207,7 +213,7 @@ def _reconcile_table(r: Any) -> None:
     con.print(days if r.days else "no samples placed on the provider's clock in this span")
     for u in r.unavailable:
         res = u.resource
-        con.print(f"[bold red]{res.provider} {res.resource_type} {res.resource_id}: no provider history ({u.error})[/bold red]")
+        typer.echo(f"NOT COMPARED: {res.provider} {res.resource_type} {res.resource_id}: no provider history ({u.error})")
 
 
 def _usd(value: Decimal | None, places: int = 2) -> str:
