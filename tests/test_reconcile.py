@@ -267,9 +267,9 @@ def test_anomalies_are_named_with_their_resource_and_hour_and_the_totals_still_m
     [vm] = cloud.vms()
 
     def faults(i: int) -> None:
-        if i == 20:  # the sample at B + 14:40 reads the VM $0.05 low: below its high-water mark
+        if i == 20:  # the sample at B + 15:40 reads the VM $0.05 low: below its high-water mark
             cloud.fault(kind="billing_jitter", amount_usd=0.05, resource_type="vm", resource_id=vm["id"])
-        if i == 30:  # the sample at B + 24:40 has no total for the VM
+        if i == 30:  # the sample at B + 25:40 has no total for the VM
             cloud.fault(kind="billing_null_total", resource_type="vm", resource_id=vm["id"], deleted=False)
 
     minutes_of_sampling(cloud, 40, before_each=faults)
