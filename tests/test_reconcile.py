@@ -374,3 +374,29 @@ def test_the_queries_place_samples_by_the_providers_clock(home) -> None:
     anomalies = run_query(store, "billing_anomalies_provider_clock", **window).records()
     assert [(a["kind"], a["resource_id"], a["provider_clock_at"]) for a in anomalies] == [
         ("decrease", "7", at(11, 2, 20)), ("missing_total", "7", at(11, 4, 20))]
+
+
+def test_samples_in_rolled_up_days_are_still_read_one_by_one(home) -> None:
+    """Three days of a sample every 10 minutes (a run exactly at each midnight too), rolled up:
+    the query still gives every sample with the same figures, never a day's roll-up row."""
+    from spotinference.costs import rollup
+    from spotinference.reports import run_query
+    from spotinference.store import Store
+    from tests.test_cost_queries import Seed
+
+    seed = Seed(Store(home))
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    for k in range(3 * 144):
+        t = start + timedelta(minutes=10 * k)
+        seed.sample(seed.run(t), t - timedelta(seconds=0.5), "7", str(D("0.10") * k))  # sampled_at = t exactly
+    store = seed.write()
+    with store.transaction() as con:
+        con.execute("UPDATE sample_runs SET provider_clock_at = started_at + INTERVAL 20 SECOND")
+    window = {"window_start": start, "window_end": start + timedelta(days=3)}
+    before = run_query(store, "spend_by_resource_sample", **window).records()
+    assert len(before) == 3 * 144
+    assert [(r["increase_usd"], r["cumulative_usd"]) for r in before[:2]] == [(D(0), D(0)), (D("0.10"), D("0.10"))]
+    assert all(r["increase_usd"] == D("0.10") for r in before[1:])
+    assert before[-1]["cumulative_usd"] == D("0.10") * (3 * 144 - 1)
+    assert rollup.refresh(store, start + timedelta(days=3, hours=2)) == 3
+    assert run_query(store, "spend_by_resource_sample", **window).records() == before
