@@ -307,6 +307,10 @@ def test_a_sampler_gap_across_an_hour_boundary_says_gap(cloud: Emulator) -> None
     assert (after["status"], after["cause"]) == ("carried", "gap")
     assert abs(usd(after["difference_usd"]) - carried) <= MICRO
     assert all(d["within_tolerance"] for d in data["days"])
+    # --since/--until are the provider's clock, in whole hours: only the hour from B.
+    only = reconcile("--since", boundary.isoformat(), "--until", (boundary + timedelta(minutes=30)).isoformat())
+    assert {h["hour_start"] for h in only["hours"]} == {boundary.isoformat()}
+    assert [h for h in only["hours"] if h["resource_type"] == "vm"] == [after]
 
 
 @pytest.mark.slow
