@@ -11,8 +11,12 @@ minutes ended by hh:mm:30, so 10:05:40 reads $0.06 (the baseline), each later sa
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import pytest
 
 from spotinference.costs.reconcile import (
     AnomalyPoint,
@@ -23,6 +27,9 @@ from spotinference.costs.reconcile import (
     match_resource,
 )
 from spotinference.providers.base import BilledHour
+from tests.conftest import run_spot
+from tests.test_fleet import ok
+from tests.test_money_e2e import Emulator, cloud, sample  # noqa: F401 - `cloud` is a fixture
 
 D = Decimal
 VM = ResourceRef("sim", "vm", "1", "spot-demo-1", "demo", True)
@@ -177,15 +184,6 @@ def test_a_resource_counted_whole_at_its_first_sample() -> None:
 # sample after each one-minute advance reads them all. `spot sample` right after `spot up` is the
 # account's first good run (a baseline of $0: no minute has ended yet), so the ledger's spend from
 # there on is the emulator's whole bill, and the provider's hourly points (from creation) are too.
-
-import json  # noqa: E402
-from decimal import ROUND_HALF_EVEN  # noqa: E402
-
-import pytest  # noqa: E402
-
-from tests.conftest import run_spot  # noqa: E402
-from tests.test_fleet import ok  # noqa: E402
-from tests.test_money_e2e import Emulator, cloud, sample  # noqa: E402, F401 - `cloud` is a fixture
 
 MICRO = D("0.000001")
 
@@ -404,3 +402,47 @@ def test_samples_in_rolled_up_days_are_still_read_one_by_one(home) -> None:
     assert before[-1]["cumulative_usd"] == D("0.10") * (3 * 144 - 1)
     assert rollup.refresh(store, start + timedelta(days=3, hours=2)) == 3
     assert run_query(store, "spend_by_resource_sample", **window).records() == before
+
+
+# -- time-scaled: samples at whatever offsets the machine gives -----------------------------------
+
+@pytest.fixture
+def scaled_cloud(tmp_path):
+    """`spot sim cloud` at 60× (an emulated hour a real minute): samples land anywhere in the
+    minute and every hour boundary falls between two of them, as with a real sampler."""
+    from tests.servers import start_sim_cloud
+    from tests.test_money_e2e import write_config
+
+    server, root = start_sim_cloud(tmp_path / "cloud", "--time-scale", "60", "--create-seconds", "0",
+                                   "--hibernate-seconds", "0", "--restore-seconds", "0", "--delete-seconds", "0")
+    emulator = Emulator(f"{root}/v1", server)
+    write_config(emulator.base_url)
+    yield emulator
+    run_spot("down", "demo", "--terminate", "--yes")
+    server.stop()
+
+
+@pytest.mark.slow
+def test_a_time_scaled_hour_reconciles_with_every_boundary_carried_not_mismatched(scaled_cloud: Emulator) -> None:
+    ok("up", "demo")
+    first = emulated_now(scaled_cloud)
+    samples = 0
+    while emulated_now(scaled_cloud) < floor_hour_of(first) + timedelta(hours=2, minutes=10):  # ~75 real seconds
+        sample()
+        samples += 1
+        time.sleep(0.2)
+    data = reconcile()
+    assert data["ok"] is True and data["unavailable"] == [], data
+    assert usd(data["unexplained_usd"]) == 0
+    hours = data["hours"]
+    assert len({h["hour_start"] for h in hours}) >= 3  # the first and last partial, at least one whole hour
+    assert {h["status"] for h in hours} <= {"matched", "carried"}
+    assert {h["cause"] for h in hours if h["status"] == "carried"} <= {
+        "boundary", "gap", "after_last_sample", "before_first_sample", "boundary, after_last_sample",
+        "before_first_sample, boundary", "before_first_sample, after_last_sample"}
+    # Our spend is what the provider billed up to our last sample: its history can only be ahead.
+    assert usd(data["provider_usd"]) >= usd(data["ours_usd"]) > 0
+    assert usd(data["difference_usd"]) == usd(data["carried_usd"])
+    vm_whole = [h for h in hours if h["resource_type"] == "vm" and h["hour_start"] == (
+        floor_hour_of(first) + timedelta(hours=1)).isoformat()]
+    assert [usd(h["provider_usd"]) for h in vm_whole] == [D("0.5")]  # a whole hour at $0.50/h, by the provider
