@@ -30,11 +30,13 @@ our first sample the bill is a baseline (no lower bound); after our last sample 
 yet" (no upper bound, except that spend we were already missing at the boundary before is taken
 to persist rather than to be read later). Whatever lies outside the bounds is UNEXPLAINED: the
 least discrepancy the figures prove (a loss smaller than one straddle hides inside it, which is
-why the sampler runs every minute). Figures within
-``ROUNDING_USD`` are equal (the ledger keeps micro-dollars; the provider's points more places).
+why the sampler runs every minute). Figures within ``ROUNDING_USD`` are equal (the ledger keeps
+micro-dollars, the provider's points more places).
 
-Each (resource, provider hour) row then shows ``ours`` (what the ledger counted between the
-samples nearest the hour's two boundaries), ``provider`` (its point), their ``difference``
+The rows are the provider hours from the hour of a resource's first sample to that of its last
+(within ``--since``/``--until``, in the provider's clock, rounded out to whole hours). Each shows
+``ours`` (what the ledger counted between the last samples before the hour's two boundaries),
+``provider`` (its point), their ``difference``
 (ours - provider = lag at the hour's start - lag at its end), the part of it ``carried`` across
 the boundaries and the ``unexplained`` rest, which telescopes: over a day or the whole span the
 unexplained parts add up to the unexplained difference of that day or span. A row is
