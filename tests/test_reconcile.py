@@ -446,3 +446,18 @@ def test_a_time_scaled_hour_reconciles_with_every_boundary_carried_not_mismatche
     vm_whole = [h for h in hours if h["resource_type"] == "vm" and h["hour_start"] == (
         floor_hour_of(first) + timedelta(hours=1)).isoformat()]
     assert [usd(h["provider_usd"]) for h in vm_whole] == [D("0.5")]  # a whole hour at $0.50/h, by the provider
+
+
+def test_the_verdict_fails_on_a_day_past_tolerance_or_a_resource_not_compared() -> None:
+    from spotinference.costs.reconcile import Reconciliation, Unavailable
+
+    lost = match(VM, samples(extra={at(11, 25, 40): "-0.10"}), HISTORY)
+    result = Reconciliation(None, None, D("0.01"), hours=lost, days=days_of(lost, D("0.01")))
+    failure = result.failure()
+    assert not result.ok and failure is not None and failure.exit_code == 8
+    assert str(failure) == "reconciliation differs past $0.01 per resource-day: vm 1 on 2026-03-01 (-$0.040000 unexplained)"
+    fine = match(VM, samples(), HISTORY)
+    assert Reconciliation(None, None, D("0.01"), hours=fine, days=days_of(fine, D("0.01"))).failure() is None
+    missing = Reconciliation(None, None, D("0.01"), unavailable=[Unavailable(VM, "Virtual machine with id 1 not found")])
+    assert str(missing.failure()) == ("reconciliation incomplete: 1 resource(s) not compared, without provider history "
+                                      "(Virtual machine with id 1 not found)")

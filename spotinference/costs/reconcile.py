@@ -251,10 +251,12 @@ class Reconciliation:
         if len(self.failing_days) > 3:
             parts.append(f"and {len(self.failing_days) - 3} more")
         if self.unavailable:
-            parts.append(f"{len(self.unavailable)} resource(s) without provider history "
+            parts.append(f"{len(self.unavailable)} resource(s) not compared, without provider history "
                          f"({self.unavailable[0].error})")
+        head = (f"reconciliation differs past ${self.tolerance_usd} per resource-day" if self.failing_days
+                else "reconciliation incomplete")
         return ReconcileMismatchError(
-            f"reconciliation differs past ${self.tolerance_usd} per resource-day: " + "; ".join(parts),
+            f"{head}: " + "; ".join(parts),
             hint="see the mismatched rows and their causes (spot cost reconcile --json for every row)")
 
     def to_dict(self) -> dict[str, Any]:
