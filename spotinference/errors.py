@@ -7,6 +7,7 @@ with, so neither layer keeps its own mapping::
     ├── InputError                exit 2   HTTP 400   the caller asked for something invalid
     │   └── ConfigError           exit 2   HTTP 500   the configuration file or SPOT_* env is bad
     ├── NotBuiltError             exit 3   HTTP 501   the command exists in the frame, not yet in code
+    ├── ReconcileMismatchError    exit 8   HTTP 409   our spend and the provider's history differ
     └── StoreError                exit 1   HTTP 500   the database could not do what was asked
         ├── StoreBusyError        exit 4   HTTP 503   another process held the database too long
         └── SchemaTooNewError     exit 2   HTTP 500   the database was migrated by a newer spot
@@ -43,6 +44,13 @@ class ConfigError(InputError):
 class NotBuiltError(SpotError):
     exit_code = 3
     http_status = 501
+
+
+class ReconcileMismatchError(SpotError):
+    """`spot cost reconcile`: a resource-day differs past the tolerance, or could not be compared."""
+
+    exit_code = 8
+    http_status = 409
 
 
 class StoreError(SpotError):

@@ -9,7 +9,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from spotinference.jsonable import jsonable
 
@@ -25,12 +27,29 @@ INCOMPLETE_EXIT = 3  # `spot cost --strict` on a window that is not complete
 _FORMATS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (UTC unless an offset is given)"
 
 
+class _CostGroup(TyperGroup):
+    """`spot cost` runs the report; `spot cost reconcile` is a subcommand. The report's optional
+    FILE.png argument (after --plot) would swallow a subcommand's name, so a first word that names
+    a subcommand is that subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] in self.commands:
+            super().parse_args(ctx, [])
+            ctx._protected_args, ctx.args = [args[0]], args[1:]
+            return ctx.args
+        return super().parse_args(ctx, args)
+
+
 def register(app: typer.Typer) -> None:
     from .planned import _not_built
 
     app.command("sample", help="Sample the provider's billing (run by cron every minute). (not built yet)",
                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_not_built("sample", 6))
-    app.command("cost")(cost)
+    cost_app = typer.Typer(cls=_CostGroup, invoke_without_command=True, rich_markup_mode=None,
+                           add_completion=False)
+    cost_app.callback()(cost)
+    cost_app.command("reconcile")(reconcile)
+    app.add_typer(cost_app, name="cost")
 
 
 def _moment(option: str, text: str | None) -> datetime | None:
@@ -59,6 +78,8 @@ def cost(
     strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when the window is not complete (unobservable, gaps, or billing behind).")] = False,
 ) -> None:
     """Invoice-true cost per million tokens: billed spend between samples over tokens served."""
+    if ctx.invoked_subcommand is not None:
+        return
     from spotinference.costs import Window, report, trailing_window
     from spotinference.errors import InputError
 
@@ -102,7 +123,108 @@ def cost(
         raise typer.Exit(INCOMPLETE_EXIT)
 
 
+def reconcile(
+    ctx: typer.Context,
+    since: Annotated[str | None, typer.Option("--since", help=f"From this provider hour: {_FORMATS}; default: the first sample.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Up to this provider hour (exclusive), same formats; default: the last sample.")] = None,
+    tolerance_usd: Annotated[str, typer.Option("--tolerance-usd", help="Largest unexplained difference per resource-day, in USD.")] = "0.01",
+    json: JsonOption = False,
+) -> None:
+    """Check our spend against the provider's own billing history, per resource and provider hour.
+
+    Exits 8 when a resource-day differs by more than the tolerance (or could not be compared).
+    """
+    from decimal import InvalidOperation
+
+    from spotinference.costs.reconcile import reconcile as run_reconcile
+    from spotinference.errors import InputError
+
+    try:
+        tolerance = Decimal(tolerance_usd.strip())
+    except InvalidOperation:
+        raise InputError(f"--tolerance-usd {tolerance_usd!r} is not a number of dollars") from None
+    if not tolerance.is_finite() or tolerance < 0:
+        raise InputError(f"--tolerance-usd {tolerance_usd!r} must be 0 or more")
+    start, end = _moment("--since", since), _moment("--until", until)
+    if start is not None and end is not None and end <= start:
+        raise InputError("--until must be after --since")
+    state: CliState = ctx.obj
+    result = run_reconcile(state.store(), state.settings, since=start, until=end, tolerance_usd=tolerance)
+    if json:
+        print_json(jsonable(result.to_dict()))
+    else:
+        _reconcile_table(result)
+    failure = result.failure()
+    if failure is not None:
+        raise failure
+
+
 # -- formatting ---------------------------------------------------------------------------------
+
+def _signed_usd(value: Decimal | None) -> str:
+    if value is None:
+        return "unknown"
+    shown = value.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+    text = _usd(abs(shown), 6)
+    return text if shown == 0 else ("-" if shown < 0 else "+") + text
+
+
+_LIST_EVERY_HOUR_UP_TO = 48  # resource-hours; past that, only those that differ or had an anomaly
+
+
+def _reconcile_table(r: Any) -> None:
+    from rich.table import Table
+
+    from ..output import console
+
+    con = console()
+    hours = r.hours
+    matched = sum(h.status == "matched" for h in hours)
+    carried = sum(h.status == "carried" for h in hours)
+    lines = [
+        ("resource-hours", f"{len(hours):,}: {matched:,} matched, {carried:,} carried across an hour boundary, "
+                           f"{len(hours) - matched - carried:,} mismatched"),
+        ("ours (the ledger)", _usd(r.ours_usd, 6)),
+        ("the provider's history", _usd(r.provider_usd, 6)),
+        ("difference", f"{_signed_usd(r.difference_usd)} (of which {_signed_usd(r.carried_usd)} read across an hour "
+                       "boundary, before our first or after our last sample)"),
+        ("unexplained", f"{_signed_usd(r.unexplained_usd)} (tolerance ${r.tolerance_usd} per resource-day)"),
+    ]
+    for credit in r.credits:
+        figure = _usd(credit.credit_usd) if credit.error is None else f"unavailable ({credit.error})"
+        lines.append((f"credit balance ({credit.provider})", f"{figure}: {credit.note}"))
+    # Plain lines, not a table: a figure must never be wrapped or cut at the terminal's width.
+    typer.echo("spot cost reconcile: our samples against the provider's billing history")
+    for label, value in lines:
+        typer.echo(f"  {label + ':':<24}{value}")
+    every = len(hours) <= _LIST_EVERY_HOUR_UP_TO
+    shown = hours if every else [h for h in hours if h.status != "matched" or h.anomalies]
+    if shown:
+        typer.echo("hours (the provider's clock, UTC):" if every else
+                   f"hours that differ or had an anomaly ({len(hours) - len(shown):,} matched hours not listed: "
+                   "--json lists every hour):")
+    for h in shown:  # one line each, so that no column is cut at the terminal's width
+        res = h.resource
+        label = f"{res.provider} {res.resource_type} {res.resource_id}" + (f" ({res.name})" if res.name else "")
+        why = f"{h.status}" + (f", cause: {h.cause}" if h.cause else "")
+        if h.anomalies:
+            why += f"; anomalies recorded: {', '.join(h.anomalies)}"
+        typer.echo(f"  {label}  {h.hour_start:%Y-%m-%d %H:00}  ours {_usd(h.ours_usd, 6)}  provider "
+                   f"{_usd(h.provider_usd, 6)}  difference {_signed_usd(h.difference_usd)}  unexplained "
+                   f"{_signed_usd(h.unexplained_usd)}  {why}")
+    days = Table(title="per resource-day", title_justify="left")
+    for col in ("resource", "day", "ours", "provider", "unexplained", "verdict"):
+        days.add_column(col)
+    for d in r.days:
+        res = d.resource
+        days.add_row(f"{res.provider} {res.resource_type} {res.resource_id}", d.day.isoformat(), _usd(d.ours_usd, 6),
+                     _usd(d.provider_usd, 6), _signed_usd(d.unexplained_usd),
+                     "matches" if d.within_tolerance else "DIFFERS")
+    con.print(days if r.days else "no samples placed on the provider's clock in this span")
+    for u in r.unavailable:
+        res = u.resource
+        typer.echo(f"NOT COMPARED: {res.provider} {res.resource_type} {res.resource_id}: no provider history ({u.error})")
+
 
 def _usd(value: Decimal | None, places: int = 2) -> str:
     if value is None:

@@ -121,6 +121,19 @@ class BillingReading:
     provider_clock_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BilledHour:
+    """What the provider's own billing history says one resource cost in one UTC hour (its clock).
+
+    ``incurred_usd`` covers the billed minutes that ENDED in ``[hour_start, hour_start + 1 h)``;
+    None when the provider gave no readable figure (unknown, never $0)."""
+
+    resource_type: str  # vm | volume
+    resource_id: str
+    hour_start: datetime  # aware UTC, on the hour
+    incurred_usd: Decimal | None
+
+
 class Provider(ABC):
     """One account at one cloud. Implementations take their settings and an injectable clock."""
 
@@ -187,6 +200,25 @@ class Provider(ABC):
     def billing_usage(self) -> list[BillingItem]:
         """``read_billing().items``."""
         return self.read_billing().items
+
+    # -- the provider's own billing history (optional: `spot cost reconcile`) ------------------
+
+    def billing_history(self, resource_type: str, resource_id: str, start: datetime | None = None,
+                        end: datetime | None = None) -> list[BilledHour]:
+        """The resource's hourly bill, oldest first, for the hours overlapping ``[start, end)``
+        (None: from its creation / up to now). Raises ProviderNotSupportedError when the provider
+        keeps no such history."""
+        from .errors import ProviderNotSupportedError
+
+        raise ProviderNotSupportedError(f"provider {self.name!r} gives no hourly billing history",
+                                        provider=self.name)
+
+    def credit_usd(self) -> Decimal | None:
+        """The account's credit balance now (None: the answer had no readable figure). Raises
+        ProviderNotSupportedError when the provider has no such figure."""
+        from .errors import ProviderNotSupportedError
+
+        raise ProviderNotSupportedError(f"provider {self.name!r} gives no credit balance", provider=self.name)
 
     def close(self) -> None:
         """Release connections."""

@@ -6,7 +6,8 @@
         ├── ProviderNotFoundError     exit 1   HTTP 502   the resource does not exist (any more)
         ├── ProviderRateLimitedError  exit 4   HTTP 503   still rate limited when the deadline ran out
         ├── ProviderUnavailableError  exit 4   HTTP 503   5xx, timeouts, refused connections past the deadline
-        └── InsufficientCapacityError exit 5   HTTP 503   no GPU capacity for a create or a restore
+        ├── InsufficientCapacityError exit 5   HTTP 503   no GPU capacity for a create or a restore
+        └── ProviderNotSupportedError exit 1   HTTP 501   this provider does not offer what was asked
 
 A message never contains the API key: implementations build it from the provider's answer only.
 """
@@ -55,3 +56,7 @@ class ProviderUnavailableError(ProviderError):
 class InsufficientCapacityError(ProviderError):
     exit_code = 5
     http_status = 503
+
+
+class ProviderNotSupportedError(ProviderError):
+    http_status = 501

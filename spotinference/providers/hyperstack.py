@@ -15,13 +15,15 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
 
 from ..config.models import ProviderSettings
 from ..errors import ConfigError
-from .base import BillingItem, BillingReading, FirewallRule, Flavor, Provider, Vm, VmPhase, VmSpec
+from .base import BilledHour, BillingItem, BillingReading, FirewallRule, Flavor, Provider, Vm, VmPhase, VmSpec
 from .errors import (
     InsufficientCapacityError,
     ProviderError,
@@ -404,6 +406,25 @@ class HyperstackProvider(Provider):
                       json={"volume_ids": [int(ids[n]) if ids[n].isdigit() else ids[n] for n in missing]},
                       deadline=deadline)
         return self._get(vm.provider_id, deadline) or vm
+
+    # -- the provider's own billing history (`spot cost reconcile`) -----------------------------
+
+    def billing_history(self, resource_type: str, resource_id: str, start: datetime | None = None,
+                        end: datetime | None = None) -> list[BilledHour]:
+        """``GET /billing/billing/history/{virtual-machine,volume}/{id}/graph``: hourly points."""
+        from .hyperstack_history import resource_hours
+
+        if not resource_id.isdigit():
+            raise ProviderNotFoundError(f"{resource_type} {resource_id!r}: Hyperstack ids are numbers",
+                                        provider=self.name)
+        hours = resource_hours(self.api, resource_type, int(resource_id), start=start, end=end, with_rates=False)
+        return [BilledHour(h.resource_type, resource_id, h.hour_start, h.incurred_usd) for h in hours]
+
+    def credit_usd(self) -> Decimal | None:
+        """``GET /billing/user-credit/credit``: the account's balance now."""
+        from .hyperstack_history import credit_balance
+
+        return credit_balance(self.api).credit_usd
 
 
 def _environment_of(item: dict[str, Any]) -> str | None:
