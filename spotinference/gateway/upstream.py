@@ -310,7 +310,8 @@ class _Connection(asyncio.Protocol):
         self.served = 0  # requests sent on this connection
         self.in_head = False  # reading a response head (interim responses included)
         self.final = False  # the final (non-1xx) response's head has arrived
-        self.head_bytes = 0
+        self.head_bytes = 0  # bytes read while the head was incomplete: bounds one endless header
+        self.header_bytes = 0  # header names and values: bounds a head that arrives in one read
         self.interim = 0
         self.last_read = 0.0  # loop time of the last bytes from the engine
         self.started = 0.0  # loop time the request was written
@@ -385,6 +386,9 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.in_head:
             return  # a trailer: read, not kept
+        self.header_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        if self.header_bytes > MAX_HEAD_BYTES:
+            raise UpstreamProtocolError(f"the engine's response head is larger than {MAX_HEAD_BYTES} bytes")
         headers = self.response.headers  # type: ignore[union-attr]
         name = name.lower()
         headers[name] = headers[name] + b", " + value if name in headers else value
@@ -465,7 +469,7 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         self.final = False
         self.in_head = True
-        self.head_bytes = 0
+        self.head_bytes = self.header_bytes = 0
         self.interim = 0
         self.served += 1
         waiter = self.headers_waiter = self.loop.create_future()
