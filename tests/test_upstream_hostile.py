@@ -194,3 +194,30 @@ def test_a_slow_reader_and_a_second_client_never_see_each_others_bytes(setup: Se
     assert ids == {"cmpl-" + request_id}
     text = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content") or "" for e in events[:-1])
     assert text == "tok " * tokens
+
+
+@pytest.mark.parametrize("mode", ["bad_chunk", "close_mid_chunk", "reset"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_broken_framing_is_a_502_or_an_error_event_with_a_row_and_the_gateway_still_serves(
+        setup: Setup, mode: str, stream: bool) -> None:
+    if stream:
+        response = setup.sdk().chat.completions.with_raw_response.create(
+            model="tiny", messages=MESSAGES, max_tokens=8, stream=True, extra_body={"misbehave": mode})
+        request_id = response.headers["x-request-id"]
+        with pytest.raises(openai.APIError, match="mid-stream"):
+            for _ in response.parse():
+                pass
+    else:
+        answer = setup.post(body(mode))
+        request_id = answer.headers["x-request-id"]
+        assert answer.status_code == 502, answer.text
+        assert answer.json()["error"]["code"] == "engine_error"
+    (row,) = logged_rows(setup.home, {request_id}, timeout_s=10)
+    assert row["http_status"] == 502 and row["error"]
+    assert row["completion_tokens"] <= setup.engine_stats()[request_id]["completion_tokens"]
+    assert_own_answer(setup.post(body("normal", max_tokens=4)), 4)
+
+
+def test_a_slow_but_live_engine_is_not_cut_by_the_read_timeout(setup: Setup) -> None:
+    response = setup.post(body("slow_drip:3", max_tokens=2))  # a byte every 3 ms, ~1 s in all
+    assert_own_answer(response, 2)
