@@ -283,6 +283,8 @@ class Answer:
         if self.mode == "slow_drip":
             await self._drip(writer, data)
         elif self.mode == "bad_chunk" or self.mode == "close_mid_chunk":
+            writer.write(prefix + response_head(200, [("content-type", "application/json"),
+                                                       ("transfer-encoding", "chunked")], "OK"))
             return await self._write_broken_chunks(writer, [(body, self.max_tokens)])
         else:
             writer.write(data)
