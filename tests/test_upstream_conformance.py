@@ -179,7 +179,7 @@ def test_interim_responses_split_across_reads_are_skipped() -> None:
     (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", "status 101"),
     (b"HTTP/1.1 100 Continue\r\n\r\n" * (MAX_INTERIM + 1) + fixed(b"late"), "interim responses"),
 ])
-def test_unasked_for_protocol_switches_and_endless_interim_responses_are_protocol_errors(data: bytes, message: str) -> None:
+def test_unasked_for_switches_and_endless_interim_responses_are_protocol_errors(data: bytes, message: str) -> None:
     async def scenario() -> None:
         async with RawServer(once(data)) as server:
             with pytest.raises(UpstreamProtocolError, match=message):
@@ -416,9 +416,8 @@ def test_requests_ask_for_identity_and_compressed_answers_are_decoded() -> None:
 def test_a_compressed_stream_is_delivered_decoded_event_by_event() -> None:
     compressor = zlib.compressobj(wbits=31)
     events = [b"data: {\"n\":%d}\n\n" % i for i in range(5)]
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in
-                      [compressor.compress(e) + compressor.flush(zlib.Z_SYNC_FLUSH) for e in events] + [compressor.flush()]
-                      if c)
+    pieces = [compressor.compress(e) + compressor.flush(zlib.Z_SYNC_FLUSH) for e in events] + [compressor.flush()]
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in pieces if c)
     data = b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
 
     async def scenario() -> None:

@@ -414,8 +414,9 @@ class _Connection(asyncio.Protocol):
             if coding in _DECODABLE:
                 response._inflate = zlib.decompressobj(47 if coding != b"deflate" else 15)
             elif coding != b"identity":
-                raise UpstreamProtocolError(f"the engine answered with Content-Encoding {encoding.decode('latin-1')!r}, "
-                                            "which the gateway did not ask for and cannot decode")
+                raise UpstreamProtocolError(
+                    f"the engine answered with Content-Encoding {encoding.decode('latin-1')!r}, "
+                    "which the gateway did not ask for and cannot decode")
             del response.headers[b"content-encoding"]
             response.headers.pop(b"content-length", None)  # of the compressed bytes
         waiter = self.headers_waiter
