@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import h11
 import pytest
+import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -122,7 +123,7 @@ def once(data: bytes, *, then_close: bool = False, then: bytes = b"", delay_s: f
 
 
 def run(coro: Awaitable[None]) -> None:
-    asyncio.run(coro)  # type: ignore[arg-type]
+    uvloop.run(coro)  # type: ignore[arg-type]  # the gateway's event loop (uvicorn runs on uvloop)
 
 
 async def ask(pool: UpstreamPool, body: bytes = b"{}") -> tuple[int, bytes]:
@@ -683,5 +684,5 @@ def responses(draw: st.DrawFn) -> bytes:
 @given(data=responses())
 def test_the_clients_verdicts_match_h11s(data: bytes) -> None:
     expected = h11_verdict(data)
-    got = asyncio.run(our_verdict(data))
+    got = uvloop.run(our_verdict(data))
     assert got == expected, f"ours {got!r}, h11 {expected!r} for {data!r}"
