@@ -221,3 +221,19 @@ def test_broken_framing_is_a_502_or_an_error_event_with_a_row_and_the_gateway_st
 def test_a_slow_but_live_engine_is_not_cut_by_the_read_timeout(setup: Setup) -> None:
     response = setup.post(body("slow_drip:3", max_tokens=2))  # a byte every 3 ms, ~1 s in all
     assert_own_answer(response, 2)
+
+
+def test_finished_requests_are_logged_with_exactly_the_engines_token_counts(setup: Setup) -> None:
+    ids = []
+    for mode in ("normal", "interim", "stray", "gzip", "slow_drip:1"):
+        for stream in (False, True):
+            response = setup.post(body(mode, max_tokens=5, stream=stream))
+            assert response.status_code == 200, (mode, stream, response.text)
+            ids.append(response.headers["x-request-id"])
+    rows = logged_rows(setup.home, set(ids), expect=len(ids), timeout_s=15)
+    engine = setup.engine_stats()
+    assert len(rows) == len(ids)
+    for row in rows:
+        counted = engine[row["request_id"]]
+        assert counted["finished"]
+        assert (row["prompt_tokens"], row["completion_tokens"]) == (counted["prompt_tokens"], counted["completion_tokens"])
