@@ -47,6 +47,12 @@ class GatewaySettings(_Section):
     require_keys: bool = True
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     upstream_connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    # Upstream (engine) timeouts; each ends the request with 504, or an error event mid-stream.
+    # Read: the longest silence between two bytes from the engine while it owes an answer (a
+    # non-streamed completion sends nothing until it is done, so this also bounds its generation
+    # time). Total: the whole exchange, from sending the request to the answer's last byte.
+    upstream_read_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    upstream_total_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
     # The address GPU nodes see the gateway's connections come from: their engine port is
     # opened to this address only (a CIDR, e.g. 203.0.113.7/32). Required for real providers.
     egress_cidr: str | None = None

@@ -40,6 +40,8 @@ class GatewayOptions:
     require_keys: bool = True
     max_body_bytes: int = 4 * 1024 * 1024
     connect_timeout_s: float = 5.0
+    read_timeout_s: float = 300.0
+    total_timeout_s: float = 1800.0
     flush_interval_s: float = 1.0
     keepalive_s: float = 15.0
 
@@ -80,6 +82,7 @@ def create_app(
     relay = Relay(
         router, keys, recorder, metrics,
         max_body_bytes=options.max_body_bytes, connect_timeout_s=options.connect_timeout_s,
+        read_timeout_s=options.read_timeout_s, total_timeout_s=options.total_timeout_s,
         keepalive_s=options.keepalive_s,
     )
     relay.gate = gate
@@ -194,5 +197,7 @@ def options_from_settings(settings: Settings) -> GatewayOptions:
         require_keys=gateway.require_keys,
         max_body_bytes=gateway.max_body_bytes,
         connect_timeout_s=gateway.upstream_connect_timeout_s,
+        read_timeout_s=gateway.upstream_read_timeout_s,
+        total_timeout_s=gateway.upstream_total_timeout_s,
         keepalive_s=gateway.keepalive_s,
     )

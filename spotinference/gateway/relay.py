@@ -33,6 +33,7 @@ from .upstream import (
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
+    UpstreamTimeoutError,
     encode_headers,
 )
 from .usage import UsageRecorder, UsageRow
@@ -77,6 +78,8 @@ class Relay:
         *,
         max_body_bytes: int,
         connect_timeout_s: float,
+        read_timeout_s: float = 300.0,
+        total_timeout_s: float = 1800.0,
         keepalive_s: float = 15.0,
     ) -> None:
         self.router = router
@@ -85,6 +88,8 @@ class Relay:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.total_timeout_s = total_timeout_s
         self.keepalive_s = keepalive_s
         self.gate: Any = None  # the budget gate (billing.budget.BudgetGate), when the fleet has billing
         self._pools: dict[str, UpstreamPool] = {}
@@ -100,7 +105,9 @@ class Relay:
         """One pool of keep-alive connections per engine node."""
         pool = self._pools.get(node.base_url)
         if pool is None:
-            pool = self._pools[node.base_url] = UpstreamPool(node.base_url, connect_timeout_s=self.connect_timeout_s)
+            pool = self._pools[node.base_url] = UpstreamPool(
+                node.base_url, connect_timeout_s=self.connect_timeout_s, read_timeout_s=self.read_timeout_s,
+                total_timeout_s=self.total_timeout_s)
         return pool
 
     def _node_headers(self, node: Node) -> bytes:
@@ -292,14 +299,19 @@ class Relay:
             await self._exchange(exchange, send)
             return
         except (UpstreamConnectError, UpstreamClosedError) as exc:
-            if isinstance(exc, UpstreamClosedError) and not exc.before_response:
+            if not exc.request_unseen:
+                # Written, then closed: the engine may have run it, so it is not sent again.
                 error = GatewayError(502, f"the engine failed: {exc}", code="engine_error")
             elif reroute:
-                # Nothing was answered: the node is gone (a reclaimed spot VM, a dead engine).
+                # The engine never saw it: the node is gone (a reclaimed spot VM, a dead engine).
                 raise _Reroute from exc
+            elif isinstance(exc, UpstreamTimeoutError):
+                error = GatewayError(504, f"the engine for '{request.model}' timed out: {exc}", code="engine_timeout")
             else:
                 error = GatewayError(503, f"the engine for '{request.model}' is unreachable ({exc})",
                                      code="engine_unreachable", retry_after_s=RETRY_AFTER_S)
+        except UpstreamTimeoutError as exc:
+            error = GatewayError(504, f"the engine timed out: {exc}", code="engine_timeout")
         except UpstreamError as exc:
             error = GatewayError(502, f"the engine failed: {exc}", code="engine_error")
         # Only failures before any byte reached the client get here: a stream's own failure
@@ -365,6 +377,8 @@ class Relay:
                 await upstream.deliver(self._stream_sink(exchange, state, sender))
             except UpstreamError as exc:
                 exchange.error = f"engine stream failed: {exc}"
+                if isinstance(exc, UpstreamTimeoutError):
+                    exchange.status = 504
             await sender.drain()  # what was read reaches the client before any error event
         finally:
             sender.cancel()  # nothing left unless the relay is being torn down
@@ -372,13 +386,15 @@ class Relay:
             return  # [DONE] went out with the end of the response
         # The response is closed (not pooled) by the caller: vLLM aborts what it still runs.
         exchange.error = exchange.error or "engine stream ended without [DONE]"
-        exchange.status = 502
+        timed_out = exchange.status == 504
+        exchange.status = 504 if timed_out else 502
         self._finish_stream(exchange)
         exchange.response_complete = True
         await send({
             "type": "http.response.body", "more_body": False,
             "body": state.drain() + stream_error_event(
-                502, f"the engine failed mid-stream: {exchange.error}", "engine_error"),
+                exchange.status, f"the engine failed mid-stream: {exchange.error}",
+                "engine_timeout" if timed_out else "engine_error"),
         })
 
     def _stream_sink(self, exchange: Exchange, state: StreamState, sender: CallbackSender) -> Callable[[bytes], None]:
