@@ -13,7 +13,7 @@ import pytest
 from spotinference import __version__
 from spotinference.store.migrations import bundled_migrations
 
-LATEST = len(bundled_migrations())
+LATEST = bundled_migrations()[-1].version  # numbers may skip one reserved on another branch
 
 PRODUCT_GROUPS = [
     "init", "doctor", "db", "serve", "keys", "up", "down", "wake", "hibernate",
@@ -125,7 +125,7 @@ def test_db_status_and_migrate_report_the_schema(spot, home: Path) -> None:
     migrate = spot("db", "migrate", "--json")
     assert migrate.returncode == 0
     applied = json.loads(migrate.stdout)["applied"]
-    assert applied[:3] == ["0001_spool_ledger", "0002_requests", "0003_billing"] and len(applied) == LATEST
+    assert applied[:3] == ["0001_spool_ledger", "0002_requests", "0003_billing"] and len(applied) == len(bundled_migrations())
     assert json.loads(spot("db", "migrate", "--json").stdout)["applied"] == []
 
     status = json.loads(spot("db", "status", "--json").stdout)

@@ -30,7 +30,7 @@ def test_migrations_apply_on_first_open_and_are_recorded(home: Path) -> None:
     latest = m.bundled_migrations()[-1].version
     with store.reading() as con:
         ledger = con.execute("SELECT version, name, checksum FROM schema_migrations ORDER BY version").fetchall()
-    assert [row[0] for row in ledger] == list(range(1, latest + 1))
+    assert [row[0] for row in ledger] == [mig.version for mig in m.bundled_migrations()]
     assert [row[2] for row in ledger] == [mig.checksum for mig in m.bundled_migrations()]
     status = store.schema_status()
     assert (status.version, status.latest, status.pending) == (latest, latest, [])

@@ -113,9 +113,14 @@ def requests(
         return
     print_table(
         None, ["started", "model", "key", "status", "ttft ms", "prompt", "completion", "finish", "aborted"],
-        [(_when(r["started_at"]), r["model"], r["key_name"], r["status"], r["ttft_ms"], r["prompt_tokens"],
-          r["completion_tokens"], r["finish_reason"], "yes" if r["aborted"] else "") for r in rows],
+        [(_when(r["started_at"]), r["model"], r["key_name"], r["status"], r["ttft_ms"], _tokens(r["prompt_tokens"]),
+          _tokens(r["completion_tokens"]), r["finish_reason"], "yes" if r["aborted"] else "") for r in rows],
     )
+
+
+def _tokens(value: object) -> object:
+    # NULL: the engine did work no usage object described (e.g. a stream aborted before its first chunk).
+    return "unknown" if value is None else value
 
 
 def _when(value: object) -> str:

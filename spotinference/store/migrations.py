@@ -43,8 +43,10 @@ def bundled_migrations() -> list[Migration]:
             found.append(Migration(int(match[1]), match[2], entry.read_text()))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise StoreError(f"bundled migrations are not numbered 1..n without gaps: {versions}")
+    # Numbers may skip (a number reserved on another branch lands later; ``pending`` applies
+    # whatever is missing, in order), but never repeat.
+    if len(set(versions)) != len(versions) or (versions and versions[0] < 1):
+        raise StoreError(f"bundled migrations must have distinct numbers from 1: {versions}")
     return found
 
 
