@@ -42,6 +42,7 @@ class GatewayOptions:
     connect_timeout_s: float = 5.0
     flush_interval_s: float = 1.0
     keepalive_s: float = 15.0
+    max_response_body_bytes: int = 64 * 1024 * 1024
 
 
 class GatewayApp:
@@ -82,6 +83,7 @@ def create_app(
         max_body_bytes=options.max_body_bytes, connect_timeout_s=options.connect_timeout_s,
         keepalive_s=options.keepalive_s,
     )
+    relay.max_response_body_bytes = options.max_response_body_bytes
     relay.gate = gate
     flusher = SpoolFlushProcess(store, writer, interval_s=options.flush_interval_s)
     created = int(time.time())
@@ -195,4 +197,5 @@ def options_from_settings(settings: Settings) -> GatewayOptions:
         max_body_bytes=gateway.max_body_bytes,
         connect_timeout_s=gateway.upstream_connect_timeout_s,
         keepalive_s=gateway.keepalive_s,
+        max_response_body_bytes=gateway.max_response_body_bytes,
     )
