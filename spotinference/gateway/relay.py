@@ -10,6 +10,7 @@ aiohttp about 1 ms, and per-request and per-chunk client work is most of what th
 from __future__ import annotations
 
 import asyncio
+import codecs
 import itertools
 import json
 import logging
@@ -377,15 +378,18 @@ class Relay:
             raise EngineFault(f"the engine's answer is {int(declared)} bytes, over the gateway's "
                               f"max_response_body_bytes of {cap}")
         found = BodyUsage()
+        utf8 = _Utf8Check()
         held: list[bytes] = []
         size = 0
         while True:
             chunk = await upstream.next_chunk()
             if not chunk:
+                utf8.end()
                 break
             size += len(chunk)
             if size > cap:
                 raise EngineFault(f"the engine's answer passed the gateway's max_response_body_bytes of {cap}")
+            utf8.feed(chunk)
             if status == 200:
                 found.feed(chunk)
             if exchange.raw_body_started:
@@ -626,6 +630,28 @@ class Relay:
 
 
 _DONE_EVENT = b"data: [DONE]\n\n"
+
+
+class _Utf8Check:
+    """JSON is UTF-8: an answer that is not is the engine's fault, found as it passes."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._decoder.decode(chunk)  # ASCII chunks are a quick pass; a split sequence carries over
+        except UnicodeDecodeError:
+            raise EngineFault("the engine's answer is not UTF-8") from None
+
+    def end(self) -> None:
+        self.feed(b"")
+        try:
+            self._decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise EngineFault("the engine's answer ends inside a UTF-8 sequence") from None
 
 
 def _choices_per_prompt(body: bytes) -> int:
