@@ -25,7 +25,7 @@ from ..keys import KeyRing
 from .callback_send import CallbackSender
 from .errors import EngineFault, GatewayError, stream_error_event
 from .metrics import GatewayMetrics
-from .requests import ClientGone, ClientRequest, header, parse_request, read_body
+from .requests import CHAT, ClientGone, ClientRequest, header, parse_request, read_body
 from .routing import Node, Route, Router
 from .sse import StreamState, UsageError, parse_usage
 from .upstream import (
@@ -167,8 +167,11 @@ class Relay:
                 log.warning("request %s could not be parsed: %r", exchange.request_id, exc)
                 raise GatewayError(400, f"request body could not be read ({type(exc).__name__})",
                                    code="invalid_request") from None
-            if exchange.request.stream_state is not None and b'"n"' in body:
-                exchange.request.stream_state.choices_per_prompt = _choices_per_prompt(body)
+            state = exchange.request.stream_state
+            if state is not None:
+                if b'"n"' in body:
+                    state.choices_per_prompt = _choices_per_prompt(body)
+                state.one_choice = state.choices_per_prompt == 1 and exchange.request.endpoint == CHAT
             route = self.router.route(exchange.request.model)
             if route is None:
                 known = ", ".join(self.router.models()) or "none"

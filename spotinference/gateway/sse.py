@@ -32,11 +32,11 @@ from .errors import EngineFault
 EVENT_END = b"\n\n"
 DONE = b"data: [DONE]"
 _USAGE = b',"usage":'
-_EMPTY_CHOICES = b'"choices":[]'
 _FINISH = b'"finish_reason":"'
 _FINGERPRINT = b',"system_fingerprint":'
 _ZERO_COMPLETION = re.compile(rb'"completion_tokens":0[,}]')
-_CHOICE_INDEX = re.compile(rb'"choices":\[\{"index":(\d{1,9})[,}]')
+_CHOICES = b'"choices":['
+_INDEX = b'{"index":'
 # No request has this many tokens; a count past it is a broken or hostile engine, not a bill.
 MAX_TOKENS = 2**31 - 1
 
@@ -75,6 +75,7 @@ class StreamState:
     client_include_usage: bool
     client_continuous_usage: bool
     choices_per_prompt: int = 1  # the request's n: choice index // n is the prompt's index
+    one_choice: bool = False  # a chat request with n=1: no choice index to read per chunk
     final_usage: bytes | None = None  # vLLM's usage-only chunk: the whole request's totals
     finish_reason: str | None = None
     first_token_seen: bool = False
@@ -155,12 +156,19 @@ class StreamState:
             if usage_end < 0 or event.find(b"{", begin + 1, usage_end) >= 0:  # nested (token details)
                 usage_end = _object_end(event, begin)
             usage = event[begin : usage_end + 1]
-            final = _EMPTY_CHOICES in event
+            at = event.find(_CHOICES)  # near the start: after id, object, created, model
+            at = at + len(_CHOICES) if at >= 0 else len(event)
+            final = event[at : at + 1] == b"]"  # vLLM's usage-only chunk: "choices":[]
             if final:
                 self.final_usage = usage
+            elif self.one_choice:
+                self._running[0] = usage
             else:
-                match = _CHOICE_INDEX.search(event)
-                self._running[int(match[1]) if match else 0] = usage
+                index = 0
+                if event.startswith(_INDEX, at):
+                    digits = event[at + len(_INDEX) : event.find(b",", at + len(_INDEX), at + 20)]
+                    index = int(digits) if digits.isdigit() else 0
+                self._running[index] = usage
             if not self.first_token_seen and not final and not _ZERO_COMPLETION.search(usage):
                 self.first_token_seen = True
         elif not self.first_token_seen and _carries_token(event):
