@@ -599,9 +599,9 @@ class Relay:
         body had; a row with the error; a metric. Never a bare 500 or a silent end."""
         engine = isinstance(exc, EngineFault) or exchange.engine_answered
         status, code, side = (502, "engine_error", "engine") if engine else (500, "gateway_error", "gateway")
-        if engine:
-            log.warning("request %s: the engine's answer could not be relayed: %r", exchange.request_id, exc)
-        else:
+        if isinstance(exc, EngineFault):
+            log.warning("request %s: the engine's answer could not be relayed: %s", exchange.request_id, exc)
+        else:  # our own code failed, on the engine's answer or before it: the traceback is needed
             log.error("request %s failed in the gateway", exchange.request_id, exc_info=exc)
         detail = str(exc)[:300] if isinstance(exc, EngineFault) else type(exc).__name__
         message = f"the engine's answer cannot be relayed: {detail}" if engine else f"gateway error ({detail})"
@@ -650,7 +650,6 @@ class _Utf8Check:
             raise EngineFault("the engine's answer is not UTF-8") from None
 
     def end(self) -> None:
-        self.feed(b"")
         try:
             self._decoder.decode(b"", final=True)
         except UnicodeDecodeError:
@@ -660,8 +659,8 @@ class _Utf8Check:
 def _choices_per_prompt(body: bytes) -> int:
     """The request's ``n`` (choices per prompt), for summing an aborted stream's choices.
 
-    Read only when the body has an ``"n"`` key: most requests do not, and their bytes are not
-    decoded twice. A body the relay already parsed parses again."""
+    Read only when the body holds the bytes ``"n"``: most requests do not, and so are not
+    decoded a second time (``parse_request`` does not keep ``n``)."""
     try:
         n = json.loads(body).get("n")
     except (ValueError, RecursionError, AttributeError):
