@@ -150,3 +150,18 @@ def test_a_model_with_a_lone_surrogate_gets_an_answer_and_a_row(gateway) -> None
     (row,) = logged_rows(home, {response.headers["x-request-id"]})
     assert row["model"] == "x\\ud800" and row["http_status"] == 404
     still_serving(client)
+
+
+def test_a_body_the_parser_cannot_take_is_a_400_with_a_row(gateway) -> None:
+    # 10 KB of nested arrays: Python's JSON parser raises RecursionError, which used to escape as a
+    # bare 500. Whatever breaks on the client's bytes is the client's 400, with a row and a count.
+    client, home, _ = gateway
+    before = failures(client).get("client", 0.0)
+    body = b'{"model":"script","prompt":' + b"[" * 5_000 + b"]" * 5_000 + b"}"
+    response = client.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["message"]
+    (row,) = logged_rows(home, {response.headers["x-request-id"]})
+    assert row["http_status"] == 400
+    assert failures(client)["client"] == before + 1
+    still_serving(client)
