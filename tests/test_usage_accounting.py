@@ -129,6 +129,16 @@ def test_a_stream_aborted_before_its_first_chunk_has_unknown_prompt_tokens(tmp_p
         assert row["prompt_tokens"] is None and row["aborted"] is True and row["status"] == 499
         table = run_spot("requests", env={"SPOT_HOME": str(home)})
         assert "unknown" in table.stdout
+        # One finished request too, then the log against the engine's own counters.
+        done = client.completions.with_raw_response.create(model=MODEL, prompt="one two", max_tokens=4)
+        logged_rows(home, {done.headers["x-request-id"]})
+        result = run_spot("requests", "--json", "--reconcile", engine_url, env={"SPOT_HOME": str(home)})
+        assert result.returncode == 0, result.stderr
+        (line,) = json.loads(result.stdout)["reconciliation"]
+        assert line["model"] == MODEL and line["requests"] == 2 and line["unknown_prompt_rows"] == 1
+        assert line["logged_completion_tokens"] == 4 and line["unlogged_generation_tokens"] == 0
+        table = run_spot("requests", "--reconcile", engine_url, env={"SPOT_HOME": str(home)})
+        assert "1 with unknown prompt tokens" in table.stdout
     finally:
         gateway.stop()
         engine.stop()

@@ -17,8 +17,9 @@ unknown, so an operator can see whether a shortfall is explained.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -96,3 +97,26 @@ def reconcile(store: Store, before: EngineTokens, after: EngineTokens, *, model:
         unknown_prompt_rows=int(unknown_prompt),
         unknown_completion_rows=int(unknown_completion),
     )
+
+
+_MODEL_LABEL = re.compile(r'model_name="((?:[^"\\]|\\.)*)"')
+
+
+def reconcile_since_engine_start(store: Store, metrics_text: str) -> dict[str, Reconciliation]:
+    """Per model an engine serves: its counters since it started (``vllm:prompt_tokens_created``)
+    against the log's rows for that model that finished since. Exact when this engine is the
+    only one serving the model and only the gateway talks to it."""
+    store.flush()
+    started: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("vllm:prompt_tokens_created{"):
+            match = _MODEL_LABEL.search(line)
+            if match:
+                started[match[1]] = float(line.rsplit(" ", 1)[1])
+    zero = EngineTokens(0.0, 0.0)
+    now = datetime.now(UTC)
+    return {
+        model: reconcile(store, zero, engine_tokens(metrics_text, model), model=model,
+                         since=datetime.fromtimestamp(created, UTC), until=now)
+        for model, created in started.items()
+    }
