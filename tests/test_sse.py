@@ -132,3 +132,13 @@ def test_an_event_that_is_not_utf8_is_a_stream_error() -> None:
     state.feed(events(TOKEN + usage(1) + b"}"))
     with pytest.raises(StreamFormatError):
         state.feed(events(TOKEN.replace(b'"hi"', b'"\xff\xfe"') + usage(2) + b"}"))
+
+
+def test_an_engine_inventing_choices_cannot_grow_the_bookkeeping_without_bound() -> None:
+    from spotinference.gateway import sse
+
+    state = StreamState(client_include_usage=True, client_continuous_usage=True)
+    state.feed(b"".join(events(choice_chunk(i, 1, 1)) for i in range(sse.MAX_CHOICES)))
+    with pytest.raises(sse.StreamFormatError):
+        state.feed(events(choice_chunk(sse.MAX_CHOICES, 1, 1)))
+    assert state.choices_seen == sse.MAX_CHOICES

@@ -39,6 +39,9 @@ _CHOICES = b'"choices":['
 _INDEX = b'{"index":'
 # No request has this many tokens; a count past it is a broken or hostile engine, not a bill.
 MAX_TOKENS = 2**31 - 1
+# Distinct choice indexes kept per stream (vLLM's own n limit is 16384, times the prompts): past
+# it an engine is inventing choices, and keeping each one's usage would grow without bound.
+MAX_CHOICES = 65536
 
 
 class UsageError(EngineFault, ValueError):
@@ -168,7 +171,10 @@ class StreamState:
                 if event.startswith(_INDEX, at):
                     digits = event[at + len(_INDEX) : event.find(b",", at + len(_INDEX), at + 20)]
                     index = int(digits) if digits.isdigit() else 0
-                self._running[index] = usage
+                running = self._running
+                if index not in running and len(running) >= MAX_CHOICES:
+                    raise StreamFormatError(f"the engine's stream has more than {MAX_CHOICES} choices")
+                running[index] = usage
             if not self.first_token_seen and not final and not _ZERO_COMPLETION.search(usage):
                 self.first_token_seen = True
         elif not self.first_token_seen and _carries_token(event):
