@@ -142,3 +142,24 @@ def test_an_engine_inventing_choices_cannot_grow_the_bookkeeping_without_bound()
     with pytest.raises(sse.StreamFormatError):
         state.feed(events(choice_chunk(sse.MAX_CHOICES, 1, 1)))
     assert state.choices_seen == sse.MAX_CHOICES
+
+
+def test_an_event_split_into_many_pieces_is_joined_once_and_bounded() -> None:
+    from spotinference.gateway import sse
+
+    state = StreamState(client_include_usage=True, client_continuous_usage=True)
+    long_text = b"x" * 300_000
+    event = TOKEN.replace(b'"hi"', b'"' + long_text + b'"') + usage(1) + b"}"
+    out = relay(state, events(event, DONE), 1000)  # split inside the event and inside "\n\n"
+    assert out == events(event, DONE) and state.usage() == (9, 1)
+    state = StreamState(client_include_usage=True, client_continuous_usage=True)
+    with pytest.raises(sse.StreamFormatError):
+        for _ in range(sse.MAX_EVENT_BYTES // 65536 + 2):
+            state.feed(b"y" * 65536)
+
+
+def test_a_deeply_nested_usage_object_is_cut_in_one_pass() -> None:
+    nested = b',"usage":{"prompt_tokens":9,"total_tokens":10,"completion_tokens":1,"x":' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"}"
+    state = StreamState(client_include_usage=False, client_continuous_usage=False)
+    out, _ = state.feed(events(TOKEN + nested + b"}"))
+    assert out == events(TOKEN + b"}")

@@ -13,8 +13,8 @@ sent for the options *it* gave (tests/engines/VLLM_WIRE_FORMAT.md has the captur
 
 vLLM's running usage is per choice: with ``n`` > 1, or several prompts on ``/v1/completions``
 (choice ``index`` = prompt_index * n + i), each chunk carries the totals of *its* choice only.
-So the last usage bytes are kept per choice index (found with one regex on the chunk's head,
-never by decoding it), and an aborted stream is billed the sum over choices, each prompt's
+So the last usage bytes are kept per choice index (read with two byte searches at the chunk's
+head, never by decoding it), and an aborted stream is billed the sum over choices, each prompt's
 tokens once, as vLLM's own final usage counts them.
 
 Usage objects are JSON-decoded only when the stream ends, and checked then (``parse_usage``): an
@@ -42,6 +42,9 @@ MAX_TOKENS = 2**31 - 1
 # Distinct choice indexes kept per stream (vLLM's own n limit is 16384, times the prompts): past
 # it an engine is inventing choices, and keeping each one's usage would grow without bound.
 MAX_CHOICES = 65536
+# One event's bytes held while it arrives in pieces; past this the engine is not sending SSE.
+MAX_EVENT_BYTES = 64 * 1024 * 1024
+_BRACE = re.compile(rb"[{}]")
 
 
 class UsageError(EngineFault, ValueError):
@@ -84,7 +87,8 @@ class StreamState:
     first_token_seen: bool = False
     done: bool = False
     events: int = 0
-    _pending: bytes = field(default=b"", repr=False)
+    _pending: list[bytes] = field(default_factory=list, repr=False)  # the pieces of an unfinished event
+    _pending_bytes: int = field(default=0, repr=False)
     _held: bytes | None = field(default=None, repr=False)
     _rewrite: bool = field(default=True, init=False, repr=False)
     _running: dict[int, bytes] = field(default_factory=dict, init=False, repr=False)  # choice -> its last usage
@@ -120,16 +124,21 @@ class StreamState:
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         """Take bytes from upstream; return (bytes to send the client now, first token among them)."""
-        if self._pending:
-            data = self._pending + data
+        pending = self._pending
+        if pending:
+            if data.find(EVENT_END) < 0 and not (data[:1] == b"\n" and pending[-1][-1:] == b"\n"):
+                self._keep(data)  # still inside one long event: joined once, when it ends
+                return b"", False
+            pending.append(data)
+            data = b"".join(pending)
+            pending.clear()
+            self._pending_bytes = 0
         end = data.rfind(EVENT_END) + 2
         if end < 2:
-            self._pending = data
+            self._keep(data)
             return b"", False
-        if end == len(data):
-            self._pending = b""
-        else:
-            self._pending = data[end:]
+        if end != len(data):
+            self._keep(data[end:])
             data = data[:end]
         first_before = self.first_token_seen
         # This runs for every chunk of every stream: the usual read is one whole event, handled
@@ -139,6 +148,12 @@ class StreamState:
         else:
             out = b"".join([self._event(event) for event in data.split(EVENT_END) if event])
         return (out if self._rewrite else data), (self.first_token_seen and not first_before)
+
+    def _keep(self, piece: bytes) -> None:
+        self._pending.append(piece)
+        self._pending_bytes += len(piece)
+        if self._pending_bytes > MAX_EVENT_BYTES:
+            raise StreamFormatError(f"the engine sent an event longer than {MAX_EVENT_BYTES} bytes")
 
     def _event(self, event: bytes) -> bytes:
         """Learn from one event (without its blank line); return what the client gets for it."""
@@ -215,11 +230,14 @@ class StreamState:
 
 
 def _object_end(data: bytes, start: int) -> int:
-    """Index of the ``}`` closing the JSON object that opens at ``start``."""
-    end = data.find(b"}", start)
-    while end >= 0 and data.count(b"{", start, end + 1) > data.count(b"}", start, end + 1):
-        end = data.find(b"}", end + 1)
-    return end if end >= 0 else len(data) - 1
+    """Index of the ``}`` closing the JSON object that opens at ``start`` (one pass: an engine's
+    deeply nested object must not cost a scan per level)."""
+    depth = 0
+    for brace in _BRACE.finditer(data, start):
+        depth += 1 if brace[0] == b"{" else -1
+        if depth == 0:
+            return brace.start()
+    return len(data) - 1
 
 
 def _carries_token(event: bytes) -> bool:
