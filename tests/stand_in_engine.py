@@ -18,7 +18,7 @@ Models (what the engine does with a request for them):
   ``completion_tokens`` as ``1e400``, ``-5`` or ``"12"``.
 * ``status-NNN``: answers HTTP status NNN with a JSON body.
 * ``non-utf8``: the answer's text holds the bytes ``ff fe``.
-* ``no-usage``: a non-streamed 200 answer without ``usage``.
+* ``no-usage``: a 200 answer without ``usage`` (streamed: no usage in any chunk).
 * ``huge``: a non-streamed 200 answer of ``body_bytes`` bytes (``declare_length`` false: chunked).
 
 Each response closes its connection (``Connection: close``), so nothing carries across requests.
@@ -130,7 +130,8 @@ class StandInEngine:
     async def _stream(self, request: dict[str, Any], model: str, served: Served, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
         options = request.get("stream_options") or {}
-        continuous = options.get("include_usage") and options.get("continuous_usage_stats")
+        with_usage = model != "no-usage"  # an engine that ignores stream_options
+        continuous = with_usage and options.get("include_usage") and options.get("continuous_usage_stats")
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
                      b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
         rng = random.Random(request.get("seed", 0))
@@ -171,7 +172,7 @@ class StandInEngine:
                 if not await event(chunk):
                     return
                 served.running[index] = done[index]
-        if options.get("include_usage"):
+        if with_usage and options.get("include_usage"):
             prompt_total, completion_total = sum(served.prompt_tokens), sum(done)
             count = bad or b"%d" % completion_total
             final = (b'{"id":"cmpl-x","object":"text_completion","created":1,"model":"%s","choices":[],"usage":'

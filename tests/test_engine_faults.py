@@ -110,6 +110,14 @@ def test_a_200_without_usage_reaches_the_client_and_logs_unknown_tokens(gateway)
     assert row["prompt_tokens"] is None and row["completion_tokens"] is None and "no usage" in row["error"]
 
 
+def test_a_stream_without_usage_reaches_the_client_and_logs_unknown_tokens(gateway) -> None:
+    client, home, _ = gateway
+    response = client.post("/v1/completions", json={"model": "no-usage", "prompt": "a", "max_tokens": 2, "stream": True})
+    assert response.status_code == 200 and response.text.endswith("data: [DONE]\n\n")
+    (row,) = logged_rows(home, {response.headers["x-request-id"]})
+    assert row["prompt_tokens"] is None and row["completion_tokens"] is None and "no usage" in row["error"]
+
+
 def test_a_body_over_the_cap_declared_up_front_is_a_502_before_any_byte(gateway) -> None:
     client, home, _ = gateway
     response = client.post("/v1/completions", json={"model": "huge", "prompt": "a", "body_bytes": 4 << 20})

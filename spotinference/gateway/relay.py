@@ -529,6 +529,8 @@ class Relay:
             return exc
         if usage is not None:
             exchange.prompt_tokens, exchange.completion_tokens = usage
+        elif state.done:
+            exchange.error = exchange.error or "the engine's stream carried no usage"  # tokens stay unknown
         return None
 
     def _finish_stream(self, exchange: Exchange) -> None:
