@@ -224,3 +224,24 @@ def test_an_aborted_stream_logs_exactly_what_the_engine_sent(stand_in, n: int, p
     assert row["client_aborted"] is True
     assert row["completion_tokens"] == (served.completion_tokens_sent() if served.running else None)
     assert row["prompt_tokens"] == (served.prompt_tokens_seen() if served.running else None)
+
+
+def test_a_non_streamed_request_whose_client_left_logs_unknown_tokens(sim_stack) -> None:
+    # vLLM sends usage only with the whole answer; aborting the request (to free the GPU) loses
+    # it, so the row cannot know the tokens. Unknown, never 0.
+    engine_url, url, key, home = sim_stack
+    host, port = url.removeprefix("http://").split(":")
+    payload = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300,
+                          "ignore_eos": True}).encode()
+    before = datetime.now(UTC)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                     + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        time.sleep(0.5)
+    rows = []
+    deadline = time.monotonic() + 15
+    while not rows and time.monotonic() < deadline:
+        rows = [r for r in logged_rows(home, expect=0) if r["started_at"] >= before and not r["streamed"]]
+    (row,) = rows
+    assert row["client_aborted"] is True and row["http_status"] == 499
+    assert row["prompt_tokens"] is None and row["completion_tokens"] is None
