@@ -49,6 +49,17 @@ def test_a_failing_migration_leaves_neither_its_tables_nor_its_record(home: Path
     assert m.applied_versions(con) == [1]
 
 
+def test_a_migration_number_skipped_on_this_branch_is_applied_when_it_lands(home: Path) -> None:
+    # 0009 shipped while 0008 was reserved on another branch: a database migrated to 9 takes 8 later.
+    home.mkdir()
+    con = duckdb.connect(str(home / "x.duckdb"))
+    first, third = m.Migration(1, "a", "CREATE TABLE a (x INTEGER);"), m.Migration(3, "c", "CREATE TABLE c (x INTEGER);")
+    assert [mig.version for mig in m.apply(con, [first, third])] == [1, 3]
+    second = m.Migration(2, "b", "CREATE TABLE b (x INTEGER);")
+    assert [mig.version for mig in m.apply(con, [first, second, third])] == [2]
+    assert m.applied_versions(con) == [1, 2, 3]
+
+
 def test_a_database_from_a_newer_spot_is_refused(home: Path) -> None:
     store = Store(home)
     with store.writing() as con:
