@@ -14,7 +14,7 @@ WITH spend AS (
 keys AS (
     SELECT coalesce(key_id, '(no key)') AS key_id, count(*) AS requests,
            sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
-           CAST(sum(prompt_tokens + completion_tokens) AS HUGEINT) AS tokens
+           CAST(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)) AS HUGEINT) AS tokens
     FROM requests
     WHERE finished_at >= $window_start AND finished_at < $window_end
     GROUP BY 1

@@ -15,7 +15,7 @@ WITH tier_spend AS (
 served AS (
     SELECT coalesce(tier, '(no tier)') AS tier, model,
            sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
-           CAST(sum(prompt_tokens + completion_tokens) AS HUGEINT) AS tokens
+           CAST(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)) AS HUGEINT) AS tokens
     FROM requests
     WHERE finished_at >= $window_start AND finished_at < $window_end
     GROUP BY 1, 2

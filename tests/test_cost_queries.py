@@ -231,11 +231,28 @@ def test_cost_per_million_tokens_counts_requests_by_finish_time(seed: Seed) -> N
     seed.request(at(11, 0, 0.5), 5000, 5000, started=at(10, 59))  # finished after the window
     store = seed.write()
     tokens = q(store, "tokens", at(10, 0), at(11, 0))[0]
-    assert tokens == {"requests": 2, "prompt_tokens": 4000, "completion_tokens": 2000, "total_tokens": 6000}
+    assert tokens == {"requests": 2, "prompt_tokens": 4000, "completion_tokens": 2000, "total_tokens": 6000,
+                      "unknown_prompt_rows": 0, "unknown_completion_rows": 0}
     head = q(store, "cost_per_mtok", at(10, 0), at(11, 0))[0]
     assert head["spend_usd"] == D("6.0")
     assert head["usd_per_mtok_output"] == D("3000")  # 6.00 / 2000 × 1e6
     assert head["usd_per_mtok_total"] == D("1000")  # 6.00 / 6000 × 1e6
+
+
+def test_unknown_token_counts_are_left_out_of_the_sums_and_counted_apart(seed: Seed) -> None:
+    # A stream aborted before its first chunk: the engine prefilled a prompt no usage described.
+    seed.every_minute(at(9, 59), at(11, 1), {"vm": lambda k: str(D("0.1") * k)})
+    seed.request(at(10, 30), 3000, 1000)
+    seed.request(at(10, 31), None, 40)  # prompt unknown, 40 tokens seen before the abort
+    seed.request(at(10, 32), None, None, key="key-b")  # a non-streamed request whose client left
+    store = seed.write()
+    tokens = q(store, "tokens", at(10, 0), at(11, 0))[0]
+    assert tokens == {"requests": 3, "prompt_tokens": 3000, "completion_tokens": 1040, "total_tokens": 4040,
+                      "unknown_prompt_rows": 2, "unknown_completion_rows": 1}
+    by_key = {r["key_id"]: r for r in q(store, "spend_by_key", at(10, 0), at(11, 0))}
+    assert by_key["key-a"]["completion_tokens"] == 1040  # an unknown prompt does not hide the row's output
+    by_model = q(store, "spend_by_model", at(10, 0), at(11, 0))
+    assert sum(r["completion_tokens"] for r in by_model) == 1040
 
 
 def test_per_key_statements_sum_exactly_to_the_spend(seed: Seed) -> None:

@@ -88,3 +88,78 @@ def test_a_usage_object_with_nested_details_is_cut_whole() -> None:
     out, first = state.feed(events(TOKEN + nested + b"}"))
     assert out == events(TOKEN + b"}") and first
     assert state.usage() == (9, 1)
+
+
+def choice_chunk(index: int, prompt_tokens: int, completion_tokens: int) -> bytes:
+    return (b'data: {"id":"cmpl-1","object":"text_completion","created":1,"model":"tiny-chat","choices":[{"index":%d,'
+            b'"text":"x","logprobs":null,"finish_reason":null,"stop_reason":null,"prompt_token_ids":null,"token_ids":null}],'
+            b'"usage":{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}}'
+            % (index, prompt_tokens, prompt_tokens + completion_tokens, completion_tokens))
+
+
+def test_an_aborted_stream_is_billed_every_choice_of_every_prompt_and_each_prompt_once() -> None:
+    # Two prompts (3 and 5 tokens), n=2: choices 0,1 are prompt 0's, 2,3 prompt 1's (vLLM's
+    # prompt_index * n + i). Each chunk's usage is its own choice's running total.
+    state = StreamState(client_include_usage=False, client_continuous_usage=False, choices_per_prompt=2)
+    sent = {0: 4, 1: 2, 2: 7, 3: 1}
+    for step in range(1, 8):
+        for index, upto in sent.items():
+            if step <= upto:
+                state.feed(events(choice_chunk(index, 3 if index < 2 else 5, step)))
+    assert state.usage() == (3 + 5, 4 + 2 + 7 + 1) and not state.done
+
+
+def test_the_final_usage_chunk_wins_over_the_running_totals() -> None:
+    state = StreamState(client_include_usage=True, client_continuous_usage=False, choices_per_prompt=2)
+    state.feed(events(choice_chunk(0, 3, 1), choice_chunk(1, 3, 1), USAGE_CHUNK, DONE))
+    assert state.usage() == (9, 2) and state.done
+
+
+@pytest.mark.parametrize("bad", [b"1e400", b"-3", b'"12"', b"1.5", b"true", b"null", b"99999999999999"])
+def test_usage_the_engine_cannot_mean_is_an_error_not_a_bill(bad: bytes) -> None:
+    from spotinference.gateway.sse import UsageError
+
+    state = StreamState(client_include_usage=False, client_continuous_usage=False)
+    state.feed(events(TOKEN + b',"usage":{"prompt_tokens":9,"total_tokens":1,"completion_tokens":' + bad + b"}}"))
+    with pytest.raises(UsageError):
+        state.usage()
+
+
+def test_an_event_that_is_not_utf8_is_a_stream_error() -> None:
+    from spotinference.gateway.sse import StreamFormatError
+
+    state = StreamState(client_include_usage=False, client_continuous_usage=False)
+    state.feed(events(TOKEN + usage(1) + b"}"))
+    with pytest.raises(StreamFormatError):
+        state.feed(events(TOKEN.replace(b'"hi"', b'"\xff\xfe"') + usage(2) + b"}"))
+
+
+def test_an_engine_inventing_choices_cannot_grow_the_bookkeeping_without_bound() -> None:
+    from spotinference.gateway import sse
+
+    state = StreamState(client_include_usage=True, client_continuous_usage=True)
+    state.feed(b"".join(events(choice_chunk(i, 1, 1)) for i in range(sse.MAX_CHOICES)))
+    with pytest.raises(sse.StreamFormatError):
+        state.feed(events(choice_chunk(sse.MAX_CHOICES, 1, 1)))
+    assert state.choices_seen == sse.MAX_CHOICES
+
+
+def test_an_event_split_into_many_pieces_is_joined_once_and_bounded() -> None:
+    from spotinference.gateway import sse
+
+    state = StreamState(client_include_usage=True, client_continuous_usage=True)
+    long_text = b"x" * 300_000
+    event = TOKEN.replace(b'"hi"', b'"' + long_text + b'"') + usage(1) + b"}"
+    out = relay(state, events(event, DONE), 1000)  # split inside the event and inside "\n\n"
+    assert out == events(event, DONE) and state.usage() == (9, 1)
+    state = StreamState(client_include_usage=True, client_continuous_usage=True)
+    with pytest.raises(sse.StreamFormatError):
+        for _ in range(sse.MAX_EVENT_BYTES // 65536 + 2):
+            state.feed(b"y" * 65536)
+
+
+def test_a_deeply_nested_usage_object_is_cut_in_one_pass() -> None:
+    nested = b',"usage":{"prompt_tokens":9,"total_tokens":10,"completion_tokens":1,"x":' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"}"
+    state = StreamState(client_include_usage=False, client_continuous_usage=False)
+    out, _ = state.feed(events(TOKEN + nested + b"}"))
+    assert out == events(TOKEN + b"}")

@@ -105,6 +105,9 @@ def keys_revoke(ctx: typer.Context, name: str, json: JsonOption = False) -> None
 def requests(
     ctx: typer.Context,
     last: Annotated[int, typer.Option("--last", min=1, help="How many of the newest requests.")] = 20,
+    reconcile: Annotated[str | None, typer.Option(
+        "--reconcile", metavar="ENGINE_URL",
+        help="Also compare the log with this vLLM engine's own token counters since it started.")] = None,
     json: JsonOption = False,
 ) -> None:
     """List the newest usage rows from the token log."""
@@ -112,14 +115,37 @@ def requests(
 
     state: CliState = ctx.obj
     rows = run_query(state.store(), "requests_recent", last=last).records()
+    lines = _reconciliation(state, reconcile) if reconcile else None
     if json:
-        print_json(rows)
+        print_json(rows if lines is None else {"requests": rows, "reconciliation": lines})
         return
     print_table(
         None, ["started", "model", "key", "status", "ttft ms", "prompt", "completion", "finish", "aborted"],
-        [(_when(r["started_at"]), r["model"], r["key_name"], r["status"], r["ttft_ms"], r["prompt_tokens"],
-          r["completion_tokens"], r["finish_reason"], "yes" if r["aborted"] else "") for r in rows],
+        [(_when(r["started_at"]), r["model"], r["key_name"], r["status"], r["ttft_ms"], _tokens(r["prompt_tokens"]),
+          _tokens(r["completion_tokens"]), r["finish_reason"], "yes" if r["aborted"] else "") for r in rows],
     )
+    for line in lines or []:
+        typer.echo(f"{line['model']} against {reconcile}: {line['line']}")
+
+
+def _reconciliation(state: CliState, engine_url: str) -> list[dict]:
+    import httpx
+
+    from spotinference.errors import InputError
+    from spotinference.gateway.reconcile import reconcile_since_engine_start
+
+    try:
+        text = httpx.get(f"{engine_url.rstrip('/')}/metrics", timeout=10).text
+    except httpx.HTTPError as exc:
+        raise InputError(f"cannot read {engine_url}/metrics: {exc}") from None
+    found = reconcile_since_engine_start(state.store(), text)
+    return [{"model": model, **vars(r), "unlogged_generation_tokens": r.unlogged_generation_tokens,
+             "line": r.line()} for model, r in found.items()]
+
+
+def _tokens(value: object) -> object:
+    # NULL: the engine did work no usage object described (e.g. a stream aborted before its first chunk).
+    return "unknown" if value is None else value
 
 
 def _when(value: object) -> str:

@@ -59,6 +59,9 @@ class GatewaySettings(_Section):
     # A streamed request held while its tier wakes gets an SSE comment this often, so proxies
     # and SDKs do not time out.
     keepalive_s: Annotated[float, Field(gt=0, le=120)] = 15.0
+    # A non-streamed answer longer than this is refused (502, or the connection cut if part of it
+    # was sent): the gateway relays it as it arrives, but an engine must not be able to run forever.
+    max_response_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     # How often the gateway checks each engine's /health, and asks the provider for VM states.
     health_interval_s: Annotated[float, Field(gt=0, le=60)] = 2.0
     provider_refresh_s: Annotated[float, Field(gt=0, le=300)] = 5.0

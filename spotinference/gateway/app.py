@@ -44,6 +44,7 @@ class GatewayOptions:
     total_timeout_s: float = 1800.0
     flush_interval_s: float = 1.0
     keepalive_s: float = 15.0
+    max_response_body_bytes: int = 64 * 1024 * 1024
 
 
 class GatewayApp:
@@ -85,6 +86,7 @@ def create_app(
         read_timeout_s=options.read_timeout_s, total_timeout_s=options.total_timeout_s,
         keepalive_s=options.keepalive_s,
     )
+    relay.max_response_body_bytes = options.max_response_body_bytes
     relay.gate = gate
     flusher = SpoolFlushProcess(store, writer, interval_s=options.flush_interval_s)
     created = int(time.time())
@@ -200,4 +202,5 @@ def options_from_settings(settings: Settings) -> GatewayOptions:
         read_timeout_s=gateway.upstream_read_timeout_s,
         total_timeout_s=gateway.upstream_total_timeout_s,
         keepalive_s=gateway.keepalive_s,
+        max_response_body_bytes=gateway.max_response_body_bytes,
     )

@@ -16,6 +16,12 @@ _TYPES = {
 }
 
 
+class EngineFault(Exception):
+    """The engine sent something the gateway cannot relay or bill (bad status, bytes, usage).
+
+    Answered as 502 (or, once a stream has begun, an error event), like an engine that failed."""
+
+
 class GatewayError(Exception):
     """An error the gateway answers with itself (as opposed to one relayed from vLLM)."""
 

@@ -22,6 +22,7 @@ class ModelMetrics:
     completion_tokens: Any
     upstream_latency: Any
     ttft: Any
+    unknown_usage: Any
 
 
 class GatewayMetrics:
@@ -35,6 +36,16 @@ class GatewayMetrics:
         )
         self.completion_tokens = Counter(
             "spot_completion_tokens", "Completion tokens served (from the engine's usage).", ["model"], registry=self.registry
+        )
+        self.failures = Counter(
+            "spot_request_failures", "Requests that failed, by the side at fault: client (a request the gateway "
+            "could not read), engine (an answer it could not relay or bill), gateway (its own error).",
+            ["side"], registry=self.registry,
+        )
+        self.unknown_usage = Counter(
+            "spot_unknown_usage_requests", "Requests the engine worked on whose token counts are unknown "
+            "(no usage arrived: a stream aborted before its first chunk, a non-streamed client that left).",
+            ["model"], registry=self.registry,
         )
         self.in_flight = Gauge(
             "spot_requests_in_flight", "Requests being relayed now.", ["model"], registry=self.registry
@@ -58,7 +69,7 @@ class GatewayMetrics:
         if found is None:
             found = self._by_model[model] = ModelMetrics(
                 self.in_flight.labels(model), self.prompt_tokens.labels(model), self.completion_tokens.labels(model),
-                self.upstream_latency.labels(model), self.ttft.labels(model),
+                self.upstream_latency.labels(model), self.ttft.labels(model), self.unknown_usage.labels(model),
             )
         return found
 
@@ -67,6 +78,10 @@ class GatewayMetrics:
         if child is None:
             child = self._requests[(model, status)] = self.requests.labels(model, str(status))
         child.inc()
+
+    def failed(self, side: str) -> None:
+        """A request failed, and ``side`` ("client", "engine" or "gateway") caused it."""
+        self.failures.labels(side).inc()
 
     def track_tiers(self, snapshots: Callable[[], list[dict[str, Any]]]) -> None:
         """Per-tier gauges, read from the tier controllers at scrape time."""

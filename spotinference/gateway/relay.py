@@ -10,6 +10,7 @@ aiohttp about 1 ms, and per-request and per-chunk client work is most of what th
 from __future__ import annotations
 
 import asyncio
+import codecs
 import itertools
 import json
 import logging
@@ -22,11 +23,11 @@ from typing import Any
 
 from ..keys import KeyRing
 from .callback_send import CallbackSender
-from .errors import GatewayError, stream_error_event
+from .errors import EngineFault, GatewayError, stream_error_event
 from .metrics import GatewayMetrics
-from .requests import ClientGone, ClientRequest, header, parse_request, read_body
+from .requests import CHAT, ClientGone, ClientRequest, header, parse_request, read_body
 from .routing import Node, Route, Router
-from .sse import StreamState
+from .sse import StreamState, UsageError, parse_usage
 from .upstream import (
     UpstreamClosedError,
     UpstreamConnectError,
@@ -36,11 +37,19 @@ from .upstream import (
     UpstreamTimeoutError,
     encode_headers,
 )
-from .usage import UsageRecorder, UsageRow
+from .usage import BodyUsage, UsageRecorder, UsageRow
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 10
+MAX_RESPONSE_BODY_BYTES = 64 * 1024 * 1024  # GatewaySettings.max_response_body_bytes
+# A non-streamed answer up to this size is read whole before anything is sent, so that an engine
+# fault found at its end (usage it cannot mean) is still a clean 502; a longer one is streamed
+# to the client as it arrives, and such a fault then cuts the connection.
+WHOLE_BODY_BYTES = 1024 * 1024
+ERROR_BODY_BYTES = 64 * 1024  # of an engine's error answer relayed into a held stream
+# Statuses relayed as the engine sent them; any other (a 1xx, a 3xx, 299, 600+) is an engine fault.
+RELAYED_STATUSES = frozenset({200, *range(400, 512)})
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer"
 UNKNOWN_MODEL_LABEL = "(unknown)"
 
@@ -57,14 +66,16 @@ class Exchange:
     node: Node | None = None
     status: int = 0
     ttft_s: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: int | None = 0  # None: unknown (the engine did work no usage described)
+    completion_tokens: int | None = 0
     finish_reason: str | None = None
     error: str | None = None
     aborted: bool = False
     recorded: bool = False
     response_complete: bool = False  # the last byte was handed to the server
-    headers_sent: bool = False  # a held stream already got its 200 and keep-alive comments
+    headers_sent: bool = False  # an SSE response (a stream, or a held one's keep-alives) has begun
+    raw_body_started: bool = False  # a non-streamed answer has begun: a failure now can only cut it
+    engine_answered: bool = False  # the engine's status line arrived: a fault now is the engine's
     wake_wait_s: float | None = None  # time held while the tier woke
 
 
@@ -81,6 +92,7 @@ class Relay:
         read_timeout_s: float = 300.0,
         total_timeout_s: float = 1800.0,
         keepalive_s: float = 15.0,
+        max_response_body_bytes: int = MAX_RESPONSE_BODY_BYTES,
     ) -> None:
         self.router = router
         self.keys = keys
@@ -91,6 +103,7 @@ class Relay:
         self.read_timeout_s = read_timeout_s
         self.total_timeout_s = total_timeout_s
         self.keepalive_s = keepalive_s
+        self.max_response_body_bytes = max_response_body_bytes
         self.gate: Any = None  # the budget gate (billing.budget.BudgetGate), when the fleet has billing
         self._pools: dict[str, UpstreamPool] = {}
         self._fixed_headers: dict[tuple[str, str | None], bytes] = {}
@@ -153,7 +166,19 @@ class Relay:
             return
         try:
             body = await read_body(scope, receive, self.max_body_bytes)
-            exchange.request = parse_request(scope["path"], body)
+            try:
+                exchange.request = parse_request(scope["path"], body)
+            except GatewayError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the client's bytes broke the parser: its fault, a 400
+                log.warning("request %s could not be parsed: %r", exchange.request_id, exc)
+                raise GatewayError(400, f"request body could not be read ({type(exc).__name__})",
+                                   code="invalid_request") from None
+            state = exchange.request.stream_state
+            if state is not None:
+                if b'"n"' in body:
+                    state.choices_per_prompt = _choices_per_prompt(body)
+                state.one_choice = state.choices_per_prompt == 1 and exchange.request.endpoint == CHAT
             route = self.router.route(exchange.request.model)
             if route is None:
                 known = ", ".join(self.router.models()) or "none"
@@ -174,8 +199,13 @@ class Relay:
             return
         except GatewayError as exc:
             exchange.status, exchange.error = exc.status, exc.message
+            if exc.status == 400:
+                self.metrics.failed("client")
             self._record(exchange)
             await self._send_error(send, exc, exchange.request_id)
+            return
+        except Exception as exc:  # noqa: BLE001 - the last resort before the engine: never a bare 500
+            await self._last_resort(exchange, send, exc)
             return
         await self._relay_watching_client(exchange, route, receive, send)
 
@@ -229,9 +259,8 @@ class Relay:
         except OSError:
             if not exchange.response_complete:
                 exchange.aborted = True  # the server refused a send: the client is gone
-        except Exception as exc:  # noqa: BLE001 - logged with the row, never a bare 500
-            log.error("relay of %s failed", exchange.request_id, exc_info=exc)
-            exchange.error = exchange.error or f"gateway error: {type(exc).__name__}"
+        except Exception as exc:  # noqa: BLE001 - the last resort: an OpenAI-shaped answer, a row, a metric
+            await self._last_resort(exchange, send, exc)
         finally:
             over = True
             if watcher is not None:
@@ -299,6 +328,8 @@ class Relay:
             await self._exchange(exchange, send)
             return
         except (UpstreamConnectError, UpstreamClosedError) as exc:
+            if exc.request_unseen:
+                exchange.prompt_tokens = exchange.completion_tokens = 0  # nothing reached the engine
             if not exc.request_unseen:
                 # Written, then closed: the engine may have run it, so it is not sent again.
                 error = GatewayError(502, f"the engine failed: {exc}", code="engine_error")
@@ -314,6 +345,11 @@ class Relay:
             error = GatewayError(504, f"the engine timed out: {exc}", code="engine_timeout")
         except UpstreamError as exc:
             error = GatewayError(502, f"the engine failed: {exc}", code="engine_error")
+        except EngineFault as exc:
+            if exchange.raw_body_started or exchange.headers_sent:
+                raise  # the last resort ends what was begun
+            self.metrics.failed("engine")
+            error = GatewayError(502, f"the engine's answer cannot be relayed: {exc}", code="engine_error")
         # Only failures before any byte reached the client get here: a stream's own failure
         # becomes an error event where it happens.
         exchange.status, exchange.error = error.status, error.message
@@ -326,7 +362,11 @@ class Relay:
         node = exchange.node
         assert request is not None and node is not None
         headers = b"%sX-Request-Id: %s\r\n" % (self._node_headers(node), exchange.request_id.encode())
+        # From the moment the request may reach the engine, the engine may be doing work: unless
+        # a usage object says how much, it is unknown (NULL), not 0.
+        exchange.prompt_tokens = exchange.completion_tokens = None
         upstream = await self.pool(node).request("POST", request.endpoint, request.upstream_body, headers)
+        exchange.engine_answered = True
         try:
             if request.stream and upstream.status == 200:
                 await self._relay_stream(exchange, upstream, send)
@@ -336,27 +376,80 @@ class Relay:
             upstream.close()  # back to the pool if read to the end, else closed: vLLM aborts
 
     async def _relay_whole(self, exchange: Exchange, upstream: UpstreamResponse, send: Any) -> None:
-        payload = await upstream.read()
-        exchange.status = upstream.status
-        if upstream.status == 200:
-            _take_usage_from_body(exchange, payload)
+        """A non-streamed answer (or an engine's error answer): to the client as it arrives.
+
+        Nothing is parsed whole: usage is found by ``BodyUsage`` as the bytes pass. Up to
+        WHOLE_BODY_BYTES is read before anything is sent (most answers: an engine fault is then a
+        clean 502); a longer body is sent on as it arrives, up to max_response_body_bytes."""
+        status = upstream.status
+        if status not in RELAYED_STATUSES:
+            raise EngineFault(f"the engine answered with HTTP status {status}")
+        exchange.status = status
+        if status != 200:
+            exchange.prompt_tokens = exchange.completion_tokens = 0  # refused before generating
+        cap = self.max_response_body_bytes
+        declared = upstream.header(b"content-length")
+        if declared.isdigit() and int(declared) > cap:
+            raise EngineFault(f"the engine's answer is {int(declared)} bytes, over the gateway's "
+                              f"max_response_body_bytes of {cap}")
+        found = BodyUsage()
+        utf8 = _Utf8Check()
+        held: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await upstream.next_chunk()
+            if not chunk:
+                utf8.end()
+                break
+            size += len(chunk)
+            if size > cap:
+                raise EngineFault(f"the engine's answer passed the gateway's max_response_body_bytes of {cap}")
+            utf8.feed(chunk)
+            if status == 200:
+                found.feed(chunk)
+            if exchange.raw_body_started:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            elif size <= WHOLE_BODY_BYTES or exchange.headers_sent:
+                if size <= ERROR_BODY_BYTES or not exchange.headers_sent:
+                    held.append(chunk)  # a held stream keeps only what its error event can carry
+            else:
+                await self._start_raw_body(exchange, upstream, send)
+                await send({"type": "http.response.body", "body": b"".join(held) + chunk, "more_body": True})
+                held.clear()
+        payload = b"".join(held)
+        if status == 200:
+            self._take_body_usage(exchange, found)
         else:
             exchange.error = payload[:500].decode("utf-8", "replace")
-        self._record(exchange)  # before the answer leaves: a kill -9 now loses no row
+        self._record(exchange)  # before the answer's end leaves: a kill -9 now loses no row
         if exchange.headers_sent:
             # A held stream already answered 200: the engine's error travels as an error event.
             exchange.response_complete = True
-            event = b"data: " + payload.strip() + b"\n\n" if payload.strip() else stream_error_event(
-                upstream.status, f"the engine answered {upstream.status}", "engine_error")
+            event = b"data: " + payload.strip() + b"\n\n" if payload.strip() and b"\n\n" not in payload else (
+                stream_error_event(status if status >= 400 else 502, f"the engine answered {status}", "engine_error"))
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return
-        content_type = upstream.header(b"content-type", b"application/json")
-        await send({
-            "type": "http.response.start", "status": upstream.status,
-            "headers": [(b"content-type", content_type), (b"x-request-id", exchange.request_id.encode())],
-        })
+        if not exchange.raw_body_started:
+            await self._start_raw_body(exchange, upstream, send)
         exchange.response_complete = True
         await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+    async def _start_raw_body(self, exchange: Exchange, upstream: UpstreamResponse, send: Any) -> None:
+        exchange.raw_body_started = True
+        await send({
+            "type": "http.response.start", "status": upstream.status,
+            "headers": [(b"content-type", upstream.header(b"content-type", b"application/json")),
+                        (b"x-request-id", exchange.request_id.encode())],
+        })
+
+    def _take_body_usage(self, exchange: Exchange, found: BodyUsage) -> None:
+        """Usage and finish reason from a 200 answer; an engine fault if the usage is not a bill."""
+        exchange.finish_reason = found.finish_reason or None
+        if found.usage is None:
+            # A 200 without usage: the client has its answer, the tokens stay unknown.
+            exchange.error = "the engine's answer carried no usage" + (" (oversized)" if found.oversized else "")
+            return
+        exchange.prompt_tokens, exchange.completion_tokens = parse_usage(found.usage)  # UsageError: 502
 
     async def _relay_stream(self, exchange: Exchange, upstream: UpstreamResponse, send: Any) -> None:
         state = exchange.request.stream_state  # type: ignore[union-attr]
@@ -374,15 +467,17 @@ class Relay:
                                 failed=upstream.interrupt)
         try:
             try:
-                await upstream.deliver(self._stream_sink(exchange, state, sender))
-            except UpstreamError as exc:
+                await upstream.deliver(self._stream_sink(exchange, state, sender, upstream.interrupt))
+            except (UpstreamError, EngineFault) as exc:
                 exchange.error = f"engine stream failed: {exc}"
                 if isinstance(exc, UpstreamTimeoutError):
                     exchange.status = 504
+                if isinstance(exc, EngineFault):
+                    self.metrics.failed("engine")
             await sender.drain()  # what was read reaches the client before any error event
         finally:
             sender.cancel()  # nothing left unless the relay is being torn down
-        if state.done:
+        if exchange.response_complete:
             return  # [DONE] went out with the end of the response
         # The response is closed (not pooled) by the caller: vLLM aborts what it still runs.
         exchange.error = exchange.error or "engine stream ended without [DONE]"
@@ -397,34 +492,67 @@ class Relay:
                 "engine_timeout" if timed_out else "engine_error"),
         })
 
-    def _stream_sink(self, exchange: Exchange, state: StreamState, sender: CallbackSender) -> Callable[[bytes], None]:
+    def _stream_sink(self, exchange: Exchange, state: StreamState, sender: CallbackSender,
+                     interrupt: Callable[[BaseException], None]) -> Callable[[bytes], None]:
         feed = state.feed
+        faulted = False
 
         def sink(data: bytes) -> None:
-            if exchange.response_complete:
-                return  # nothing follows [DONE] on the client's side
+            nonlocal faulted
+            if exchange.response_complete or faulted:
+                return  # nothing follows [DONE] (or the engine's fault) on the client's side
             try:
                 out, first_token = feed(data)
                 if first_token:
                     exchange.ttft_s = time.perf_counter() - exchange.t0
                 if state.done:
-                    self._finish_stream(exchange)  # recorded before [DONE] reaches the client
+                    fault = self._take_stream_usage(exchange, state)
+                    if fault is not None:
+                        # Usage the engine cannot mean: what came before [DONE] goes out, then
+                        # the error event in place of [DONE] (the row says why).
+                        if out.endswith(_DONE_EVENT):
+                            sender.push({"type": "http.response.body", "body": out[:-len(_DONE_EVENT)],
+                                         "more_body": True})
+                        raise fault
+                    self._record(exchange)  # recorded before [DONE] reaches the client
                     # [DONE] and the end of the response leave in one write.
                     exchange.response_complete = True
                     sender.push({"type": "http.response.body", "body": out, "more_body": False})
                 elif out:
                     sender.push({"type": "http.response.body", "body": out, "more_body": True})
+            except EngineFault as exc:
+                faulted = True
+                interrupt(exc)  # deliver() raises it; what was pushed still reaches the client
             except Exception as exc:  # noqa: BLE001 - raised by deliver() in the relay's task, not into the parser
                 sender.fail(exc)
 
         return sink
 
+    def _take_stream_usage(self, exchange: Exchange, state: StreamState) -> UsageError | None:
+        """Tokens and finish reason from what the stream carried; the fault if its usage is bad
+        (then the running totals are billed if they are sound, else the tokens stay unknown)."""
+        exchange.finish_reason = exchange.finish_reason or state.finish_reason
+        try:
+            usage = state.usage()
+        except UsageError as exc:
+            exchange.error = exchange.error or f"engine sent unusable usage: {exc}"
+            try:
+                usage = state.running_usage()
+            except UsageError:
+                usage = None
+            if usage is not None:
+                exchange.prompt_tokens, exchange.completion_tokens = usage
+            return exc
+        if usage is not None:
+            exchange.prompt_tokens, exchange.completion_tokens = usage
+        elif state.done:
+            exchange.error = exchange.error or "the engine's stream carried no usage"  # tokens stay unknown
+        return None
+
     def _finish_stream(self, exchange: Exchange) -> None:
         state = exchange.request.stream_state  # type: ignore[union-attr]
-        usage = state.usage() if state else None
-        if usage:
-            exchange.prompt_tokens, exchange.completion_tokens = usage
-        exchange.finish_reason = state.finish_reason if state else None
+        if state is not None:
+            self._take_stream_usage(exchange, state)
         self._record(exchange)
 
     # -- accounting ----------------------------------------------------------------------
@@ -435,10 +563,8 @@ class Relay:
         request = exchange.request
         state = request.stream_state if request else None
         if state is not None and exchange.aborted:
-            usage = state.usage()  # the last running total vLLM sent before the abort
-            if usage:
-                exchange.prompt_tokens, exchange.completion_tokens = usage
-            exchange.finish_reason = exchange.finish_reason or state.finish_reason
+            # The running totals vLLM sent before the abort, summed over choices and prompts.
+            self._take_stream_usage(exchange, state)
         exchange.recorded = True
         elapsed_s = time.perf_counter() - exchange.t0
         started_at = datetime.fromtimestamp(exchange.started_unix, UTC)
@@ -465,7 +591,7 @@ class Relay:
         )
         try:
             self.recorder.record(row)
-        except OSError:
+        except Exception:  # noqa: BLE001 - the client still gets its answer; the log says which row
             log.exception("usage row for %s could not be spooled", exchange.request_id)
         if self.router.route(model) is None:
             # A model name is the client's input: unknown ones share one label, so that no
@@ -478,10 +604,39 @@ class Relay:
             metrics.prompt_tokens.inc(exchange.prompt_tokens)
         if exchange.completion_tokens:
             metrics.completion_tokens.inc(exchange.completion_tokens)
+        if exchange.prompt_tokens is None or exchange.completion_tokens is None:
+            metrics.unknown_usage.inc()
         if node is not None:
             metrics.upstream_latency.observe(elapsed_s)
         if exchange.ttft_s is not None:
             metrics.ttft.observe(exchange.ttft_s)
+
+    async def _last_resort(self, exchange: Exchange, send: Any, exc: Exception) -> None:
+        """Any exception on a request: an OpenAI-shaped error (502 if the engine's answer caused
+        it, else 500), an error event if a stream had begun, a cut connection if a non-streamed
+        body had; a row with the error; a metric. Never a bare 500 or a silent end."""
+        engine = isinstance(exc, EngineFault) or exchange.engine_answered
+        status, code, side = (502, "engine_error", "engine") if engine else (500, "gateway_error", "gateway")
+        if isinstance(exc, EngineFault):
+            log.warning("request %s: the engine's answer could not be relayed: %s", exchange.request_id, exc)
+        else:  # our own code failed, on the engine's answer or before it: the traceback is needed
+            log.error("request %s failed in the gateway", exchange.request_id, exc_info=exc)
+        detail = str(exc)[:300] if isinstance(exc, EngineFault) else type(exc).__name__
+        message = f"the engine's answer cannot be relayed: {detail}" if engine else f"gateway error ({detail})"
+        self.metrics.failed(side)
+        exchange.status = status
+        exchange.error = exchange.error or message
+        self._record(exchange)
+        if exchange.response_complete:
+            return
+        exchange.response_complete = True
+        if exchange.raw_body_started:
+            return  # part of a JSON body is out: ending the response unfinished cuts the connection
+        try:
+            await self._send_error(send, GatewayError(status, message, code=code), exchange.request_id,
+                                   headers_sent=exchange.headers_sent)
+        except Exception:  # noqa: BLE001 - the client is gone; its row is written
+            exchange.aborted = True
 
     async def _send_error(self, send: Any, error: GatewayError, request_id: str, *, headers_sent: bool = False) -> None:
         if headers_sent:
@@ -495,6 +650,42 @@ class Relay:
         await send({"type": "http.response.body", "body": error.body(), "more_body": False})
 
 
+_DONE_EVENT = b"data: [DONE]\n\n"
+
+
+class _Utf8Check:
+    """JSON is UTF-8: an answer that is not is the engine's fault, found as it passes."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._decoder.decode(chunk)  # ASCII chunks are a quick pass; a split sequence carries over
+        except UnicodeDecodeError:
+            raise EngineFault("the engine's answer is not UTF-8") from None
+
+    def end(self) -> None:
+        try:
+            self._decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise EngineFault("the engine's answer ends inside a UTF-8 sequence") from None
+
+
+def _choices_per_prompt(body: bytes) -> int:
+    """The request's ``n`` (choices per prompt), for summing an aborted stream's choices.
+
+    Read only when the body holds the bytes ``"n"``: most requests do not, and so are not
+    decoded a second time (``parse_request`` does not keep ``n``)."""
+    try:
+        n = json.loads(body).get("n")
+    except (ValueError, RecursionError, AttributeError):
+        return 1
+    return n if type(n) is int and n >= 1 else 1
+
+
 class _Reroute(Exception):
     """The chosen node could not be reached before any answer: try the request elsewhere once."""
 
@@ -504,16 +695,3 @@ async def _wait_for_disconnect(receive: Any) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
-
-
-def _take_usage_from_body(exchange: Exchange, payload: bytes) -> None:
-    try:
-        data = json.loads(payload)
-        usage = data.get("usage") or {}
-        exchange.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        exchange.completion_tokens = int(usage.get("completion_tokens") or 0)
-        choices = data.get("choices") or []
-        if choices and isinstance(choices[0], dict):
-            exchange.finish_reason = choices[0].get("finish_reason")
-    except (ValueError, TypeError, AttributeError):
-        exchange.error = "engine answered 200 with a body that is not a completion"

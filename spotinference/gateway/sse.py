@@ -11,7 +11,14 @@ sent for the options *it* gave (tests/engines/VLLM_WIRE_FORMAT.md has the captur
   for ``include_usage``; vLLM puts ``system_fingerprint`` on whichever chunk is last, so it moves
   onto the finish chunk, which is held back until the next event shows whether it is the last.
 
-Only the final usage object is ever JSON-decoded, once, when the stream ends.
+vLLM's running usage is per choice: with ``n`` > 1, or several prompts on ``/v1/completions``
+(choice ``index`` = prompt_index * n + i), each chunk carries the totals of *its* choice only.
+So the last usage bytes are kept per choice index (read with two byte searches at the chunk's
+head, never by decoding it), and an aborted stream is billed the sum over choices, each prompt's
+tokens once, as vLLM's own final usage counts them.
+
+Usage objects are JSON-decoded only when the stream ends, and checked then (``parse_usage``): an
+engine that sends ``1e400``, a negative or a string count is an engine fault, not a bill.
 """
 
 from __future__ import annotations
@@ -20,13 +27,51 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from .errors import EngineFault
+
 EVENT_END = b"\n\n"
 DONE = b"data: [DONE]"
 _USAGE = b',"usage":'
-_EMPTY_CHOICES = b'"choices":[]'
 _FINISH = b'"finish_reason":"'
 _FINGERPRINT = b',"system_fingerprint":'
 _ZERO_COMPLETION = re.compile(rb'"completion_tokens":0[,}]')
+_CHOICES = b'"choices":['
+_INDEX = b'{"index":'
+# No request has this many tokens; a count past it is a broken or hostile engine, not a bill.
+MAX_TOKENS = 2**31 - 1
+# Distinct choice indexes kept per stream (vLLM's own n limit is 16384, times the prompts): past
+# it an engine is inventing choices, and keeping each one's usage would grow without bound.
+MAX_CHOICES = 65536
+# One event's bytes held while it arrives in pieces; past this the engine is not sending SSE.
+MAX_EVENT_BYTES = 64 * 1024 * 1024
+_BRACE = re.compile(rb"[{}]")
+
+
+class UsageError(EngineFault, ValueError):
+    """The engine's usage object cannot be billed (not JSON, not counts, absurd counts)."""
+
+
+class StreamFormatError(EngineFault, ValueError):
+    """The engine's stream broke a rule the relay relies on (e.g. bytes that are not UTF-8)."""
+
+
+def parse_usage(raw: bytes) -> tuple[int, int]:
+    """(prompt_tokens, completion_tokens) from a usage object's bytes, or UsageError."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise UsageError(f"usage is not JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"usage is a {type(data).__name__}, not an object")
+    return _count(data, "prompt_tokens"), _count(data, "completion_tokens")
+
+
+def _count(usage: dict, key: str) -> int:
+    value = usage.get(key)
+    if type(value) is not int or not 0 <= value <= MAX_TOKENS:
+        shown = repr(value)[:40]
+        raise UsageError(f"usage.{key} is {shown}: expected a whole number from 0 to {MAX_TOKENS}")
+    return value
 
 
 @dataclass
@@ -35,41 +80,65 @@ class StreamState:
 
     client_include_usage: bool
     client_continuous_usage: bool
-    last_usage: bytes | None = None
+    choices_per_prompt: int = 1  # the request's n: choice index // n is the prompt's index
+    one_choice: bool = False  # a chat request with n=1: no choice index to read per chunk
+    final_usage: bytes | None = None  # vLLM's usage-only chunk: the whole request's totals
     finish_reason: str | None = None
     first_token_seen: bool = False
     done: bool = False
     events: int = 0
-    _pending: bytes = field(default=b"", repr=False)
+    _pending: list[bytes] = field(default_factory=list, repr=False)  # the pieces of an unfinished event
+    _pending_bytes: int = field(default=0, repr=False)
     _held: bytes | None = field(default=None, repr=False)
     _rewrite: bool = field(default=True, init=False, repr=False)
+    _running: dict[int, bytes] = field(default_factory=dict, init=False, repr=False)  # choice -> its last usage
 
     def __post_init__(self) -> None:
         # The client asked for exactly what the gateway asks vLLM for: its bytes pass unchanged.
         self._rewrite = not (self.client_include_usage and self.client_continuous_usage)
 
     def usage(self) -> tuple[int, int] | None:
-        """(prompt_tokens, completion_tokens) from the last usage seen, if any."""
-        if self.last_usage is None:
+        """(prompt_tokens, completion_tokens): vLLM's final usage if it came, else the running
+        totals summed over choices; None if no usage was seen. Raises UsageError."""
+        if self.final_usage is not None:
+            return parse_usage(self.final_usage)
+        return self.running_usage()
+
+    def running_usage(self) -> tuple[int, int] | None:
+        """The per-choice running totals summed: completion tokens over every choice, prompt
+        tokens once per prompt (vLLM repeats a prompt's count on each of its n choices)."""
+        if not self._running:
             return None
-        try:
-            data = json.loads(self.last_usage)
-            return int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0)
-        except (ValueError, TypeError, AttributeError):
-            return None
+        n = max(self.choices_per_prompt, 1)
+        prompts: dict[int, int] = {}
+        completion = 0
+        for index, raw in self._running.items():
+            prompt_tokens, completion_tokens = parse_usage(raw)
+            completion += completion_tokens
+            prompts.setdefault(index // n, prompt_tokens)
+        return sum(prompts.values()), completion
+
+    @property
+    def choices_seen(self) -> int:
+        return len(self._running)
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         """Take bytes from upstream; return (bytes to send the client now, first token among them)."""
-        if self._pending:
-            data = self._pending + data
+        pending = self._pending
+        if pending:
+            if data.find(EVENT_END) < 0 and not (data[:1] == b"\n" and pending[-1][-1:] == b"\n"):
+                self._keep(data)  # still inside one long event: joined once, when it ends
+                return b"", False
+            pending.append(data)
+            data = b"".join(pending)
+            pending.clear()
+            self._pending_bytes = 0
         end = data.rfind(EVENT_END) + 2
         if end < 2:
-            self._pending = data
+            self._keep(data)
             return b"", False
-        if end == len(data):
-            self._pending = b""
-        else:
-            self._pending = data[end:]
+        if end != len(data):
+            self._keep(data[end:])
             data = data[:end]
         first_before = self.first_token_seen
         # This runs for every chunk of every stream: the usual read is one whole event, handled
@@ -80,31 +149,60 @@ class StreamState:
             out = b"".join([self._event(event) for event in data.split(EVENT_END) if event])
         return (out if self._rewrite else data), (self.first_token_seen and not first_before)
 
+    def _keep(self, piece: bytes) -> None:
+        self._pending.append(piece)
+        self._pending_bytes += len(piece)
+        if self._pending_bytes > MAX_EVENT_BYTES:
+            raise StreamFormatError(f"the engine sent an event longer than {MAX_EVENT_BYTES} bytes")
+
     def _event(self, event: bytes) -> bytes:
         """Learn from one event (without its blank line); return what the client gets for it."""
         self.events += 1
         if event == DONE:
             self.done = True
             return self._release_held() + DONE + EVENT_END
+        if not event.isascii():  # vLLM sends non-ASCII text as raw UTF-8; anything else is broken
+            try:
+                event.decode()
+            except UnicodeDecodeError as exc:
+                raise StreamFormatError(f"the engine's stream is not UTF-8 (byte {exc.start} of an event)") from None
         cut = event.rfind(_USAGE)
+        final = False
         if cut >= 0:
             begin = cut + len(_USAGE)
             usage_end = event.find(b"}", begin)
             if usage_end < 0 or event.find(b"{", begin + 1, usage_end) >= 0:  # nested (token details)
                 usage_end = _object_end(event, begin)
-            self.last_usage = event[begin : usage_end + 1]
-            if not self.first_token_seen and not _ZERO_COMPLETION.search(self.last_usage):
+            usage = event[begin : usage_end + 1]
+            at = event.find(_CHOICES)  # near the start: after id, object, created, model
+            at = at + len(_CHOICES) if at >= 0 else len(event)
+            final = event[at : at + 1] == b"]"  # vLLM's usage-only chunk: "choices":[]
+            if final:
+                self.final_usage = usage
+            elif self.one_choice:
+                self._running[0] = usage
+            else:
+                index = 0
+                if event.startswith(_INDEX, at):
+                    digits = event[at + len(_INDEX) : event.find(b",", at + len(_INDEX), at + 20)]
+                    index = int(digits) if digits.isdigit() else 0
+                running = self._running
+                if index not in running and len(running) >= MAX_CHOICES:
+                    raise StreamFormatError(f"the engine's stream has more than {MAX_CHOICES} choices")
+                running[index] = usage
+            if not self.first_token_seen and not final and not _ZERO_COMPLETION.search(usage):
                 self.first_token_seen = True
         elif not self.first_token_seen and _carries_token(event):
             self.first_token_seen = True
         finish_at = event.find(_FINISH)
         if finish_at >= 0 and self.finish_reason is None:
             start = finish_at + len(_FINISH)
-            self.finish_reason = event[start : event.find(b'"', start)].decode()
+            end = event.find(b'"', start, start + 64)
+            self.finish_reason = event[start:end].decode() if end > start else None
         if not self._rewrite:
             return b""  # the caller passes the bytes through as they came
         if cut >= 0:
-            if _EMPTY_CHOICES in event:
+            if final:
                 if self.client_include_usage:
                     return self._release_held() + event + EVENT_END  # the final usage chunk the client asked for
                 return self._release_held(fingerprint_from=event)
@@ -132,11 +230,14 @@ class StreamState:
 
 
 def _object_end(data: bytes, start: int) -> int:
-    """Index of the ``}`` closing the JSON object that opens at ``start``."""
-    end = data.find(b"}", start)
-    while end >= 0 and data.count(b"{", start, end + 1) > data.count(b"}", start, end + 1):
-        end = data.find(b"}", end + 1)
-    return end if end >= 0 else len(data) - 1
+    """Index of the ``}`` closing the JSON object that opens at ``start`` (one pass: an engine's
+    deeply nested object must not cost a scan per level)."""
+    depth = 0
+    for brace in _BRACE.finditer(data, start):
+        depth += 1 if brace[0] == b"{" else -1
+        if depth == 0:
+            return brace.start()
+    return len(data) - 1
 
 
 def _carries_token(event: bytes) -> bool:

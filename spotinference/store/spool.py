@@ -38,6 +38,13 @@ def _unsupported(value: Any) -> Any:
 _encode = msgspec.json.Encoder(enc_hook=_unsupported).encode
 
 
+def _printable(value: Any) -> Any:
+    """A string UTF-8 cannot hold, with each such code point written as ``\\udXXX`` text."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def new_writer_id() -> str:
     host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:20] or "host"
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -72,8 +79,15 @@ class SpoolWriter:
         spool_dir.mkdir(parents=True, exist_ok=True)
 
     def append(self, row: Mapping[str, Any]) -> None:
-        """Record one row. When this returns, the row survives the death of this process."""
-        line = _encode(row) + b"\n"
+        """Record one row. When this returns, the row survives the death of this process.
+
+        ``None`` is written as JSON null (an unknown value, never a 0). A string that is not
+        valid Unicode (a lone surrogate from a client's JSON ``"\\ud800"``) is written with the
+        offending code points escaped, so the row is kept rather than lost."""
+        try:
+            line = _encode(row) + b"\n"
+        except UnicodeEncodeError:
+            line = _encode({k: _printable(v) for k, v in row.items()}) + b"\n"
         with self._lock:
             if self._fd is None or self._due():
                 self._rotate_locked()
