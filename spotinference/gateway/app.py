@@ -21,7 +21,7 @@ from ..store import Store
 from .errors import GatewayError, error_body
 from .metrics import GatewayMetrics
 from .relay import Relay
-from .requests import CHAT, COMPLETIONS
+from .requests import CHAT, COMPLETIONS, bearer_credentials, header
 from .routing import Router
 from .usage import UsageRecorder
 
@@ -65,6 +65,22 @@ class GatewayApp:
         await self.litestar(scope, receive, send)
 
 
+class ClientRelay(Relay):
+    """The relay with the client-side checks owned here (``requests.py``): the key is read from
+    ``Authorization`` with the scheme case-insensitive and spaces allowed, as RFC 9110 says."""
+
+    def authenticate(self, scope: dict[str, Any]) -> str | None:
+        if self.keys is None:
+            return None
+        key = bearer_credentials(header(scope, b"authorization"))
+        if key is None:
+            raise GatewayError(401, "missing API key: send 'Authorization: Bearer sk-spot-...'", code="invalid_api_key")
+        key_id = self.keys.key_id_for(key)
+        if key_id is None:
+            raise GatewayError(401, "incorrect or revoked API key", code="invalid_api_key")
+        return key_id
+
+
 def create_app(
     store: Store, router: Router, options: GatewayOptions, runtime: FleetRuntime | None = None,
     gate: BudgetGate | None = None,
@@ -77,7 +93,7 @@ def create_app(
     keys = KeyRing(store) if options.require_keys else None
     writer = store.spool_writer("requests")
     recorder = UsageRecorder(writer)
-    relay = Relay(
+    relay = ClientRelay(
         router, keys, recorder, metrics,
         max_body_bytes=options.max_body_bytes, connect_timeout_s=options.connect_timeout_s,
         keepalive_s=options.keepalive_s,
