@@ -9,21 +9,24 @@ from __future__ import annotations
 import gc
 import json
 import os
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..config import Settings, load_settings
 from ..store import Store
 from .app import GatewayApp, create_app, options_from_settings
+from .operator import operator_token, token_path
 from .routing import build_router
 
 SPEC_ENV = "SPOT_GATEWAY_SPEC"
 
 # How uvicorn runs the relay (the benchmark's ASGI floor, tests/benchmarks/asgi_relay.py, uses the
-# same, so that only the app differs between the two).
+# same, so that only the app differs between the two). The protocol is uvicorn's httptools one
+# with bounds on what a client can make it hold before any auth (http_limits.py).
 UVICORN_HOT_PATH: dict[str, object] = {
     "loop": "uvloop",
-    "http": "httptools",
+    "http": "spotinference.gateway.http_limits:LimitedHttpToolsProtocol",
     "access_log": False,  # the usage log is the access log; per-request logging costs latency
     # Nothing reads the client's address, so uvicorn's X-Forwarded-For middleware would only add
     # a layer to every request (6% of the gateway's samples at 64 streams, inclusive).
@@ -66,6 +69,12 @@ def startup_notes(settings: Settings, spec: GatewaySpec) -> list[str]:
             "fleet tiers: " + ", ".join(sorted(settings.tiers))
             + " (a request for a sleeping tier is held while the tier wakes; idle tiers hibernate)"
         )
+    gateway = settings.gateway
+    if gateway.operator_port is not None:
+        notes.append(f"operator endpoints (/metrics, /health detail) without a token on "
+                     f"{gateway.operator_host}:{gateway.operator_port}")
+    if gateway.operator_token is None:
+        notes.append(f"operator token for /metrics and /health detail: in {token_path(settings)} (never printed)")
     return notes
 
 
@@ -97,14 +106,44 @@ def app_from_environment() -> GatewayApp:
 
 def serve(spec: GatewaySpec) -> None:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     os.environ[SPEC_ENV] = json.dumps(asdict(spec))
-    uvicorn.run(
+    settings, _ = load_settings(Path(spec.config_path) if spec.config_path else None)
+    gateway = settings.gateway
+    operator_token(settings, create=True)  # before any worker starts, so that all read one token
+    config = uvicorn.Config(
         "spotinference.gateway.server:app_from_environment",
         factory=True,
         host=spec.host,
         port=spec.port,
         workers=spec.workers if spec.workers > 1 else None,
         timeout_graceful_shutdown=30,
-        **UVICORN_HOT_PATH,
+        timeout_keep_alive=gateway.client_keepalive_timeout_s,
+        **UVICORN_HOT_PATH,  # type: ignore[arg-type]
     )
+    server = uvicorn.Server(config)
+    sockets = [config.bind_socket()]
+    if gateway.operator_port is not None:
+        if gateway.operator_port == spec.port:
+            raise SystemExit(f"gateway.operator_port ({gateway.operator_port}) must differ from the API port")
+        sockets.append(_bind(gateway.operator_host, gateway.operator_port))
+    try:
+        if config.workers > 1:
+            Multiprocess(config, sockets=sockets).run()
+        else:
+            server.run(sockets=sockets)
+    except KeyboardInterrupt:
+        pass
+    if config.workers == 1 and not server.started:
+        raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the app could not start
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket for the operator listener, bound the way uvicorn binds its own."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
