@@ -31,7 +31,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import error_body
 
-CLOSE_GRACE_S = 1.0  # after an error reply, read and drop for this long so the client sees the reply
+# After an error reply the connection is read and dropped for this long, or this many bytes, so
+# that the client reads the reply instead of a reset; then closed.
+CLOSE_GRACE_S = 1.0
+CLOSE_GRACE_BYTES = 256 * 1024
 RETRY_AFTER_S = 1
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
@@ -68,6 +71,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = True
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False  # an error reply went out: what follows is read and dropped
+        self._grace_bytes = CLOSE_GRACE_BYTES
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -85,6 +89,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
+            self._grace_bytes -= len(data)
+            if self._grace_bytes < 0:
+                self.transport.close()
             return
         if not self._reading_head:
             super().data_received(data)
