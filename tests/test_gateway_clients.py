@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from spotinference.keys import create_key
 from spotinference.store import Store
-from tests.servers import start_gateway
+from tests.servers import dechunk, start_gateway
 
 MODEL = "tiny-chat"
 CHAT = "/v1/chat/completions"
@@ -132,9 +132,9 @@ _bodies = (
 _header_values = st.binary(max_size=40).map(lambda b: bytes(c for c in b if c not in b"\r\n\x00"))
 
 
-def _raw_request(url: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+def _raw_request(url: str, method: bytes, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
     host, port = url.removeprefix("http://").split(":")
-    head = b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    head = method + b" " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
     head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
     head += b"Content-Length: %d\r\n\r\n" % len(body)
     with socket.create_connection((host, int(port)), timeout=30) as sock:
@@ -145,25 +145,37 @@ def _raw_request(url: str, path: str, headers: list[tuple[bytes, bytes]], body: 
     return b"".join(chunks)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# What a 5xx from the gateway may be: the engine's failure or no engine, never the gateway's own.
+ENGINE_SIDE_CODES = {"engine_error", "engine_unreachable", "engine_timeout", "no_serving_node"}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=_bodies, auth=st.sampled_from(["key", "lower", "none", "junk"]),
-       extra=st.lists(st.tuples(st.sampled_from([b"x-a", b"content-type", b"accept", b"authorization", b"expect"]),
-                                _header_values), max_size=3),
-       path=st.sampled_from([CHAT, "/v1/completions"]))
-def test_random_bodies_and_headers_never_get_a_500_and_the_gateway_keeps_serving(gateway, body, auth, extra, path) -> None:
+       extra=st.lists(st.tuples(st.sampled_from([b"x-a", b"content-type", b"accept", b"authorization", b"expect",
+                                                 b"transfer-encoding", b"x-request-id"]), _header_values), max_size=3),
+       method=st.sampled_from([b"POST", b"POST", b"POST", b"GET", b"PUT"]),
+       path=st.sampled_from([CHAT, CHAT, "/v1/completions", "/v1/models", "/health", "/metrics", "/v1/../v1/chat/completions"]))
+def test_random_bodies_and_headers_never_get_a_500_and_the_gateway_keeps_serving(
+    gateway, body, auth, extra, method, path,
+) -> None:
     url, key, _ = gateway
     headers = {"key": [(b"Authorization", f"Bearer {key}".encode())],
                "lower": [(b"authorization", f"bearer {key}".encode())],
                "none": [], "junk": [(b"Authorization", b"Bearer \xff\xfe junk")]}[auth]
     headers += [(n, v) for n, v in extra if not (n == b"expect" and v.strip().lower() == b"100-continue")]
-    reply = _raw_request(url, path, headers, body)
-    status_line = reply.split(b"\r\n", 1)[0]
+    reply = _raw_request(url, method, path, headers, body)
     assert reply, "empty reply"
-    status = int(status_line.split()[1])
-    assert status < 500 or status == 503 or b"engine" in reply, reply[:500]
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    status = int(head.split(b"\r\n", 1)[0].split()[1])
+    assert status != 500, reply[:500]
     if status >= 400:
-        head, _, rest = reply.partition(b"\r\n\r\n")
         assert b"application/json" in head.lower(), reply[:500]
+        if b"transfer-encoding: chunked" in head.lower():
+            payload = dechunk(payload)
+        error = json.loads(payload)["error"]
+        assert set(error) == {"message", "type", "param", "code"}, error
+        if status >= 500:
+            assert error["code"] in ENGINE_SIDE_CODES, error
 
 
 def test_after_the_random_clients_the_gateway_still_serves(gateway) -> None:
