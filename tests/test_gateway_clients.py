@@ -178,6 +178,29 @@ def test_random_bodies_and_headers_never_get_a_500_and_the_gateway_keeps_serving
             assert error["code"] in ENGINE_SIDE_CODES, error
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0, 1), stream=st.booleans(), wait_s=st.sampled_from([0, 0, 0.05, 0.3]))
+def test_a_client_that_hangs_up_at_a_random_point_leaves_the_gateway_serving(gateway, cut, stream, wait_s) -> None:
+    """The request is cut anywhere (in the request line, the headers, the body, or after it while
+    the answer streams) and the connection closed."""
+    url, key, _ = gateway
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30,
+                       "stream": stream}).encode()
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (key.encode(), len(body), body))
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request[: max(1, int(len(request) * cut))])
+        if wait_s:
+            sock.settimeout(wait_s)
+            try:
+                sock.recv(1024)
+            except TimeoutError:
+                pass
+    reply = httpx.get(f"{url}/health", timeout=10)
+    assert reply.status_code == 200 and reply.json() == {"status": "ok"}
+
+
 def test_after_the_random_clients_the_gateway_still_serves(gateway) -> None:
     url, key, server = gateway
     still_serving(url, key)
