@@ -71,6 +71,25 @@ def test_request_headers_past_the_limit_without_a_key_are_431_and_closed(gateway
     assert closed
 
 
+@pytest.mark.parametrize("size", [64 * 1024 + 1, 70_000, 200_000])
+def test_a_whole_head_past_the_limit_in_one_write_is_431(gateway, size: int) -> None:
+    url, _, _ = gateway
+    head = HEAD + b"X-Pad: " + b"p" * size + b"\r\nContent-Length: 0\r\n\r\n"
+    with connect(url) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        sock.sendall(head)
+        reply, closed = read_reply(sock)
+    status, error = status_and_error(reply)
+    assert status == 431 and error["code"] == "request_header_fields_too_large"
+    assert closed
+
+
+def test_a_head_just_under_the_limit_is_served(gateway) -> None:
+    url, key, _ = gateway
+    response = httpx.get(f"{url}/health", headers={"X-Pad": "p" * (60 * 1024)}, timeout=10)
+    assert response.status_code == 200
+
+
 def test_many_small_headers_past_the_limit_are_431(gateway) -> None:
     url, _, _ = gateway
     with connect(url) as sock:

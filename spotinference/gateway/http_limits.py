@@ -111,6 +111,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        if self._head_bytes > self._max_head_bytes and self._head_size() > self._max_head_bytes:
+            # The whole head came in the read that completed it (what was read may include body
+            # bytes, hence the exact count, paid only here). The connection's requests get 431.
+            self.app = _head_too_large
         self._head_bytes = 0
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -120,6 +124,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._reading_head = True  # the next bytes on this connection are the next request's head
+
+    def _head_size(self) -> int:
+        """The head's bytes as parsed: request target, names and values, and their separators."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     # -- refusals ----------------------------------------------------------------------------------
 
@@ -154,6 +162,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(CLOSE_GRACE_S, self.transport.close)
+
+
+async def _head_too_large(scope: Any, receive: Any, send: Any) -> None:
+    """The app a request whose head arrived whole but past ``max_header_bytes`` gets: 431, close."""
+    body = error_body(431, "request headers are larger than the gateway's limit (gateway.max_header_bytes)",
+                      code="request_header_fields_too_large")
+    await send({"type": "http.response.start", "status": 431, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 _OVER_LIMIT_BODY = error_body(503, "the gateway has too many open connections (gateway.max_connections); retry shortly",
