@@ -82,12 +82,15 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number (RFC 8259); send a finite number or null")
 
 
+# One decoder for every request: json.loads with any option builds a new one per call (~4 us).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _first_lone_surrogate(payload: Any) -> str | None:
     """The path of the first string (key or value) holding a lone surrogate, walked without
-    recursion. Only an escape (``\\ud800``) can carry one: raw surrogate bytes are invalid UTF-8."""
+    recursion. Only an escape (``\\ud800``) can carry one: the body is decoded strictly, so raw
+    surrogate bytes are already refused as invalid UTF-8."""
     stack: list[tuple[str, Any]] = [("", payload)]
     while stack:
         where, value = stack.pop()
@@ -122,7 +125,8 @@ def parse_request(endpoint: str, body: bytes) -> ClientRequest:
 
 def _parse(endpoint: str, body: bytes) -> ClientRequest:
     try:
-        payload = json.loads(body, parse_constant=_no_constant)
+        # Decoded strictly: json.loads would let UTF-8-encoded surrogates through ("surrogatepass").
+        payload = _DECODER.decode(body.decode(json.detect_encoding(body)))
     except (ValueError, UnicodeDecodeError) as exc:
         raise GatewayError(400, f"request body is not valid JSON: {_ascii(exc)}", code="invalid_json") from None
     if b"\\u" in body and _SURROGATE_ESCAPE.search(body) is not None:  # memchr-fast when absent
