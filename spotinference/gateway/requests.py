@@ -134,7 +134,8 @@ def parse_request(endpoint: str, body: bytes) -> ClientRequest:
 def _parse(endpoint: str, body: bytes) -> ClientRequest:
     try:
         # Decoded strictly: json.loads would let UTF-8-encoded surrogates through ("surrogatepass").
-        payload = _DECODER.decode(body.decode(json.detect_encoding(body)))
+        utf8 = body[:1] == b"{" and body[1:2] != b"\x00"  # what SDKs send; else UTF-16/32 or a BOM
+        payload = _DECODER.decode(body.decode("utf-8" if utf8 else json.detect_encoding(body)))
     except (ValueError, UnicodeDecodeError) as exc:
         raise GatewayError(400, f"request body is not valid JSON: {_ascii(exc)}", code="invalid_json") from None
     if b"\\u" in body and _SURROGATE_ESCAPE.search(body) is not None:  # memchr-fast when absent
