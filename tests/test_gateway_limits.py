@@ -18,7 +18,7 @@ import pytest
 
 from spotinference.keys import create_key
 from spotinference.store import Store
-from tests.servers import free_port, start_gateway
+from tests.servers import SPOT, ServerProcess, clean_env, free_port, start_gateway
 
 MODEL = "tiny-chat"
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
@@ -202,6 +202,31 @@ def test_past_max_connections_a_request_gets_503_and_a_freed_slot_serves_again(s
         response = httpx.post(f"{url}/v1/chat/completions", content=body,
                               headers={"Authorization": f"Bearer {key}"}, timeout=30)
         assert response.status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+
+
+def test_past_max_connections_under_a_low_open_files_limit_a_request_still_gets_the_503(sim_engine: str, tmp_path: Path) -> None:
+    """Started with a soft limit of 64 open files (as under some shells and units), the gateway
+    raises it for max_connections, so connection 61 of 60 idle ones still gets its answer."""
+    home = tmp_path / "gw"
+    port = free_port()
+    env = clean_env(home, SPOT_GATEWAY__MAX_CONNECTIONS="40")
+    command = ["sh", "-c", f'ulimit -Sn 64 && exec "$0" serve --port {port} --upstream {MODEL}={sim_engine}', str(SPOT)]
+    server = ServerProcess(command, env=env, log_path=home / "gateway.log",
+                           health_url=f"http://127.0.0.1:{port}/health").start()
+    url = f"http://127.0.0.1:{port}"
+    held = []
+    try:
+        held = [connect(url) for _ in range(60)]
+        time.sleep(0.5)
+        with connect(url) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: g\r\n\r\n")
+            reply, closed = read_reply(sock, timeout_s=5)
+        status, error = status_and_error(reply)
+        assert status == 503 and error["code"] == "too_many_connections" and closed
     finally:
         for sock in held:
             sock.close()

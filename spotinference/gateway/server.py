@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import resource
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,6 +71,12 @@ def startup_notes(settings: Settings, spec: GatewaySpec) -> list[str]:
             + " (a request for a sleeping tier is held while the tier wakes; idle tiers hibernate)"
         )
     gateway = settings.gateway
+    needed = open_files_needed(gateway.max_connections)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        notes.append(f"WARNING: gateway.max_connections = {gateway.max_connections} needs ~{needed} open files, but "
+                     f"this process may open only {hard} (ulimit -Hn): past that, new connections fail before "
+                     "the gateway can answer 503. Raise the limit (systemd: LimitNOFILE) or lower max_connections.")
     if gateway.operator_port is not None:
         notes.append(f"operator endpoints (/metrics, /health detail) without a token on "
                      f"{gateway.operator_host}:{gateway.operator_port}")
@@ -112,6 +119,7 @@ def serve(spec: GatewaySpec) -> None:
     settings, _ = load_settings(Path(spec.config_path) if spec.config_path else None)
     gateway = settings.gateway
     operator_token(settings, create=True)  # before any worker starts, so that all read one token
+    raise_open_files_limit(open_files_needed(gateway.max_connections))  # workers inherit it
     config = uvicorn.Config(
         "spotinference.gateway.server:app_from_environment",
         factory=True,
@@ -137,6 +145,23 @@ def serve(spec: GatewaySpec) -> None:
         pass
     if config.workers == 1 and not server.started:
         raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the app could not start
+
+
+def open_files_needed(max_connections: int) -> int:
+    """File descriptors for max_connections clients, an engine connection each, and the rest
+    (listeners, the spool, DuckDB, the flush process's pipes)."""
+    return 2 * max_connections + 256
+
+
+def raise_open_files_limit(needed: int) -> None:
+    """Raise the soft RLIMIT_NOFILE towards ``needed`` (within the hard limit): a soft limit of
+    1024, common under systemd and shells, would otherwise fail accept() below max_connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _bind(host: str, port: int) -> socket.socket:
