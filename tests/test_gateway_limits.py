@@ -197,6 +197,11 @@ def test_past_max_connections_a_request_gets_503_and_a_freed_slot_serves_again(s
         status, error = status_and_error(reply)
         assert status == 503 and error["code"] == "too_many_connections"
         assert b"retry-after: 1" in reply.lower() and closed
+        # One that sends nothing while the gateway is full is let go well before header_timeout_s
+        # (10 s here): its file descriptor is not held for nothing.
+        with connect(url) as sock:
+            reply, closed = read_reply(sock, timeout_s=8)
+        assert closed and status_and_error(reply)[0] == 408
         held.pop().close()
         time.sleep(0.3)
         response = httpx.post(f"{url}/v1/chat/completions", content=body,

@@ -13,8 +13,8 @@ in plain text (``limit_concurrency``). This subclass adds, per connection:
   the end of its head): past it, 408 and close. Idle keep-alive connections are uvicorn's
   ``timeout_keep_alive``;
 - open connections (``max_connections``): a connection past it is still read (within the two
-  limits above), then its request is answered 503 + Retry-After with ``connection: close``,
-  OpenAI-shaped, so SDKs back off and retry rather than seeing a reset;
+  limits above, its head time cut to 1 s), then its request is answered 503 + Retry-After with
+  ``connection: close``, OpenAI-shaped, so SDKs back off and retry rather than seeing a reset;
 - the parser's own 400s ("Invalid HTTP request") as OpenAI-shaped JSON.
 
 Per request this costs a timer armed and cancelled (``call_later``: ~1 us) and one attribute
@@ -36,6 +36,7 @@ from .errors import error_body
 CLOSE_GRACE_S = 1.0
 CLOSE_GRACE_BYTES = 256 * 1024
 RETRY_AFTER_S = 1
+OVER_LIMIT_HEAD_TIMEOUT_S = 1.0  # the head time allowed to a connection past max_connections
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -79,6 +80,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self._max_connections:
             self.app = _over_connection_limit  # this connection's requests: 503, then close
+            # A client sends its request as soon as it connects; one that does not, while the
+            # gateway is full, holds a file descriptor for nothing.
+            self._head_timeout_s = min(self._head_timeout_s, OVER_LIMIT_HEAD_TIMEOUT_S)
         self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
