@@ -50,8 +50,21 @@ class ClientLimits:
     max_connections: int = 1024
 
 
+_last: tuple[Any, ClientLimits] | None = None  # (app, its limits): one app per server process
+
+
 def limits_of(app: Any) -> ClientLimits:
-    """The limits the app carries (``GatewayApp.client_limits``), looking through wrappers."""
+    """The limits the app carries (``GatewayApp.client_limits``), looking through wrappers;
+    looked up once per app, not per connection."""
+    global _last
+    if _last is not None and _last[0] is app:
+        return _last[1]
+    limits = _find_limits(app)
+    _last = (app, limits)
+    return limits
+
+
+def _find_limits(app: Any) -> ClientLimits:
     for _ in range(4):
         limits = getattr(app, "client_limits", None)
         if isinstance(limits, ClientLimits):
