@@ -18,7 +18,7 @@ import pytest
 
 from spotinference.keys import create_key
 from spotinference.store import Store
-from tests.servers import SPOT, ServerProcess, clean_env, free_port, start_gateway
+from tests.servers import SPOT, ServerProcess, clean_env, dechunk, free_port, start_gateway
 
 MODEL = "tiny-chat"
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
@@ -58,6 +58,8 @@ def read_reply(sock: socket.socket, timeout_s: float = 10) -> tuple[bytes, bool]
 def status_and_error(reply: bytes) -> tuple[int, dict]:
     head, _, body = reply.partition(b"\r\n\r\n")
     assert b"application/json" in head.lower(), reply[:300]
+    if b"transfer-encoding: chunked" in head.lower():
+        body = dechunk(body)
     return int(head.split()[1]), json.loads(body)["error"]
 
 
@@ -127,6 +129,35 @@ def test_a_connection_that_sends_nothing_is_closed_at_the_header_time_limit(gate
         reply, closed = read_reply(sock, timeout_s=HEADER_TIMEOUT_S + 8)
     assert closed
     assert status_and_error(reply)[0] == 408
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 1000000\r\n", b"Transfer-Encoding: chunked\r\n"])
+def test_a_client_answered_before_its_body_cannot_keep_the_connection_by_trickling_it(gateway, framing: bytes) -> None:
+    """No key: the 401 goes out before the body is read. Trickling the body afterwards (a byte
+    every 0.3 s) must not keep the connection open."""
+    url, _, _ = gateway
+    with connect(url) as sock:
+        sock.sendall(HEAD + framing + b"\r\n" + (b"100\r\n" if b"chunked" in framing else b""))
+        sock.settimeout(0.3)
+        reply = b""
+        began = time.monotonic()
+        closed = False
+        while time.monotonic() - began < HEADER_TIMEOUT_S + 8:
+            try:
+                sock.sendall(b"x")
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if not data:
+                closed = True
+                break
+            reply += data
+    status, error = status_and_error(reply)
+    assert status == 401 and error["code"] == "invalid_api_key"
+    assert closed, "the connection is still open"
 
 
 def test_a_chunked_body_past_the_body_limit_is_413(gateway) -> None:

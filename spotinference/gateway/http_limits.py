@@ -146,6 +146,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """The head's bytes as parsed: request target, names and values, and their separators."""
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()
+        if cycle is not None and cycle.more_body and not self._refused:
+            # Answered before its body was read (401 without a key, 413, 404): uvicorn would
+            # keep reading and dropping the rest for as long as it trickles in, each byte
+            # re-arming nothing, so a client without a key could hold the connection forever.
+            self._unset_keepalive_if_required()
+            self._linger_then_close()
+
     # -- refusals ----------------------------------------------------------------------------------
 
     def send_400_response(self, msg: str) -> None:
@@ -176,6 +186,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
             % (status, _REASONS[status], len(body), body)
         )
+        self._linger_then_close()
+
+    def _linger_then_close(self) -> None:
+        """Shut the write side after the reply, drop what the client still sends (up to
+        CLOSE_GRACE_BYTES), and close after CLOSE_GRACE_S at most: the client reads the reply
+        instead of a reset, and cannot keep the connection."""
+        self._refused = True
+        if self.transport.is_closing():
+            return
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(CLOSE_GRACE_S, self.transport.close)
