@@ -160,6 +160,35 @@ def test_a_client_answered_before_its_body_cannot_keep_the_connection_by_trickli
     assert closed, "the connection is still open"
 
 
+def test_a_few_pipelined_requests_are_each_answered(gateway) -> None:
+    url, key, _ = gateway
+    with connect(url) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: g\r\n\r\n" * 5 + b"GET /health HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n")
+        reply, closed = read_reply(sock)
+    assert reply.count(b"HTTP/1.1 200 OK") == 6 and closed
+
+
+def test_thousands_of_pipelined_requests_never_read_back_close_the_connection(gateway) -> None:
+    """Without a key: uvicorn would queue every request of each read (~14,000 per 256 KB)."""
+    url, _, _ = gateway
+    request = b"GET /v1/models HTTP/1.1\r\nHost: g\r\n\r\n"
+    with connect(url) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sent, closed = 0, False
+        sock.settimeout(0.5)
+        began = time.monotonic()
+        while time.monotonic() - began < 10 and sent < 64 * 2**20:
+            try:
+                sent += sock.send(request * 2000)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+    assert closed, f"still open after {sent} bytes of pipelined requests"
+    assert httpx.get(f"{url}/health", timeout=10).json() == {"status": "ok"}
+
+
 def test_a_chunked_body_past_the_body_limit_is_413(gateway) -> None:
     url, key, _ = gateway
 

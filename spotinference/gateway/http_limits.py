@@ -15,6 +15,8 @@ in plain text (``limit_concurrency``). This subclass adds, per connection:
 - open connections (``max_connections``): a connection past it is still read (within the two
   limits above, its head time cut to 1 s), then its request is answered 503 + Retry-After with
   ``connection: close``, OpenAI-shaped, so SDKs back off and retry rather than seeing a reset;
+- pipelined requests (``MAX_PIPELINED``): more than 16 waiting behind the one being answered
+  close the connection (uvicorn queues every request of a read, unbounded);
 - the parser's own 400s ("Invalid HTTP request") as OpenAI-shaped JSON.
 
 Per request this costs a timer armed and cancelled (``call_later``: ~1 us) and one attribute
@@ -37,6 +39,7 @@ CLOSE_GRACE_S = 1.0
 CLOSE_GRACE_BYTES = 256 * 1024
 RETRY_AFTER_S = 1
 OVER_LIMIT_HEAD_TIMEOUT_S = 1.0  # the head time allowed to a connection past max_connections
+MAX_PIPELINED = 16  # requests waiting behind the one being answered on one connection
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -127,6 +130,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_too_slow)
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return  # the rest of a read that is being dropped: no request is started from it
+        if len(self.pipeline) >= MAX_PIPELINED:
+            # httptools parses a whole read at once: 256 KB of pipelined one-line requests, never
+            # read back, queued ~14,000 requests per connection (3 connections: +450 MB, /health
+            # 1.9 s). Those waiting are dropped and the connection closed.
+            self.pipeline.clear()
+            self._refused = True
+            self.transport.close()
+            return
         self._reading_head = False
         if self._head_bytes > self._max_head_bytes and self._head_size() > self._max_head_bytes:
             # The whole head came in the read that completed it (what was read may include body

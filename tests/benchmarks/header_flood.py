@@ -10,7 +10,9 @@ gateway.header_timeout_s 10 s), then:
    ``GET /health`` every 50 ms. Prints the gateway's RSS before and after (and its peak, sampled
    every 20 ms), what each flooding connection got back, and /health latency during the flood;
 2. slowloris: one connection sends a header byte every 2 s; prints when and how the gateway
-   closed it (the promise: at gateway.header_timeout_s, with a 408).
+   closed it (the promise: at gateway.header_timeout_s, with a 408);
+3. pipelined flood: ``--connections`` sockets each send small pipelined requests without a key
+   for 3 s and never read the answers; prints RSS before and after, and /health latency.
 
 Loopback only; everything it starts is stopped at the end.
 """
@@ -68,11 +70,12 @@ def flood(url: str, megabytes: int, result: dict) -> None:
 
 def probe_health(url: str, stop: threading.Event, latencies: list[float]) -> None:
     with httpx.Client(timeout=10) as client:
-        while not stop.is_set():
+        while True:  # at least one probe, however short the flood
             began = time.perf_counter()
             client.get(f"{url}/health")
             latencies.append((time.perf_counter() - began) * 1000)
-            time.sleep(0.05)
+            if stop.wait(0.05):
+                return
 
 
 def sample_rss(pid: int, stop: threading.Event, peak: list[float]) -> None:
@@ -101,6 +104,26 @@ def slowloris(url: str, limit_s: float) -> str:
                 return f"closed after {time.monotonic() - began:.1f} s, reply {status!r}"
             reply += data
         return f"STILL OPEN after {limit_s:.0f} s"
+
+
+def pipelined_flood(url: str, seconds: float, result: dict) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    requests = b"GET /v1/models HTTP/1.1\r\nHost: gateway\r\n\r\n" * 2000
+    sent = 0
+    outcome = f"still open after {seconds:.0f} s"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read: answers pile up
+        sock.settimeout(0.2)
+        began = time.monotonic()
+        while time.monotonic() - began < seconds:
+            try:
+                sent += sock.send(requests)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                outcome = f"gateway closed ({type(exc).__name__}) after {time.monotonic() - began:.2f} s"
+                break
+    result.update(sent_kb=sent / 1024, outcome=outcome)
 
 
 def main() -> None:
@@ -145,6 +168,24 @@ def main() -> None:
                 print(f"  /health during the flood: {len(ordered)} probes, p50 {statistics.median(ordered):.2f} ms, "
                       f"p95 {p95:.2f} ms, max {ordered[-1]:.2f} ms")
             print(f"slowloris (one header byte every 2 s): {slowloris(url, args.slow_seconds)}")
+            before = rss_mb(pid)
+            stop = threading.Event()
+            latencies = []
+            results = [{} for _ in range(args.connections)]
+            helpers = [threading.Thread(target=probe_health, args=(url, stop, latencies))]
+            flooders = [threading.Thread(target=pipelined_flood, args=(url, 3.0, results[i])) for i in range(args.connections)]
+            for thread in helpers + flooders:
+                thread.start()
+            for thread in flooders:
+                thread.join()
+            stop.set()
+            helpers[0].join()
+            print(f"pipelined flood: {args.connections} connections x 3 s of pipelined requests, no key, answers never read")
+            for i, r in enumerate(results):
+                print(f"  connection {i}: {r['outcome']}; {r['sent_kb']:.0f} KB sent")
+            ordered = sorted(latencies)
+            print(f"  gateway RSS: {before:.1f} MB before, {rss_mb(pid):.1f} MB after; /health during it: "
+                  f"p50 {statistics.median(ordered):.2f} ms, max {ordered[-1]:.2f} ms ({len(ordered)} probes)")
             print(f"  gateway RSS after: {rss_mb(pid):.1f} MB; still serving: "
                   f"{httpx.get(f'{url}/health', timeout=5).json()}")
         finally:
