@@ -74,6 +74,8 @@ def test_stale_billing_closes_the_gate_and_fresh_samples_reopen_it(cloud: Cloud,
         refused = ask(gateway)
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
         assert refused.json()["error"]["code"] == "billing_unobservable"
+        # Anyone's /health says the gate is closed, and nothing more (no figures, no models).
+        assert httpx.get(f"{gateway.url}/health", timeout=5).json() == {"status": "closed"}
         metrics = httpx.get(f"{gateway.url}/metrics", headers=operator_headers(gateway.home)).text
         assert 'spot_budget_gate_open{reason="billing_unobservable"} 0.0' in metrics
 
