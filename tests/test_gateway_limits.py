@@ -18,6 +18,7 @@ import pytest
 
 from spotinference.keys import create_key
 from spotinference.store import Store
+from tests.conftest import run_spot
 from tests.servers import SPOT, ServerProcess, clean_env, dechunk, free_port, start_gateway
 
 MODEL = "tiny-chat"
@@ -295,4 +296,22 @@ def test_past_max_connections_under_a_low_open_files_limit_a_request_still_gets_
     finally:
         for sock in held:
             sock.close()
+        server.stop()
+
+
+def test_spot_doctor_reads_the_detail_with_the_operator_token_and_says_so_without_it(sim_engine: str, tmp_path: Path) -> None:
+    home = tmp_path / "gw"
+    server, url = start_gateway(home, {MODEL: sim_engine})
+    try:
+        port = url.rsplit(":", 1)[1]
+        env = {"SPOT_HOME": str(home), "SPOT_GATEWAY__PORT": port,
+               "SPOT_PROVIDERS__SIM__BASE_URL": f"http://127.0.0.1:{free_port()}/v1"}
+        with_token = json.loads(run_spot("doctor", "--json", env=env).stdout)
+        gateway = next(c for c in with_token["checks"] if c["name"] == "gateway")
+        assert gateway["ok"] and not gateway["warning"] and MODEL in gateway["detail"]
+        wrong = json.loads(run_spot("doctor", "--json", env={**env, "SPOT_GATEWAY__OPERATOR_TOKEN": "not-it"}).stdout)
+        gateway = next(c for c in wrong["checks"] if c["name"] == "gateway")
+        assert gateway["ok"] and gateway["warning"] and "operator token" in gateway["detail"]
+        assert MODEL not in gateway["detail"]
+    finally:
         server.stop()
