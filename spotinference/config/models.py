@@ -80,6 +80,12 @@ class GatewaySettings(_Section):
     operator_port: Annotated[int, Field(ge=1, le=65535)] | None = None
 
     @model_validator(mode="after")
+    def _operator_port_is_its_own(self) -> GatewaySettings:
+        if self.operator_port is not None and self.operator_port == self.port:
+            raise ValueError(f"operator_port ({self.operator_port}) must differ from port: it is a second listener")
+        return self
+
+    @model_validator(mode="after")
     def _load_operator_token_file(self) -> GatewaySettings:
         if self.operator_token is None and self.operator_token_file is not None and self.operator_token_file.expanduser().exists():
             object.__setattr__(self, "operator_token", _read_secret_file(self.operator_token_file, "operator_token"))
