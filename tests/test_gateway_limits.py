@@ -1,9 +1,10 @@
 """What a client can make the gateway hold before its key is checked, from the client's side.
 
 Raw sockets on loopback against a real `spot serve`: oversized and dribbled request heads, idle
-connections, more connections than allowed, chunked bodies past the body limit; and the
-operator endpoints, which only the operator token or the operator listener may read. Each case
-is bounded (a few connections, a few seconds).
+connections, more connections than allowed (also under a low open-files limit), pipelined
+floods, bodies trickled after an early answer, chunked bodies past the body limit; and the
+operator endpoints, which only the operator token or the operator listener may read (also as
+`spot doctor` reads them). Each case is bounded (at most 61 connections, a few seconds).
 """
 
 from __future__ import annotations
