@@ -248,12 +248,17 @@ def check_gateway(settings: Settings) -> Check:
     """GET /health on the configured gateway address."""
     import httpx
 
+    from .gateway.operator import operator_endpoint
+
     root = f"http://{_loopback(settings.gateway.host)}:{settings.gateway.port}"
     fix = "start it with `spot serve`"
+    # The detail (models, tiers, the gate) is the operator's: asked with the operator token, or on
+    # the operator listener when one is configured.
+    operator_root, headers = operator_endpoint(settings)
     try:
-        response = httpx.get(f"{root}/health", timeout=PROBE_TIMEOUT_S)
+        response = httpx.get(f"{operator_root}/health", headers=headers, timeout=PROBE_TIMEOUT_S)
     except httpx.HTTPError:
-        return _warn("gateway", f"not running at {root}", fix)
+        return _warn("gateway", f"not running at {operator_root}", fix)
     try:
         data = response.json()
     except ValueError:
@@ -262,6 +267,11 @@ def check_gateway(settings: Settings) -> Check:
         return Check("gateway", False, f"{root}/health answered HTTP {response.status_code}, not a healthy spot gateway",
                      f"see what listens on port {settings.gateway.port}; then start the gateway with `spot serve` "
                      "(or set gateway.port)")
+    if "models" not in data:
+        return _warn("gateway", f"running at {root}/v1, but it did not accept this machine's operator token, so its "
+                     "models, tiers and budget gate are not shown",
+                     "run `spot doctor` with the gateway's config and home (its token is gateway.operator_token_file, "
+                     "default <home>/operator-token), or set gateway.operator_port")
     tiers = data.get("tiers") or []
     detail = f"running at {root}/v1: models {', '.join(data.get('models') or []) or 'none'}"
     if tiers:

@@ -77,6 +77,12 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def operator_headers(home: Path) -> dict[str, str]:
+    """What reads a gateway's /metrics and /health detail: the operator token `spot serve` wrote
+    into its home (gateway.operator_token_file's default)."""
+    return {"Authorization": f"Bearer {(home / 'operator-token').read_text().strip()}"}
+
+
 def start_sim_engine(workdir: Path, *, model: str = "tiny-chat", extra: list[str] | None = None) -> tuple[ServerProcess, str]:
     port = free_port()
     command = [str(SPOT), "sim", "engine", "--port", str(port), "--model", model, "--seed", "7", *(extra or [])]

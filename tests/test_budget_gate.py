@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import SPOT
-from tests.servers import start_sim_cloud
+from tests.servers import operator_headers, start_sim_cloud
 from tests.test_fleet import Cloud, ok
 from tests.test_scale_to_zero import MODEL, Gateway, start_gateway, vm_status, wait_for, write_config
 
@@ -43,7 +43,7 @@ def ask(gateway: Gateway) -> httpx.Response:
 
 
 def gate(gateway: Gateway) -> dict:
-    return httpx.get(f"{gateway.url}/health", timeout=5).json()["budget_gate"]
+    return httpx.get(f"{gateway.url}/health", headers=operator_headers(gateway.home), timeout=5).json()["budget_gate"]
 
 
 @pytest.fixture
@@ -74,7 +74,9 @@ def test_stale_billing_closes_the_gate_and_fresh_samples_reopen_it(cloud: Cloud,
         refused = ask(gateway)
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
         assert refused.json()["error"]["code"] == "billing_unobservable"
-        metrics = httpx.get(f"{gateway.url}/metrics").text
+        # Anyone's /health says the gate is closed, and nothing more (no figures, no models).
+        assert httpx.get(f"{gateway.url}/health", timeout=5).json() == {"status": "closed"}
+        metrics = httpx.get(f"{gateway.url}/metrics", headers=operator_headers(gateway.home)).text
         assert 'spot_budget_gate_open{reason="billing_unobservable"} 0.0' in metrics
 
         sampler = Sampler(tmp_path)  # samples are fresh again: the gate reopens by itself

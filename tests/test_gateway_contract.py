@@ -22,7 +22,7 @@ import pytest
 
 from spotinference.keys import create_key
 from spotinference.store import Store
-from tests.servers import ServerProcess, start_gateway
+from tests.servers import ServerProcess, operator_headers, start_gateway
 from tests.token_log import logged_rows
 
 MODEL = "tiny-chat"
@@ -321,7 +321,7 @@ def test_unknown_model_is_404_listing_the_known_ones(stack: Stack) -> None:
     with pytest.raises(openai.NotFoundError):
         chat(stack.via(), model="gpt-9")
     # Clients choose model names: unknown ones share one metrics label instead of adding series.
-    metrics = httpx.get(f"{stack.gateway_url}/metrics", timeout=10).text
+    metrics = httpx.get(f"{stack.gateway_url}/metrics", headers=operator_headers(stack.home), timeout=10).text
     assert 'spot_requests_total{model="(unknown)",status="404"}' in metrics
     assert "gpt-9" not in metrics
 
@@ -377,11 +377,11 @@ def test_revoking_a_key_takes_effect_within_a_second(stack: Stack) -> None:
 
 
 def test_health_and_metrics(stack: Stack) -> None:
-    health = httpx.get(f"{stack.gateway_url}/health", timeout=10)
+    health = httpx.get(f"{stack.gateway_url}/health", headers=operator_headers(stack.home), timeout=10)
     assert health.status_code == 200 and health.json()["status"] == "ok"
     chat(stack.via())
     list(chat(stack.via(), stream=True))  # time to first token is measured on streams
-    text = httpx.get(f"{stack.gateway_url}/metrics", timeout=10).text
+    text = httpx.get(f"{stack.gateway_url}/metrics", headers=operator_headers(stack.home), timeout=10).text
     for name in ("spot_requests_total", "spot_prompt_tokens_total", "spot_completion_tokens_total",
                  "spot_requests_in_flight", "spot_upstream_latency_seconds_bucket", "spot_time_to_first_token_seconds_bucket"):
         assert name in text
@@ -389,7 +389,7 @@ def test_health_and_metrics(stack: Stack) -> None:
 
 
 def _in_flight(stack: Stack) -> float:
-    text = httpx.get(f"{stack.gateway_url}/metrics", timeout=10).text
+    text = httpx.get(f"{stack.gateway_url}/metrics", headers=operator_headers(stack.home), timeout=10).text
     found = re.search(rf'^spot_requests_in_flight{{model="{MODEL}"}} (\S+)$', text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 

@@ -21,7 +21,7 @@ from spotinference.fleet.records import FleetRecords
 from spotinference.store import Store
 from tests.conftest import SPOT, run_spot
 from tests.fleet_config import sim_tier, write_fleet_config
-from tests.servers import ServerProcess, clean_env, free_port, start_sim_cloud
+from tests.servers import ServerProcess, clean_env, free_port, operator_headers, start_sim_cloud
 from tests.test_fleet import Cloud, ok
 
 CLOUD_FLAGS = ["--create-seconds", "1", "--hibernate-seconds", "1", "--restore-seconds", "4", "--delete-seconds", "0.5"]
@@ -43,14 +43,14 @@ def write_config(base_url: str, *, idle_timeout_s: int = 600, wake_timeout_s: in
 
 
 class Gateway:
-    def __init__(self, server: ServerProcess, url: str, key: str) -> None:
-        self.server, self.url, self.key = server, url, key
+    def __init__(self, server: ServerProcess, url: str, key: str, home: Path) -> None:
+        self.server, self.url, self.key, self.home = server, url, key, home
 
     def client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, timeout=120)
 
     def tier(self, name: str) -> dict:
-        tiers = httpx.get(f"{self.url}/health", timeout=5).json()["tiers"]
+        tiers = httpx.get(f"{self.url}/health", headers=operator_headers(self.home), timeout=5).json()["tiers"]
         return next(t for t in tiers if t["tier"] == name)
 
 
@@ -61,7 +61,7 @@ def start_gateway(workdir: Path, home: Path) -> Gateway:
         [str(SPOT), "serve", "--port", str(port)],
         env=clean_env(home), log_path=workdir / "gateway.log", health_url=f"http://127.0.0.1:{port}/health",
     ).start()
-    return Gateway(server, f"http://127.0.0.1:{port}", key)
+    return Gateway(server, f"http://127.0.0.1:{port}", key, home)
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_fifty_requests_to_a_hibernated_tier_wake_it_once_and_all_succeed(fleet:
         status = run_spot("status", env={"SPOT_GATEWAY__PORT": port})
         assert status.returncode == 0 and "tiers (from the gateway)" in status.stdout
         assert "demo" in status.stdout and "serving" in status.stdout and "budget gate: open" in status.stdout
-        metrics = httpx.get(f"{gateway.url}/metrics").text
+        metrics = httpx.get(f"{gateway.url}/metrics", headers=operator_headers(gateway.home)).text
         assert 'spot_tier_state{state="serving",tier="demo"} 1.0' in metrics
         assert 'spot_tier_held_requests{tier="demo"} 0.0' in metrics
         rows = logged_rows(50)

@@ -67,6 +67,38 @@ class GatewaySettings(_Section):
     provider_refresh_s: Annotated[float, Field(gt=0, le=300)] = 5.0
     # While a tier's traffic is on its fallback, how often to try the tier itself again.
     fallback_retry_s: Annotated[float, Field(gt=0)] = 60.0
+    # What a client can make the gateway hold before its key is checked (README, "Limits"). A
+    # request head larger than max_header_bytes is answered 431, one not complete within
+    # header_timeout_s (from the connection's start or the request's first byte) 408; both close
+    # the connection. Past max_connections open connections (per worker), a request is answered
+    # 503 + Retry-After and its connection closed. A kept-alive connection idle for
+    # client_keepalive_timeout_s between requests is closed.
+    max_header_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    header_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    client_keepalive_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # /metrics and the detail of /health (models, tiers, the budget gate's figures) are for the
+    # operator: a request must carry "Authorization: Bearer <operator token>", or arrive on
+    # operator_host:operator_port when that is set (a second listener, e.g. for Prometheus on a
+    # private address; it needs no token). The token: operator_token (the environment,
+    # SPOT_GATEWAY__OPERATOR_TOKEN), else operator_token_file, else <home>/operator-token, which
+    # `spot serve` creates (mode 0600) when missing. Everyone else gets /health as {"status": ...}.
+    operator_token: SecretStr | None = None
+    operator_token_file: Path | None = None
+    operator_host: str = "127.0.0.1"
+    operator_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+
+    @model_validator(mode="after")
+    def _operator_port_is_its_own(self) -> GatewaySettings:
+        if self.operator_port is not None and self.operator_port == self.port:
+            raise ValueError(f"operator_port ({self.operator_port}) must differ from port: it is a second listener")
+        return self
+
+    @model_validator(mode="after")
+    def _load_operator_token_file(self) -> GatewaySettings:
+        if self.operator_token is None and self.operator_token_file is not None and self.operator_token_file.expanduser().exists():
+            object.__setattr__(self, "operator_token", _read_secret_file(self.operator_token_file, "operator_token"))
+        return self
 
 
 class BudgetSettings(_Section):

@@ -245,9 +245,16 @@ class Demo:
         child.wait_healthy(f"{self.gateway_root}/health")
         self.note(f"OpenAI-compatible API at {self.base_url} (pid {child.pid}); demo key minted (`spot keys create demo`)")
 
+    def _operator(self) -> dict[str, str]:
+        """The operator token's header: the tiers in /health are the operator's view."""
+        from ..gateway.operator import operator_headers
+
+        assert self.settings is not None
+        return operator_headers(self.settings)
+
     def _health(self) -> dict[str, Any] | None:
         try:
-            tiers = httpx.get(f"{self.gateway_root}/health", timeout=2).json()["tiers"]
+            tiers = httpx.get(f"{self.gateway_root}/health", headers=self._operator(), timeout=2).json()["tiers"]
         except (httpx.HTTPError, ValueError, KeyError):
             return None
         return next((t for t in tiers if t["tier"] == setup.TIER), None)
@@ -339,7 +346,7 @@ class Demo:
         async def watch() -> None:
             nonlocal max_held
             began = time.monotonic()
-            async with httpx.AsyncClient(timeout=2) as http:
+            async with httpx.AsyncClient(timeout=2, headers=self._operator()) as http:
                 while not done.is_set():
                     try:
                         tiers = (await http.get(f"{self.gateway_root}/health")).json()["tiers"]

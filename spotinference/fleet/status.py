@@ -103,11 +103,11 @@ def _vm_rates(items: list[BillingItem]) -> dict[str, Decimal | None]:
 def gateway_view(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any] | None:
     """The running gateway's own view (``GET /health``: tiers, held requests, the budget gate),
     or None when no gateway answers at the configured address."""
-    host = settings.gateway.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
+    from ..gateway.operator import operator_endpoint
+
+    root, headers = operator_endpoint(settings)  # the detail is the operator's: token or operator port
     try:
-        response = httpx.get(f"http://{host}:{settings.gateway.port}/health", timeout=timeout_s)
+        response = httpx.get(f"{root}/health", headers=headers, timeout=timeout_s)
         data = response.json()
     except (httpx.HTTPError, ValueError):
         return None

@@ -19,9 +19,11 @@ from ..keys import KeyRing
 from ..store.flush_process import SpoolFlushProcess
 from ..store import Store
 from .errors import GatewayError, error_body
+from .http_limits import ClientLimits
 from .metrics import GatewayMetrics
+from .operator import OperatorAccess, operator_token
 from .relay import Relay
-from .requests import CHAT, COMPLETIONS
+from .requests import CHAT, COMPLETIONS, bearer_credentials, header
 from .routing import Router
 from .usage import UsageRecorder
 
@@ -45,6 +47,9 @@ class GatewayOptions:
     flush_interval_s: float = 1.0
     keepalive_s: float = 15.0
     max_response_body_bytes: int = 64 * 1024 * 1024
+    client_limits: ClientLimits = ClientLimits()
+    operator_token: str | None = None  # None: only the operator listener sees the operator's view
+    operator_port: int | None = None
 
 
 class GatewayApp:
@@ -57,15 +62,33 @@ class GatewayApp:
 
     HOT_PATHS = frozenset({CHAT, COMPLETIONS})
 
-    def __init__(self, litestar: Litestar, relay: Relay) -> None:
+    def __init__(self, litestar: Litestar, relay: Relay, client_limits: ClientLimits | None = None) -> None:
         self.litestar = litestar
         self.relay = relay
+        # Read by the server's protocol (http_limits.LimitedHttpToolsProtocol) for each connection.
+        self.client_limits = client_limits or ClientLimits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.HOT_PATHS:
             await self.relay.handle(scope, receive, send)  # type: ignore[arg-type]
             return
         await self.litestar(scope, receive, send)
+
+
+class ClientRelay(Relay):
+    """The relay with the client-side checks owned here (``requests.py``): the key is read from
+    ``Authorization`` with the scheme case-insensitive and spaces allowed, as RFC 9110 says."""
+
+    def authenticate(self, scope: dict[str, Any]) -> str | None:
+        if self.keys is None:
+            return None
+        key = bearer_credentials(header(scope, b"authorization"))
+        if key is None:
+            raise GatewayError(401, "missing API key: send 'Authorization: Bearer sk-spot-...'", code="invalid_api_key")
+        key_id = self.keys.key_id_for(key)
+        if key_id is None:
+            raise GatewayError(401, "incorrect or revoked API key", code="invalid_api_key")
+        return key_id
 
 
 def create_app(
@@ -80,7 +103,7 @@ def create_app(
     keys = KeyRing(store) if options.require_keys else None
     writer = store.spool_writer("requests")
     recorder = UsageRecorder(writer)
-    relay = Relay(
+    relay = ClientRelay(
         router, keys, recorder, metrics,
         max_body_bytes=options.max_body_bytes, connect_timeout_s=options.connect_timeout_s,
         read_timeout_s=options.read_timeout_s, total_timeout_s=options.total_timeout_s,
@@ -108,14 +131,25 @@ def create_app(
         data = [{"id": m, "object": "model", "created": created, "owned_by": "spotinference"} for m in router.models()]
         return Response({"object": "list", "data": data})
 
+    operator = OperatorAccess(options.operator_token, options.operator_port)
+
     @get("/health", sync_to_thread=False)
-    def health() -> dict[str, Any]:
+    def health(request: Request) -> dict[str, Any]:
+        if not operator.allows(request.scope):
+            # Anyone's view: alive, and whether the budget gate lets requests through; no models,
+            # tiers or figures (those are the operator's, below).
+            return {"status": "ok" if gate is None or gate.state.open else "closed"}
         tiers = runtime.snapshots() if runtime is not None else []
         budget = _jsonable(gate.state.to_dict()) if gate is not None else None
         return {"status": "ok", "models": router.models(), "tiers": tiers, "budget_gate": budget}
 
     @get("/metrics", sync_to_thread=False)
-    def prometheus() -> Response[bytes]:
+    def prometheus(request: Request) -> Response[bytes]:
+        if not operator.allows(request.scope):
+            return Response(error_body(401, "/metrics needs the operator token: send 'Authorization: Bearer <token>' "
+                                            "(gateway.operator_token_file), or scrape the operator port "
+                                            "(gateway.operator_port)", code="operator_token_required"),
+                            status_code=401, media_type="application/json")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @contextlib.asynccontextmanager
@@ -156,7 +190,7 @@ def create_app(
         openapi_config=None,
         logging_config=None,
     )
-    return GatewayApp(litestar, relay)
+    return GatewayApp(litestar, relay, options.client_limits)
 
 
 async def _post_only(scope: Scope, receive: Receive, send: Send, relay: Relay) -> None:
@@ -203,4 +237,8 @@ def options_from_settings(settings: Settings) -> GatewayOptions:
         total_timeout_s=gateway.upstream_total_timeout_s,
         keepalive_s=gateway.keepalive_s,
         max_response_body_bytes=gateway.max_response_body_bytes,
+        client_limits=ClientLimits(max_header_bytes=gateway.max_header_bytes, header_timeout_s=gateway.header_timeout_s,
+                                   max_connections=gateway.max_connections),
+        operator_token=operator_token(settings, create=True),
+        operator_port=gateway.operator_port,
     )

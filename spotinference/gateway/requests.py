@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,19 @@ def header(scope: dict[str, Any], name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def bearer_credentials(value: bytes | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None for any other form.
+
+    The scheme is case-insensitive (RFC 9110 section 11.1), and spaces and tabs around the token
+    are not part of it; the token is compared as Latin-1 text, so no byte sequence fails here.
+    """
+    match = _BEARER.fullmatch(value) if value else None
+    return match.group(1).decode("latin-1") if match else None
+
+
+_BEARER = re.compile(rb"[ \t]*bearer[ \t]+([^ \t]+)[ \t]*", re.IGNORECASE)
 
 
 async def read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes:
@@ -64,11 +79,71 @@ def _bool_field(payload: dict[str, Any], key: str, where: str = "") -> bool | No
     raise GatewayError(400, f"'{name}' must be a boolean, got {type(value).__name__}", param=name)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (RFC 8259); send a finite number or null")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: Infinity by another name
+        raise ValueError(f"{text} is out of the range of a 64-bit float")
+    return value
+
+
+# One decoder for every request: json.loads with any option builds a new one per call (~4 us).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _first_lone_surrogate(payload: Any) -> str | None:
+    """The path of the first string (key or value) holding a lone surrogate, walked without
+    recursion. Only an escape (``\\ud800``) can carry one: the body is decoded strictly, so raw
+    surrogate bytes are already refused as invalid UTF-8."""
+    stack: list[tuple[str, Any]] = [("", payload)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "(body)"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                path = f"{where}.{key}" if where else str(key)
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    return where or "(body)"
+                stack.append((path, item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+    return None
+
+
 def parse_request(endpoint: str, body: bytes) -> ClientRequest:
+    """The client's request, checked: whatever bytes arrive, this returns a request or raises a
+    400 GatewayError that says what is wrong (never another exception: each would be a bare 500)."""
     try:
-        payload = json.loads(body)
+        return _parse(endpoint, body)
+    except RecursionError:
+        # Python's JSON scanner (and json.dumps) recurse once per level: ~1,000 levels of "[" in
+        # 2 KB exhaust the stack. No OpenAI request is nested anywhere near that deep.
+        raise GatewayError(400, "request body is nested too deeply to parse", code="invalid_json") from None
+
+
+def _parse(endpoint: str, body: bytes) -> ClientRequest:
+    try:
+        # Decoded strictly: json.loads would let UTF-8-encoded surrogates through ("surrogatepass").
+        utf8 = body[:1] == b"{" and body[1:2] != b"\x00"  # what SDKs send; else UTF-16/32 or a BOM
+        payload = _DECODER.decode(body.decode("utf-8" if utf8 else json.detect_encoding(body)))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise GatewayError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise GatewayError(400, f"request body is not valid JSON: {_ascii(exc)}", code="invalid_json") from None
+    if b"\\u" in body and _SURROGATE_ESCAPE.search(body) is not None:  # memchr-fast when absent
+        where = _first_lone_surrogate(payload)
+        if where is not None:
+            raise GatewayError(400, f"request body is not valid JSON: '{_ascii(where)}' holds a lone UTF-16 "
+                               "surrogate escape (\\ud800-\\udfff without its pair), which is not a Unicode "
+                               "character", param=_ascii(where), code="invalid_json")
     if not isinstance(payload, dict):
         raise GatewayError(400, "request body must be a JSON object")
     model = payload.get("model")
@@ -102,3 +177,8 @@ def parse_request(endpoint: str, body: bytes) -> ClientRequest:
         return ClientRequest(endpoint, model, True, body[:closing] + _USAGE_OPTIONS + body[closing:], state)
     payload["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
     return ClientRequest(endpoint, model, True, json.dumps(payload, separators=(",", ":")).encode(), state)
+
+
+def _ascii(value: object) -> str:
+    """Client text quoted in an error message, escaped so that it can always be encoded."""
+    return str(value).encode("ascii", "backslashreplace").decode("ascii")

@@ -78,7 +78,7 @@ class TierController:
         GatewayError when the tier and its fallback cannot serve."""
         if self.degraded_since is not None and self.fallback is not None:
             return self.fallback.hold()
-        if len(self.held) >= self.tier.max_held_requests:
+        if len(self.held) >= self.tier.max_held_requests and self._prune_held() >= self.tier.max_held_requests:
             raise GatewayError(
                 503, f"tier '{self.tier.name}' already holds {len(self.held)} requests while it wakes (max_held_requests)",
                 code="too_many_held_requests", retry_after_s=RETRY_AFTER_S,
@@ -89,6 +89,13 @@ class TierController:
         if not future.done():
             self.ensure_wake("request held")
         return future
+
+    def _prune_held(self) -> int:
+        """Forget held requests already over (their client left, or they gave up at the cap: the
+        relay cancels the future either way) and count the rest. Run only at the cap, or where a
+        queue of departed clients would otherwise wake a tier for no one."""
+        self.held = deque(future for future in self.held if not future.done())
+        return len(self.held)
 
     def request_started(self) -> None:
         self.last_activity = self.clock()
@@ -215,7 +222,7 @@ class TierController:
         """Seconds since the last request or since the tier woke, whichever is later, while
         nothing is in flight; None while busy. A tier asleep or on its fallback for a while has
         not been idle while awake: counting that time would hibernate it the moment it wakes."""
-        if self.held or self.engine_busy or any(n.in_flight for n in self.route.nodes):
+        if (self.held and self._prune_held()) or self.engine_busy or any(n.in_flight for n in self.route.nodes):
             return None
         since = self.last_activity if self.awake_since is None else max(self.last_activity, self.awake_since)
         return self.clock() - since
@@ -265,7 +272,7 @@ class TierController:
             self.hibernate_task = None
             self.awake_since = None
             await self.runtime.refresh_now()
-            if self.held:
+            if self._prune_held():
                 self.ensure_wake("request held during hibernation")
 
     # -- reporting -------------------------------------------------------------------------------
