@@ -16,11 +16,11 @@ from tests.test_fleet import Cloud, ok
 from tests.test_scale_to_zero import MODEL, Gateway, start_gateway, vm_status, wait_for, write_config
 
 
-def with_budget(daily_usd: str, *, max_sample_age_s: int = 3) -> None:
+def with_budget(daily_usd: str | None, *, max_sample_age_s: int = 3) -> None:
+    budget = "" if daily_usd is None else f"daily_usd = {daily_usd}\n"
     Path("spot.toml").write_text(Path("spot.toml").read_text() + f"""
 [budget]
-daily_usd = {daily_usd}
-max_sample_age_s = {max_sample_age_s}
+{budget}max_sample_age_s = {max_sample_age_s}
 refresh_s = 0.5
 """)
 
@@ -56,9 +56,12 @@ def cloud(tmp_path: Path):
     server.stop()
 
 
-def test_stale_billing_closes_the_gate_and_fresh_samples_reopen_it(cloud: Cloud, tmp_path: Path, home: Path) -> None:
+@pytest.mark.parametrize("daily_usd", ["1000", None], ids=["with-a-budget", "no-budget"])
+def test_stale_billing_closes_the_gate_and_fresh_samples_reopen_it(cloud: Cloud, tmp_path: Path, home: Path,
+                                                                  daily_usd: str | None) -> None:
+    # Serving blind is an outage whether or not a budget is set.
     write_config(cloud.base_url, fallback=False, gate=True)
-    with_budget("1000")
+    with_budget(daily_usd)
     ok("up", "demo")
     sampler = Sampler(tmp_path)
     gateway = start_gateway(tmp_path, home)

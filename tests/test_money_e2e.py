@@ -49,6 +49,7 @@ FROZEN_CLOCK = ["--time-scale", "0.001", "--create-seconds", "0", "--hibernate-s
 STEP_S = 180  # each advance: 3 billing minutes, so every bill below is an exact micro-dollar amount
 VOLUME_GB = 60
 US = timedelta(microseconds=1)
+US_MICRO = Decimal("0.000001")  # DECIMAL(38, 6): the precision of every money figure
 
 VM_RATE = catalog.FLAVORS["sim-cpu-1"].usd_per_hour  # $/h while ACTIVE
 VOLUME_RATE = VOLUME_GB * catalog.VOLUME_USD_PER_GB_HOUR  # $/h while it exists
@@ -459,3 +460,35 @@ def test_an_idle_hibernated_fleet_costs_its_storage_and_has_no_cost_per_token(cl
     table = run_spot("cost", "--since", since.isoformat(), "--until", until.isoformat())
     assert table.returncode == 0, table.stderr
     assert "undefined (no output tokens)" in table.stdout
+
+
+# -- 4. the quotient covers one interval: sample, traffic, sample, `spot cost --days 1` -----------
+
+def test_a_trailing_window_divides_the_spend_between_two_samples_by_the_tokens_between_them(
+    cloud: Emulator, tmp_path: Path, home: Path
+) -> None:
+    ok("up", "demo")
+    first = sample()
+    e_first = cloud.total()
+    gateway = start_gateway(tmp_path, home)
+    try:
+        wait_for(lambda: httpx.get(f"{gateway.url}/health", timeout=5).json()["budget_gate"]["open"], 30, "the gate")
+        served = asyncio.run(burst(gateway, 0, 8))
+        token_log(home, len(served))
+        cloud.advance(STEP_S)
+        last = sample()  # the bill that pays for the traffic
+        e_last = cloud.total()
+    finally:
+        gateway.server.stop()
+
+    report = json.loads(run_spot("cost", "--days", "1", "--json").stdout)
+    completion = sum(s.completion_tokens for s in served)
+    assert report["observable"] is True
+    assert datetime.fromisoformat(report["billed_until"]) == last.sampled_at
+    # The first sample is the account's first good run: the bill so far is its baseline, not spend.
+    assert usd(report["spend_usd"]) == e_last - e_first > 0
+    assert report["completion_tokens"] == completion > 0
+    # spend ÷ tokens × 1e6, as DECIMAL(38, 6) holds it
+    assert abs(usd(report["usd_per_mtok_output"]) - usd(report["spend_usd"]) * 1_000_000 / completion) <= US_MICRO
+    assert report["not_billed_yet"] is None or report["not_billed_yet"]["completion_tokens"] == 0
+    assert first.sampled_at < datetime.fromisoformat(report["billed_until"])
