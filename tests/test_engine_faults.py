@@ -16,7 +16,7 @@ import pytest
 
 from spotinference.keys import create_key
 from spotinference.store import Store
-from tests.servers import start_gateway
+from tests.servers import operator_headers, start_gateway
 from tests.stand_in_engine import StandInEngine
 from tests.token_log import logged_rows
 
@@ -45,9 +45,9 @@ def still_serving(client: httpx.Client) -> None:
     assert response.json()["usage"]["completion_tokens"] == 3
 
 
-def failures(client: httpx.Client) -> dict[str, float]:
-    # /metrics is the gateway's own Prometheus text; the failure counter is by side.
-    text = client.get("/metrics").text
+def failures(client: httpx.Client, home: Path) -> dict[str, float]:
+    # /metrics is the gateway's own Prometheus text (the operator's); the failure counter is by side.
+    text = client.get("/metrics", headers=operator_headers(home)).text
     return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
             if line.startswith("spot_request_failures_total{")}
 
@@ -55,7 +55,7 @@ def failures(client: httpx.Client) -> dict[str, float]:
 @pytest.mark.parametrize("model", FAULTY)
 def test_a_faulty_non_streamed_answer_is_a_502_with_a_row(gateway, model: str) -> None:
     client, home, _ = gateway
-    before = failures(client).get("engine", 0.0)
+    before = failures(client, home).get("engine", 0.0)
     response = client.post("/v1/completions", json={"model": model, "prompt": "a b c", "max_tokens": 4})
     assert response.status_code == 502, (response.status_code, response.text[:300])
     assert response.headers["content-type"] == "application/json"
@@ -63,7 +63,7 @@ def test_a_faulty_non_streamed_answer_is_a_502_with_a_row(gateway, model: str) -
     assert error["code"] == "engine_error" and error["message"]
     (row,) = logged_rows(home, {response.headers["x-request-id"]})
     assert row["http_status"] == 502 and row["error"]
-    assert failures(client)["engine"] == before + 1
+    assert failures(client, home)["engine"] == before + 1
     still_serving(client)
 
 
@@ -164,12 +164,12 @@ def test_a_body_the_parser_cannot_take_is_a_400_with_a_row(gateway) -> None:
     # 10 KB of nested arrays: Python's JSON parser raises RecursionError, which used to escape as a
     # bare 500. Whatever breaks on the client's bytes is the client's 400, with a row and a count.
     client, home, _ = gateway
-    before = failures(client).get("client", 0.0)
+    before = failures(client, home).get("client", 0.0)
     body = b'{"model":"script","prompt":' + b"[" * 5_000 + b"]" * 5_000 + b"}"
     response = client.post("/v1/completions", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text[:300]
     assert response.json()["error"]["message"]
     (row,) = logged_rows(home, {response.headers["x-request-id"]})
     assert row["http_status"] == 400
-    assert failures(client)["client"] == before + 1
+    assert failures(client, home)["client"] == before + 1
     still_serving(client)

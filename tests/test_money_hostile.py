@@ -11,7 +11,6 @@ its clock only moves when a test advances it.
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path

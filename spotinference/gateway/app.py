@@ -23,7 +23,7 @@ from .http_limits import ClientLimits
 from .metrics import GatewayMetrics
 from .operator import OperatorAccess, operator_token
 from .relay import Relay
-from .requests import CHAT, COMPLETIONS, bearer_credentials, header
+from .requests import CHAT, COMPLETIONS
 from .routing import Router
 from .usage import UsageRecorder
 
@@ -75,22 +75,6 @@ class GatewayApp:
         await self.litestar(scope, receive, send)
 
 
-class ClientRelay(Relay):
-    """The relay with the client-side checks owned here (``requests.py``): the key is read from
-    ``Authorization`` with the scheme case-insensitive and spaces allowed, as RFC 9110 says."""
-
-    def authenticate(self, scope: dict[str, Any]) -> str | None:
-        if self.keys is None:
-            return None
-        key = bearer_credentials(header(scope, b"authorization"))
-        if key is None:
-            raise GatewayError(401, "missing API key: send 'Authorization: Bearer sk-spot-...'", code="invalid_api_key")
-        key_id = self.keys.key_id_for(key)
-        if key_id is None:
-            raise GatewayError(401, "incorrect or revoked API key", code="invalid_api_key")
-        return key_id
-
-
 def create_app(
     store: Store, router: Router, options: GatewayOptions, runtime: FleetRuntime | None = None,
     gate: BudgetGate | None = None,
@@ -103,7 +87,7 @@ def create_app(
     keys = KeyRing(store) if options.require_keys else None
     writer = store.spool_writer("requests")
     recorder = UsageRecorder(writer)
-    relay = ClientRelay(
+    relay = Relay(
         router, keys, recorder, metrics,
         max_body_bytes=options.max_body_bytes, connect_timeout_s=options.connect_timeout_s,
         read_timeout_s=options.read_timeout_s, total_timeout_s=options.total_timeout_s,

@@ -25,7 +25,7 @@ from ..keys import KeyRing
 from .callback_send import CallbackSender
 from .errors import EngineFault, GatewayError, stream_error_event
 from .metrics import GatewayMetrics
-from .requests import CHAT, ClientGone, ClientRequest, header, parse_request, read_body
+from .requests import CHAT, ClientGone, ClientRequest, bearer_credentials, header, parse_request, read_body
 from .routing import Node, Route, Router
 from .sse import StreamState, UsageError, parse_usage
 from .upstream import (
@@ -147,10 +147,10 @@ class Relay:
     def authenticate(self, scope: dict[str, Any]) -> str | None:
         if self.keys is None:
             return None
-        value = header(scope, b"authorization")
-        if not value or not value.startswith(b"Bearer "):
+        key = bearer_credentials(header(scope, b"authorization"))  # the scheme in any case (RFC 9110)
+        if key is None:
             raise GatewayError(401, "missing API key: send 'Authorization: Bearer sk-spot-...'", code="invalid_api_key")
-        key_id = self.keys.key_id_for(value[7:].decode("latin-1").strip())
+        key_id = self.keys.key_id_for(key)
         if key_id is None:
             raise GatewayError(401, "incorrect or revoked API key", code="invalid_api_key")
         return key_id

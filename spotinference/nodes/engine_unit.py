@@ -17,7 +17,6 @@ tier's ``vllm.command``, or the `spot sim engine` line).
 from __future__ import annotations
 
 import shlex
-import sys
 from dataclasses import dataclass
 from typing import Literal
 

@@ -23,7 +23,7 @@ import httpx
 
 from ..config.models import ProviderSettings
 from ..errors import ConfigError
-from .base import BilledHour, BillingItem, BillingReading, FirewallRule, Flavor, Provider, Vm, VmPhase, VmSpec
+from .base import BilledHour, BillingReading, FirewallRule, Flavor, Provider, Vm, VmPhase, VmSpec
 from .errors import (
     InsufficientCapacityError,
     ProviderError,
@@ -245,6 +245,7 @@ class HyperstackProvider(Provider):
         ends short of its ``count`` is a failed read, not a smaller bill."""
         items: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
+        page_size = PAGE_SIZE
         for page in range(1, _MAX_PAGES + 1):
             asked = params if page == 1 else {**params, "page": page, "pageSize": page_size}
             answer = self.api.call("GET", "/billing/billing/usage", params=asked or None, deadline=deadline)
