@@ -479,7 +479,9 @@ def test_silence_before_the_answer_is_a_read_timeout_and_closes_the_connection()
             started = time.monotonic()
             with pytest.raises(UpstreamTimeoutError, match="upstream_read_timeout_s"):
                 await ask(pool_for(server, read=0.3))
-            assert 0.3 <= time.monotonic() - started < 2
+            # It waited for the silence, not failed at once; the loop's timers may fire up to a few
+            # ms early against time.monotonic, and a busy machine may fire them late: no upper bound.
+            assert time.monotonic() - started >= 0.25
             await asyncio.wait_for(server.eof.wait(), 2)  # closed: vLLM aborts the request
 
     run(scenario())
