@@ -37,10 +37,10 @@ class Seeder:
         """One sampler run at ``at``: resources are (type, id, usd_per_hour, total_bill_usd, active)."""
         run_id = f"run-{uuid.uuid4()}"
         with self.store.transaction() as con:
-            con.execute("INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM sample_runs))",
+            con.execute("INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq, "
+                        "sampled_at) VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM sample_runs), ?)",
                         [run_id, provider, at, at + timedelta(seconds=0.5), ok, None if ok else "boom",
-                         len(resources) if ok else 0])
+                         len(resources) if ok else 0, at + timedelta(seconds=0.1) if ok else None])
             for kind, rid, rate, total, active in resources if ok else []:
                 if not rid.startswith("outside-"):  # the fleet: spot created it
                     con.execute("INSERT INTO fleet_resources VALUES (?, ?, ?, ?, NULL, ?, 'created') "

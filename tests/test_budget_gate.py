@@ -5,11 +5,15 @@ budget closes it (429 budget_exhausted) and hibernates the fleet."""
 from __future__ import annotations
 
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from spotinference.billing.sampler import sample as sample_billing
+from spotinference.config import load_settings
+from spotinference.store import Store
 from tests.conftest import SPOT
 from tests.servers import operator_headers, start_sim_cloud
 from tests.test_fleet import Cloud, ok
@@ -86,6 +90,17 @@ def test_stale_billing_closes_the_gate_and_fresh_samples_reopen_it(cloud: Cloud,
         wait_for(lambda: gate(gateway)["open"], 30, "the gate to reopen")
         answer = ask(gateway)
         assert answer.status_code == 200, answer.text
+
+        # A sampler whose clock runs ten minutes ahead writes a sample dated in the future: that
+        # is a clock fault, not a fresh sample, and it closes the gate.
+        sampler.stop()
+        settings, _ = load_settings(None)
+        ahead = datetime.now(UTC) + timedelta(minutes=10)
+        assert sample_billing(settings, Store(settings.home), clock=lambda: ahead).ok
+        wait_for(lambda: gate(gateway)["reason"] == "billing_unobservable", 30, "the clock fault to close the gate")
+        assert gate(gateway)["clock_fault"] is True and "future" in gate(gateway)["message"]
+        refused = ask(gateway)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "billing_unobservable"
     finally:
         sampler.stop()
         gateway.server.stop()

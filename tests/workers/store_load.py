@@ -82,8 +82,8 @@ def role_samples(store: Store, seconds: float) -> dict[str, object]:
         now = datetime.now(UTC)
         with store.transaction() as con:
             con.execute(
-                "INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq) VALUES (?, 'sim', ?, ?, true, NULL, 3, "
-                "(SELECT coalesce(max(seq), 0) + 1 FROM sample_runs))", [run_id, now, now]
+                "INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq, sampled_at) "
+                "VALUES (?, 'sim', ?, ?, true, NULL, 3, (SELECT coalesce(max(seq), 0) + 1 FROM sample_runs), ?)", [run_id, now, now, now]
             )
             for n in range(3):
                 con.execute(

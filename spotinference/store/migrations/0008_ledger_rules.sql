@@ -98,7 +98,12 @@ bounds AS (
     SELECT *,
         least(ws_d, until_d) AS head_scan_d,                            -- raw lookback of the head
         CASE WHEN roll_from_d < roll_to_d THEN roll_from_d END AS mid_from_d,
-        CASE WHEN roll_from_d < roll_to_d THEN roll_to_d END AS mid_to_d
+        CASE WHEN roll_from_d < roll_to_d THEN roll_to_d END AS mid_to_d,
+        -- A run recorded earlier in sequence can carry a later time when the clock stepped back
+        -- since: where one did, each raw segment reads a day past its end for such runs.
+        (SELECT CASE WHEN count(*) > 0 THEN INTERVAL 1 DAY ELSE INTERVAL 0 DAY END FROM sample_runs
+         WHERE clock_behind_s IS NOT NULL AND started_at >= to_timestamp(least(ws_d, until_d) * 86400) - INTERVAL 1 DAY
+        ) AS step_back
     FROM (
         SELECT
             epoch_us(window_start) // 86400000000 AS ws_d,
@@ -109,27 +114,33 @@ bounds AS (
         FROM rolled
     )
 ),
-ok_runs AS (  -- each good run, with when its account's previous good run read the bill
+ok_runs AS (  -- the good runs the raw segments read, each with when its account's previous good run read the bill
     SELECT run_id, seq,
            lag(coalesce(provider_clock_at, started_at)) OVER (PARTITION BY provider ORDER BY seq) AS prev_ok_at
-    FROM sample_runs WHERE ok
+    FROM (
+        SELECT r.* FROM sample_runs AS r, bounds AS x
+        WHERE r.ok AND r.sampled_at >= to_timestamp(x.head_scan_d * 86400) - INTERVAL 1 DAY
+        UNION ALL  -- and each account's good run before those, which the first of them follows
+        SELECT * FROM sample_runs WHERE seq IN (
+            SELECT max(r.seq) FROM sample_runs AS r, bounds AS x
+            WHERE r.ok AND r.sampled_at < to_timestamp(x.head_scan_d * 86400) - INTERVAL 1 DAY
+            GROUP BY r.provider)
+    )
 ),
 -- Raw segments: 1 = the window up to the first rolled day (or all of it), 2 = after the last.
--- Each reads a day past its end: a run recorded earlier in sequence can carry a later time when
--- the clock stepped back since, and it is still the "earlier sample" of what follows it.
 raw AS (
     SELECT 1 AS seg, o.seq, o.prev_ok_at, b.run_id, b.sampled_at, b.provider, b.resource_id, b.resource_type,
            b.tier, b.usd_per_hour, b.total_bill_usd, b.created_at
     FROM billing_samples AS b JOIN ok_runs AS o ON o.run_id = b.run_id, bounds AS x
     WHERE b.sampled_at >= to_timestamp(x.head_scan_d * 86400)
-      AND b.sampled_at < coalesce(to_timestamp(x.mid_from_d * 86400), window_end) + INTERVAL 1 DAY
+      AND b.sampled_at < coalesce(to_timestamp(x.mid_from_d * 86400), window_end) + x.step_back
       AND NOT coalesce(b.excluded, false)
     UNION ALL
     SELECT 2 AS seg, o.seq, o.prev_ok_at, b.run_id, b.sampled_at, b.provider, b.resource_id, b.resource_type,
            b.tier, b.usd_per_hour, b.total_bill_usd, b.created_at
     FROM billing_samples AS b JOIN ok_runs AS o ON o.run_id = b.run_id, bounds AS x
     WHERE b.sampled_at >= to_timestamp(x.mid_to_d * 86400)
-      AND b.sampled_at < window_end + INTERVAL 1 DAY
+      AND b.sampled_at < window_end + x.step_back
       AND NOT coalesce(b.excluded, false)
 ),
 prev_rolled AS (  -- each resource's high-water mark over the rolled days before each segment
