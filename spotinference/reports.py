@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -42,15 +44,24 @@ def query_parameters(name: str) -> set[str]:
 
 def run_query(store: Store, name: str, **params: Any) -> QueryResult:
     """Run one query file read-only, after flushing spooled rows so the answer is current."""
-    sql = query_text(name)
-    expected = query_parameters(name)
-    if set(params) != expected:
-        raise InputError(
-            f"query {name!r} takes parameters {sorted(expected)}, was given {sorted(params)}"
-        )
+    with query_session(store) as run:
+        return run(name, **params)
+
+
+@contextmanager
+def query_session(store: Store) -> Iterator[Callable[..., QueryResult]]:
+    """``run(name, **params)`` for several query files over one flush and one read-only
+    connection: a report that asks six questions opens the database once, not six times."""
     store.flush()
     with store.reading() as con:
-        cursor = con.execute(sql, params or None)
-        columns = [d[0] for d in cursor.description or []]
-        rows = cursor.fetchall()
-    return QueryResult(name, columns, rows)
+
+        def run(name: str, **params: Any) -> QueryResult:
+            sql = query_text(name)
+            expected = query_parameters(name)
+            if set(params) != expected:
+                raise InputError(f"query {name!r} takes parameters {sorted(expected)}, was given {sorted(params)}")
+            cursor = con.execute(sql, params or None)
+            columns = [d[0] for d in cursor.description or []]
+            return QueryResult(name, columns, cursor.fetchall())
+
+        yield run

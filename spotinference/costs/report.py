@@ -1,6 +1,6 @@
 """The cost report for one window: the headline, coverage, gaps, a breakdown, the hosted comparison.
 
-Every figure comes from a file in ``queries/`` (run through ``reports.run_query``); this module
+Every figure comes from a file in ``queries/`` (run through ``reports.query_session``); this module
 only picks the files, types the rows and refuses to turn "not observed" into $0.
 """
 
@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import InputError
-from ..reports import run_query
+from ..reports import query_session
 from ..store import Store
 from . import rollup
 from .hosted import HostedComparison, HostedPrices, compare, load_hosted_prices
@@ -196,8 +197,8 @@ class CostReport:
 _US = timedelta(microseconds=1)
 
 
-def _records(store: Store, name: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
-    return run_query(store, name, window_start=start, window_end=end).records()
+def _records(run: Callable[..., Any], name: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    return run(name, window_start=start, window_end=end).records()
 
 
 def billed_interval(bounds: list[dict[str, Any]], window: Window) -> tuple[datetime, datetime] | None:
@@ -227,7 +228,13 @@ def report(store: Store, window: Window, *, by: str | None = None, now: datetime
         raise InputError(f"--by must be one of {', '.join(BREAKDOWNS)} (got {by!r})")
     if refresh_rollup:
         rollup.refresh(store, now or datetime.now(UTC))
-    found = {b["provider"]: b for b in _records(store, "billing_bounds", window.start, window.end)}
+    with query_session(store) as run:
+        return _report(run, window, by=by, hosted=hosted, accounts=accounts, fresh_within_s=fresh_within_s)
+
+
+def _report(run: Callable[..., Any], window: Window, *, by: str | None, hosted: HostedPrices | None,
+            accounts: list[str] | None, fresh_within_s: float) -> CostReport:
+    found = {b["provider"]: b for b in _records(run, "billing_bounds", window.start, window.end)}
     for name in accounts or ():
         found.setdefault(name, {"provider": name, "start_bound_at": None, "end_bound_at": None, "good_runs": 0,
                                 "failed_runs": 0, "last_error": None})
@@ -235,12 +242,12 @@ def report(store: Store, window: Window, *, by: str | None = None, now: datetime
     interval = billed_interval(bounds, window)
     observable = interval is not None
     q_start, q_end = interval if interval is not None else (window.start, window.end)
-    head = _records(store, "cost_per_mtok", q_start, q_end)[0]
+    head = _records(run, "cost_per_mtok", q_start, q_end)[0]
     # Coverage runs from the window's start to the last sample: the tail is "not billed yet".
     cov_end = max(q_end, window.start + _US) if observable else window.end
-    coverage = {c["provider"]: c for c in _records(store, "coverage", window.start, cov_end)}
+    coverage = {c["provider"]: c for c in _records(run, "coverage", window.start, cov_end)}
     gaps = [Gap(g["gap_start"], g["gap_end"], int(g["minutes"]), g["provider"])
-            for g in _records(store, "coverage_gaps", window.start, cov_end) if g["provider"] in found]
+            for g in _records(run, "coverage_gaps", window.start, cov_end) if g["provider"] in found]
     minutes = _minutes(window.start, cov_end)
     per_account = [
         Account(b["provider"], bool(b["good_runs"]), b["start_bound_at"], b["end_bound_at"], minutes,
@@ -253,15 +260,15 @@ def report(store: Store, window: Window, *, by: str | None = None, now: datetime
     all_gaps = sorted((g for a in per_account for g in a.gaps), key=lambda g: (g.start, g.provider or ""))
     unbilled = None
     if observable and q_end < window.end:
-        tail = _records(store, "tokens", q_end, window.end)[0]
+        tail = _records(run, "tokens", q_end, window.end)[0]
         unbilled = Unbilled(q_end, window.end, int(tail["requests"]), int(tail["prompt_tokens"]),
                             int(tail["completion_tokens"]))
     rows: list[dict[str, Any]] = []
     if by is not None:
-        rows = _records(store, BREAKDOWNS[by], q_start, q_end)
+        rows = _records(run, BREAKDOWNS[by], q_start, q_end)
         if not observable:
             rows = [{k: (None if k in _MONEY else v) for k, v in row.items()} for row in rows]
-    anomalies = _records(store, "billing_anomalies", q_start, q_end) if observable else []
+    anomalies = _records(run, "billing_anomalies", q_start, q_end) if observable else []
     prices = hosted if hosted is not None else load_hosted_prices()
     spend = head["spend_usd"] if observable else None
     least = min(per_account, key=lambda a: a.coverage, default=None)
