@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from spotinference.costs import CostReport
 
 BY_CHOICES = ("day", "tier", "model", "key", "resource", "utilisation")
-INCOMPLETE_EXIT = 3  # `spot cost --strict` on a window that is not complete
+INCOMPLETE_EXIT = 9  # `spot cost --strict` on a window that is not complete (3 is "not built yet")
 _FORMATS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (UTC unless an offset is given)"
 
 
@@ -75,7 +75,7 @@ def cost(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a publishable economics page in Markdown.")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="Plot spend and cost per million output tokens per day in the terminal; `--plot FILE.png` writes a PNG.")] = False,
     plot_file: Annotated[Path | None, typer.Argument(metavar="[FILE.png]", help="With --plot: the PNG to write.", show_default=False)] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when the window is not complete (unobservable, gaps, or billing behind).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 9 when the window is not complete (unobservable, gaps, or billing behind).")] = False,
 ) -> None:
     """Invoice-true cost per million tokens: billed spend between samples over tokens served."""
     if ctx.invoked_subcommand is not None:
