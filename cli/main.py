@@ -27,7 +27,6 @@ app = typer.Typer(
         "million tokens."
     ),
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # rich-rendered help costs ~120 ms of start-up
     context_settings={"help_option_names": ["-h", "--help"]},
