@@ -16,7 +16,7 @@ import typer
 
 from spotinference import __version__
 
-from .commands import bench, billing, db, fleet, gateway, money, planned, setup, sim
+from .commands import bench, billing, config, db, fleet, gateway, money, planned, setup, sim
 from .commands import demo as demo_command
 from .state import CliState
 
@@ -60,6 +60,7 @@ def main(
 
 
 setup.register(app)
+config.register(app)
 app.add_typer(db.app, name="db")
 gateway.register(app)
 fleet.register(app)

@@ -52,6 +52,16 @@ def run_checks(config_path: Path | None = None) -> list[Check]:
     return checks
 
 
+def run_config_checks(config_path: Path | None = None) -> list[Check]:
+    """The checks of the config alone (`spot config check`): nothing is probed or opened."""
+    try:
+        settings, source = load_settings(config_path)
+    except SpotError as exc:
+        source = locate_config(config_path)
+        return [Check("config", False, str(exc), exc.hint or f"fix {source.label}")]
+    return [check_config(settings, source), *check_provider_credentials(settings), check_ssh_key(settings)]
+
+
 def check_bundled_files() -> Check:
     try:
         queries, migrations = available_queries(), bundled_migrations()
