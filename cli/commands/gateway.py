@@ -102,30 +102,160 @@ def keys_revoke(ctx: typer.Context, name: str, json: JsonOption = False) -> None
         typer.echo(f"key {info.name!r} revoked")
 
 
+REQUEST_COLUMNS = ["started (UTC)", "model", "key", "status", "TTFT ms", "prompt tokens", "output tokens",
+                   "finish", "aborted"]
+# What must never be cut at 80 columns; the other titles may wrap onto a second line.
+_WHOLE = {"started (UTC)", "model", "key", "status"}
+FOLLOW_POLL_S = 1.0
+# A row reaches the database when its gateway worker's spool is flushed, so one that finished a
+# little earlier can arrive after one already shown: --follow looks this far back, and skips ids seen.
+FOLLOW_LOOKBACK_S = 120.0
+
+
 def requests(
     ctx: typer.Context,
     last: Annotated[int, typer.Option("--last", min=1, help="How many of the newest requests.")] = 20,
+    key: Annotated[str | None, typer.Option("--key", metavar="NAME", help="Only this client key's requests.")] = None,
+    model: Annotated[str | None, typer.Option("--model", metavar="MODEL", help="Only requests for this model.")] = None,
+    status: Annotated[str | None, typer.Option(
+        "--status", metavar="CODE", help="Only this HTTP status (200) or class (4xx, 5xx).")] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", metavar="WHEN", help="Only requests started since then: 10m, 2h, 7d, or a UTC date/time.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new requests as they finish, until Ctrl-C.")] = False,
     reconcile: Annotated[str | None, typer.Option(
         "--reconcile", metavar="ENGINE_URL",
         help="Also compare the log with this vLLM engine's own token counters since it started.")] = None,
     json: JsonOption = False,
 ) -> None:
-    """List the newest usage rows from the token log."""
+    """List the newest requests from the token log, filtered by key, model, status and time."""
+    from spotinference.errors import InputError
     from spotinference.reports import run_query
 
+    from ..when import parse_since
+
+    if follow and reconcile:
+        raise InputError("--follow and --reconcile do not go together: reconcile once, without --follow")
     state: CliState = ctx.obj
-    rows = run_query(state.store(), "requests_recent", last=last).records()
+    store = state.store()
+    filters = {"key_name": key, "model": model, **_status_range(status),
+               "since": parse_since("--since", since) if since else None}
+    if key is not None:
+        _known_key(store, key)
+    rows = run_query(store, "requests_matching", last=last, **filters).records()
+    if follow:
+        _follow(store, filters, list(reversed(rows)), json=json)
+        return
     lines = _reconciliation(state, reconcile) if reconcile else None
     if json:
         print_json(rows if lines is None else {"requests": rows, "reconciliation": lines})
         return
-    print_table(
-        None, ["started", "model", "key", "status", "ttft ms", "prompt", "completion", "finish", "aborted"],
-        [(_when(r["started_at"]), r["model"], r["key_name"], r["status"], r["ttft_ms"], _tokens(r["prompt_tokens"]),
-          _tokens(r["completion_tokens"]), r["finish_reason"], "yes" if r["aborted"] else "") for r in rows],
-    )
+    if rows:
+        _requests_table(rows)
+    else:
+        typer.echo(_no_requests_hint(filters))
     for line in lines or []:
         typer.echo(f"{line['model']} against {reconcile}: {line['line']}")
+
+
+def _status_range(text: str | None) -> dict[str, int | None]:
+    from spotinference.errors import InputError
+
+    if text is None:
+        return {"status_min": None, "status_max": None}
+    code = text.strip().lower()
+    if len(code) == 3 and code[0] in "12345" and code[1:] == "xx":
+        return {"status_min": int(code[0]) * 100, "status_max": int(code[0]) * 100 + 99}
+    if code.isdigit() and 100 <= int(code) <= 599:
+        return {"status_min": int(code), "status_max": int(code)}
+    raise InputError(f"--status {text!r} is not an HTTP status: expected a code (200, 429) or a class (2xx, 4xx, 5xx)")
+
+
+def _known_key(store: object, name: str) -> None:
+    from spotinference.errors import InputError
+    from spotinference.keys import list_keys
+
+    names = [k.name for k in list_keys(store)]  # type: ignore[arg-type]
+    if name not in names:
+        known = ", ".join(names) if names else "none yet: spot keys create NAME"
+        raise InputError(f"--key {name!r} names no key (known: {known})")
+
+
+def _no_requests_hint(filters: dict) -> str:
+    if any(v is not None for v in filters.values()):
+        return "no requests match these filters: drop one, or widen --since"
+    return ("no requests logged yet: start the gateway (spot serve), create a key (spot keys create NAME) and point "
+            "an OpenAI client at it")
+
+
+def _request_cells(r: dict) -> list:
+    ttft = None if r["ttft_ms"] is None else f"{r['ttft_ms']:,.0f}"
+    return [_when(r["started_at"]), r["model"], r["key_name"] or "", r["status"], ttft, _tokens(r["prompt_tokens"]),
+            _tokens(r["completion_tokens"]), r["finish_reason"], "yes" if r["aborted"] else ""]
+
+
+def _requests_table(rows: list[dict]) -> None:
+    """A table that fits 80 columns: columns empty in every row are left out, the first four never cut."""
+    from rich import box
+    from rich.table import Table
+
+    from ..output import console
+
+    cells = [["" if c is None else str(c) for c in _request_cells(r)] for r in rows]
+    keep = [i for i, title in enumerate(REQUEST_COLUMNS) if any(row[i] for row in cells)]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for i in keep:
+        title = REQUEST_COLUMNS[i]
+        table.add_column(title, no_wrap=title in _WHOLE, justify="right" if i in (3, 4, 5, 6) else "left")
+    for row in cells:
+        table.add_row(*(row[i] for i in keep))
+    console().print(table)
+
+
+def _follow(store: object, filters: dict, first: list[dict], *, json: bool) -> None:
+    """Print the rows already there, then each new one as it finishes, until Ctrl-C (exit 0)."""
+    import json as jsonlib
+    import sys
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from spotinference.jsonable import jsonable
+    from spotinference.reports import run_query
+
+    widths = [19, 16, 14, 6, 8, 13, 17, 8, 7]
+
+    def show(row: dict) -> None:
+        if json:
+            sys.stdout.write(jsonlib.dumps(jsonable(row), default=str) + "\n")
+        else:
+            cells = ["" if c is None else str(c) for c in _request_cells(row)]
+            sys.stdout.write("  ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)).rstrip() + "\n")
+        sys.stdout.flush()
+
+    if not json:
+        show_header = "  ".join(f"{c:<{w}}" for c, w in zip(REQUEST_COLUMNS, widths, strict=True)).rstrip()
+        sys.stdout.write(show_header + "\n")
+        if not first:
+            sys.stderr.write("waiting for requests (Ctrl-C to stop)\n")
+    seen: dict[str, datetime] = {}
+    newest = datetime.now(UTC) - timedelta(seconds=FOLLOW_LOOKBACK_S)
+    for row in first:
+        show(row)
+        seen[row["id"]] = row["finished_at"]
+        newest = max(newest, row["finished_at"])
+    try:
+        while True:
+            time.sleep(FOLLOW_POLL_S)
+            after = newest - timedelta(seconds=FOLLOW_LOOKBACK_S)
+            for row in run_query(store, "requests_finished_after", after=after, **filters).records():  # type: ignore[arg-type]
+                if row["id"] in seen:
+                    continue
+                show(row)
+                seen[row["id"]] = row["finished_at"]
+                newest = max(newest, row["finished_at"])
+            horizon = newest - timedelta(seconds=FOLLOW_LOOKBACK_S)
+            seen = {i: t for i, t in seen.items() if t > horizon}
+    except KeyboardInterrupt:
+        sys.stderr.write("spot requests: stopped\n")
 
 
 def _reconciliation(state: CliState, engine_url: str) -> list[dict]:
