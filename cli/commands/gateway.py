@@ -82,8 +82,11 @@ def keys_list(ctx: typer.Context, json: JsonOption = False) -> None:
     if json:
         print_json(rows)
         return
+    if not rows:
+        typer.echo("no keys yet: spot keys create NAME")
+        return
     print_table(
-        None, ["name", "prefix", "created", "last used", "state"],
+        None, ["name", "prefix", "created (UTC)", "last used (UTC)", "state"],
         [(r["name"], r["prefix"], _when(r["created_at"]), _when(r["last_used_at"]) or "never",
           "revoked " + _when(r["revoked_at"]) if r["revoked_at"] else "active") for r in rows],
     )
