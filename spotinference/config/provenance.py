@@ -8,7 +8,7 @@ everything else is a default. Secrets are never returned, only whether they are 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -124,3 +124,27 @@ def _shown(value: Any) -> Any:
     if isinstance(value, dict):  # an empty map (a non-empty one is split into its keys)
         return {}
     return value
+
+
+@dataclass(frozen=True)
+class EnvSetting:
+    """A SPOT_* variable the settings in effect read, and whether it carries a secret."""
+
+    name: str  # as spelt in the environment
+    value: str = field(repr=False)
+    secret: bool
+    keys: tuple[str, ...]  # the settings it set
+
+
+def environment_in_effect(found: list[Origin]) -> list[EnvSetting]:
+    """The SPOT_* variables that set a value in ``found`` (from :func:`explain_settings`), by name."""
+    spelt = {name.upper(): name for name in os.environ}
+    keys: dict[str, list[str]] = {}
+    secret: dict[str, bool] = {}
+    for origin in found:
+        if origin.source != "env":
+            continue
+        variable = origin.where.removeprefix("$")
+        keys.setdefault(variable, []).append(origin.key)
+        secret[variable] = secret.get(variable, False) or origin.secret
+    return [EnvSetting(spelt[v], os.environ[spelt[v]], secret[v], tuple(keys[v])) for v in sorted(keys) if v in spelt]
