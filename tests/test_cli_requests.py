@@ -127,34 +127,74 @@ def test_an_empty_log_says_how_to_fill_it(spot) -> None:
     assert spot("requests", "--json").stdout.strip() == "[]"
 
 
-def test_follow_prints_new_matching_requests_until_ctrl_c(logged: Logged) -> None:
-    proc = subprocess.Popen([str(SPOT), "requests", "--follow", "--json", "--key", "bob", "--status", "2xx"],
-                            env=clean_env(logged.home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[dict] = []
+class Follower:
+    """`spot requests --follow --json ARGS` in the background, its lines collected as they come."""
 
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(json.loads(line))
+    def __init__(self, stack: Logged, *args: str) -> None:
+        self.proc = subprocess.Popen([str(SPOT), "requests", "--follow", "--json", *args], env=clean_env(stack.home),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[dict] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not lines and time.monotonic() < deadline:
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(json.loads(line))
+
+    def wait_for(self, count: int, timeout_s: float = 30) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.lines) < count and time.monotonic() < deadline:
             time.sleep(0.1)
+        return self.lines
+
+    def stop(self) -> tuple[int, str]:
+        os.kill(self.proc.pid, signal.SIGINT)
+        _, err = self.proc.communicate(timeout=30)
+        self.reader.join(timeout=5)
+        return self.proc.returncode, err
+
+
+def test_follow_prints_new_matching_requests_until_ctrl_c(logged: Logged) -> None:
+    follower = Follower(logged, "--key", "bob", "--status", "2xx")
+    try:
+        lines = follower.wait_for(1)
         assert [(r["key_name"], r["status"]) for r in lines] == [("bob", 200)]  # what was there already
         chat(logged.client("alice"))  # filtered out
         chat(logged.client("bob"))
-        deadline = time.monotonic() + 30
-        while len(lines) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        lines = follower.wait_for(2)
         assert len(lines) == 2 and lines[1]["key_name"] == "bob" and lines[1]["status"] == 200
         assert lines[1]["id"] != lines[0]["id"]
+        time.sleep(2.5)  # two more polls: nothing is shown twice
     finally:
-        os.kill(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        reader.join(timeout=5)
-    assert proc.returncode == 0, err
+        code, err = follower.stop()
+    assert code == 0, err
     assert "stopped" in err and "Traceback" not in err
-    assert len(lines) == 2, "a row was shown twice or one that does not match was shown"
+    assert len(follower.lines) == 2, "a row was shown twice or one that does not match was shown"
+
+
+def test_follow_shows_only_the_last_n_then_only_new_ones(logged: Logged) -> None:
+    before = [r["id"] for r in listed(logged, "--model", "tiny-chat")]
+    assert len(before) >= 3
+    follower = Follower(logged, "--last", "1", "--model", "tiny-chat")
+    try:
+        assert [r["id"] for r in follower.wait_for(1)] == before[:1]
+        chat(logged.client("carol"))
+        lines = follower.wait_for(2)
+        time.sleep(2.5)  # older rows, finished before the follow began, must not come up as new
+    finally:
+        code, err = follower.stop()
+    assert code == 0, err
+    assert len(follower.lines) == 2 and follower.lines[1]["key_name"] == "carol", [r["key_name"] for r in lines]
+
+
+def test_follow_in_a_table_prints_a_header_then_one_line_per_request(logged: Logged) -> None:
+    proc = subprocess.Popen([str(SPOT), "requests", "--follow", "--key", "alice", "--last", "2"],
+                            env=clean_env(logged.home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    header, *rows = out.splitlines()
+    assert header.split()[:4] == ["started", "(UTC)", "model", "key"]
+    assert len(rows) == 2 and all(row.split()[2:5] == ["tiny-chat", "alice", "200"] for row in rows)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..output import print_json, print_table
 from ..state import CliState
 from .options import JsonOption
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from spotinference.request_log import RequestFilter
 
 keys_app = typer.Typer(help="Client API keys: create (shown once), list, revoke.", no_args_is_help=True)
 
@@ -109,12 +114,6 @@ REQUEST_COLUMNS = ["started (UTC)", "model", "key", "status", "TTFT ms", "prompt
                    "finish", "aborted"]
 # What must never be cut at 80 columns; the other titles may wrap onto a second line.
 _WHOLE = {"started (UTC)", "model", "key", "status"}
-FOLLOW_POLL_S = 1.0
-# A row reaches the database when its gateway worker's spool is flushed, so one that finished a
-# little earlier can arrive after one already shown: --follow looks this far back, and skips ids seen.
-FOLLOW_LOOKBACK_S = 120.0
-
-
 def requests(
     ctx: typer.Context,
     last: Annotated[int, typer.Option("--last", min=1, help="How many of the newest requests.")] = 20,
@@ -132,7 +131,7 @@ def requests(
 ) -> None:
     """List the newest requests from the token log, filtered by key, model, status and time."""
     from spotinference.errors import InputError
-    from spotinference.reports import run_query
+    from spotinference.request_log import RequestFilter, follow_requests, newest_requests
 
     from ..when import parse_since
 
@@ -140,14 +139,14 @@ def requests(
         raise InputError("--follow and --reconcile do not go together: reconcile once, without --follow")
     state: CliState = ctx.obj
     store = state.store()
-    filters = {"key_name": key, "model": model, **_status_range(status),
-               "since": parse_since("--since", since) if since else None}
+    filters = RequestFilter(key_name=key, model=model, **_status_range(status),
+                            since=parse_since("--since", since) if since else None)
     if key is not None:
         _known_key(store, key)
-    rows = run_query(store, "requests_matching", last=last, **filters).records()
     if follow:
-        _follow(store, filters, list(reversed(rows)), json=json)
+        _follow(follow_requests(store, filters, last), json=json)
         return
+    rows = newest_requests(store, filters, last)
     lines = _reconciliation(state, reconcile) if reconcile else None
     if json:
         print_json(rows if lines is None else {"requests": rows, "reconciliation": lines})
@@ -183,8 +182,8 @@ def _known_key(store: object, name: str) -> None:
         raise InputError(f"--key {name!r} names no key (known: {known})")
 
 
-def _no_requests_hint(filters: dict) -> str:
-    if any(v is not None for v in filters.values()):
+def _no_requests_hint(filters: RequestFilter) -> str:
+    if filters.narrows:
         return "no requests match these filters: drop one, or widen --since"
     return ("no requests logged yet: start the gateway (spot serve), create a key (spot keys create NAME) and point "
             "an OpenAI client at it")
@@ -214,49 +213,25 @@ def _requests_table(rows: list[dict]) -> None:
     console().print(table)
 
 
-def _follow(store: object, filters: dict, first: list[dict], *, json: bool) -> None:
-    """Print the rows already there, then each new one as it finishes, until Ctrl-C (exit 0)."""
+def _follow(rows: Iterator[dict], *, json: bool) -> None:
+    """Print each row as the log yields it, one line each, until Ctrl-C (exit 0)."""
     import json as jsonlib
     import sys
-    import time
-    from datetime import UTC, datetime, timedelta
 
     from spotinference.jsonable import jsonable
-    from spotinference.reports import run_query
 
-    widths = [19, 16, 14, 6, 8, 13, 17, 8, 7]
+    widths = [19, 16, 14, 6, 8, 13, 13, 8, 7]  # fixed: a line is printed before the next row is known
 
-    def show(row: dict) -> None:
-        if json:
-            sys.stdout.write(jsonlib.dumps(jsonable(row), default=str) + "\n")
-        else:
-            cells = ["" if c is None else str(c) for c in _request_cells(row)]
-            sys.stdout.write("  ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)).rstrip() + "\n")
-        sys.stdout.flush()
+    def line(cells: list) -> str:
+        return "  ".join(f"{'' if c is None else c!s:<{w}}" for c, w in zip(cells, widths, strict=True)).rstrip()
 
     if not json:
-        show_header = "  ".join(f"{c:<{w}}" for c, w in zip(REQUEST_COLUMNS, widths, strict=True)).rstrip()
-        sys.stdout.write(show_header + "\n")
-        if not first:
-            sys.stderr.write("waiting for requests (Ctrl-C to stop)\n")
-    seen: dict[str, datetime] = {}
-    newest = datetime.now(UTC) - timedelta(seconds=FOLLOW_LOOKBACK_S)
-    for row in first:
-        show(row)
-        seen[row["id"]] = row["finished_at"]
-        newest = max(newest, row["finished_at"])
+        sys.stdout.write(line(REQUEST_COLUMNS) + "\n")
+        sys.stdout.flush()
     try:
-        while True:
-            time.sleep(FOLLOW_POLL_S)
-            after = newest - timedelta(seconds=FOLLOW_LOOKBACK_S)
-            for row in run_query(store, "requests_finished_after", after=after, **filters).records():  # type: ignore[arg-type]
-                if row["id"] in seen:
-                    continue
-                show(row)
-                seen[row["id"]] = row["finished_at"]
-                newest = max(newest, row["finished_at"])
-            horizon = newest - timedelta(seconds=FOLLOW_LOOKBACK_S)
-            seen = {i: t for i, t in seen.items() if t > horizon}
+        for row in rows:
+            sys.stdout.write((jsonlib.dumps(jsonable(row), default=str) if json else line(_request_cells(row))) + "\n")
+            sys.stdout.flush()
     except KeyboardInterrupt:
         sys.stderr.write("spot requests: stopped\n")
 
