@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import typer.main
 
 from spotinference_cli.main import app
+from tests.conftest import SPOT
 
 # Click's short help (the one line beside a command in `--help`) stops at the first word ending in
 # "."; an abbreviation there cuts the sentence, as "Copy spooled rows (e.g." once did.
@@ -93,3 +96,19 @@ def test_completing_a_command_name_offers_the_commands_that_start_so(spot) -> No
     assert set(complete(spot, "spot c")) == {"config", "cost", "cron"}
     assert complete(spot, "spot config s") == ["show"]
     assert "list" in complete(spot, "spot keys l")
+
+
+def test_install_completion_makes_bash_complete_spot(spot, tmp_path: Path) -> None:
+    home = tmp_path / "user"
+    home.mkdir()
+    installed = spot("--install-completion", "bash", env={"HOME": str(home), "SHELL": "/bin/bash"})
+    assert installed.returncode == 0, installed.stderr
+    script = home / ".bash_completions" / "spot.sh"
+    assert f"source '{script}'" in (home / ".bashrc").read_text()
+    # What bash does on `spot co<TAB>` once the script is sourced, with spot on PATH.
+    session = "source ~/.bash_completions/spot.sh; COMP_WORDS=(spot co); COMP_CWORD=1; _spot_completion spot; " \
+              'echo "${COMPREPLY[@]}"'
+    result = subprocess.run(["bash", "--norc", "-c", session], capture_output=True, text=True, timeout=60,
+                            env={"HOME": str(home), "PATH": f"{SPOT.parent}:/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["config", "cost"]
