@@ -127,8 +127,10 @@ def test_check_and_show_refuse_a_bad_config_with_exit_2(spot) -> None:
     assert show.returncode == 2 and show.stdout == ""
     assert show.stderr.startswith("error: ") and "gateway.port = 99999 is invalid" in show.stderr
     assert len(show.stderr.splitlines()) == 1 and "Traceback" not in show.stderr
-    env = spot("config", "check", env={"SPOT_GATEWAY__PORT": "nope"})
-    assert env.returncode == 2 and "environment variable SPOT_GATEWAY__PORT" in env.stdout
+    env = spot("config", "check", "--json", env={"SPOT_GATEWAY__PORT": "nope"})
+    [failed] = json.loads(env.stdout)["checks"]
+    assert env.returncode == 2 and failed["detail"].startswith("environment variable SPOT_GATEWAY__PORT: ")
+    assert failed["fix"] == "fix that environment variable"  # not the config file, which is fine
 
 
 def test_check_reports_a_missing_provider_key_with_its_fix(spot) -> None:

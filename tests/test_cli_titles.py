@@ -66,3 +66,9 @@ def test_no_keys_yet_says_how_to_make_one(spot) -> None:
     result = spot("keys", "list")
     assert result.returncode == 0 and result.stdout.strip() == "no keys yet: spot keys create NAME"
     assert json.loads(spot("keys", "list", "--json").stdout) == []
+
+
+def test_reconcile_with_no_sample_says_what_to_do(spot) -> None:
+    result = spot("cost", "reconcile", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    assert "no samples placed on the provider's clock in this span: run `spot sample`" in result.stdout

@@ -220,7 +220,8 @@ def _reconcile_table(r: Any) -> None:
         days.add_row(f"{res.provider} {res.resource_type} {res.resource_id}", d.day.isoformat(), _usd(d.ours_usd, 6),
                      _usd(d.provider_usd, 6), _signed_usd(d.unexplained_usd),
                      "matches" if d.within_tolerance else "DIFFERS")
-    con.print(days if r.days else "no samples placed on the provider's clock in this span")
+    con.print(days if r.days else "no samples placed on the provider's clock in this span: run `spot sample` "
+              "(every minute: spot cron), or widen --since/--until")
     for u in r.unavailable:
         res = u.resource
         typer.echo(f"NOT COMPARED: {res.provider} {res.resource_type} {res.resource_id}: no provider history ({u.error})")
