@@ -68,6 +68,16 @@ def test_the_environment_wins_and_json_says_so(spot, tmp_path: Path) -> None:
     assert by_key["budget.scope"]["from"] == "default"
 
 
+def test_a_tier_made_only_of_environment_variables_says_so(spot, tmp_path: Path) -> None:
+    write_config(tmp_path)
+    env = {f"SPOT_TIERS__EXTRA__{k}": v for k, v in
+           {"PROVIDER": "sim", "FLAVOR": "sim-cpu-1", "ENVIRONMENT": "sim-local", "MODEL": "other-chat"}.items()}
+    by_key = {s["key"]: s for s in json.loads(spot("config", "show", "--json", "tiers.extra", env=env).stdout)["settings"]}
+    assert by_key["tiers.extra.model"]["where"] == "$SPOT_TIERS__EXTRA__MODEL"
+    assert by_key["tiers.extra.name"]["from"] == "env" and by_key["tiers.extra.name"]["where"].startswith("$SPOT_TIERS__EXTRA__")
+    assert by_key["tiers.extra.idle_timeout_s"]["from"] == "default"
+
+
 def test_secrets_are_masked_and_their_source_named(spot, tmp_path: Path) -> None:
     write_config(tmp_path)
     env = {"SPOT_GATEWAY__OPERATOR_TOKEN": ENV_SECRET}

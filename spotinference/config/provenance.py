@@ -103,8 +103,12 @@ def _origin(path: tuple[str, ...], value: Any, settings: Settings, source: Confi
         found, file_path = _lookup(_as_dict(settings), file_key)
         if found and file_path is not None:
             return Origin(key, shown, "secret file", f"{Path(file_path).expanduser()} ({'.'.join(file_key)})", secret)
-    if path[0] == "tiers" and path[-1] == "name" and len(path) == 3:  # copied from the table's key
-        return Origin(key, shown, "file", f"{source.label} ([tiers.{path[1]}])", secret)
+    if path[0] == "tiers" and path[-1] == "name" and len(path) == 3:  # copied from the tier's own key
+        if _lookup(file_data, path[:2])[0]:
+            return Origin(key, shown, "file", f"{source.label} ([tiers.{path[1]}])", secret)
+        defining = sorted(n for n in (k.upper() for k in os.environ) if n.startswith(env_name(path[:2])))
+        if defining:  # a tier made only of SPOT_TIERS__NAME__* variables
+            return Origin(key, shown, "env", f"${defining[0]}", secret)
     return Origin(key, shown, "default", "default", secret)
 
 
