@@ -98,6 +98,14 @@ def test_completing_a_command_name_offers_the_commands_that_start_so(spot) -> No
     assert "list" in complete(spot, "spot keys l")
 
 
+
+def test_completion_offers_values(spot) -> None:
+    assert complete(spot, "spot cost --by u") == ["utilisation"]
+    assert complete(spot, "spot requests --status 5") == ["5xx"]
+    assert complete(spot, "spot config show gateway.po") == ["gateway.port"]
+    assert complete(spot, "spot config show tiers.") == ["tiers.demo", "tiers.demo-ondemand"]  # the embedded default
+
+
 def test_install_completion_makes_bash_complete_spot(spot, tmp_path: Path) -> None:
     home = tmp_path / "user"
     home.mkdir()

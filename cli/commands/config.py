@@ -25,7 +25,8 @@ def register(parent: typer.Typer) -> None:
 def show(
     ctx: typer.Context,
     prefix: Annotated[str | None, typer.Argument(
-        metavar="[KEY]", help="Only the settings under this key (e.g. gateway, tiers.demo).", show_default=False)] = None,
+        metavar="[KEY]", help="Only the settings under this key (gateway, tiers.demo, ...).", show_default=False,
+        autocompletion=lambda incomplete: _complete_keys(incomplete))] = None,
     json: JsonOption = False,
 ) -> None:
     """Print every setting in effect with where it came from; secrets are masked."""
@@ -49,6 +50,19 @@ def show(
     for o in found:
         line = f"{o.key} = {_value(o.value)}"
         typer.echo(f"{line:<{min(width, 60)}}  # {o.where}")
+
+
+def _complete_keys(incomplete: str) -> list[str]:
+    """Shell completion for KEY: the sections and keys of the settings in effect, one level at a time."""
+    from spotinference.config.provenance import explain_settings
+
+    try:
+        _, _, found = explain_settings(None)
+    except Exception:  # noqa: BLE001 - a broken config completes nothing, it does not fail the shell
+        return []
+    depth = incomplete.count(".") + 1
+    offers = {".".join(o.key.split(".")[:depth]) for o in found}
+    return sorted(k for k in offers if k.startswith(incomplete))
 
 
 def _value(value: object) -> str:

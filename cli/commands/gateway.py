@@ -120,7 +120,8 @@ def requests(
     key: Annotated[str | None, typer.Option("--key", metavar="NAME", help="Only this client key's requests.")] = None,
     model: Annotated[str | None, typer.Option("--model", metavar="MODEL", help="Only requests for this model.")] = None,
     status: Annotated[str | None, typer.Option(
-        "--status", metavar="CODE", help="Only this HTTP status (200) or class (4xx, 5xx).")] = None,
+        "--status", metavar="CODE", help="Only this HTTP status (200) or class (4xx, 5xx).",
+        autocompletion=lambda incomplete: [c for c in ("2xx", "4xx", "5xx") if c.startswith(incomplete)])] = None,
     since: Annotated[str | None, typer.Option(
         "--since", metavar="WHEN", help="Only requests started since then: 10m, 2h, 7d, or a UTC date/time.")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new requests as they finish, until Ctrl-C.")] = False,
