@@ -198,3 +198,4 @@ def test_follow_in_a_table_prints_a_header_then_one_line_per_request(logged: Log
     header, *rows = out.splitlines()
     assert header.split()[:4] == ["started", "(UTC)", "model", "key"]
     assert len(rows) == 2 and all(row.split()[2:5] == ["tiny-chat", "alice", "200"] for row in rows)
+    assert max(len(line) for line in out.splitlines()) <= 80

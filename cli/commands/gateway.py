@@ -114,6 +114,11 @@ REQUEST_COLUMNS = ["started (UTC)", "model", "key", "status", "TTFT ms", "prompt
                    "finish", "aborted"]
 # What must never be cut at 80 columns; the other titles may wrap onto a second line.
 _WHOLE = {"started (UTC)", "model", "key", "status"}
+# --follow prints a line per request as it comes, so its columns are fixed: 80 wide at most.
+FOLLOW_COLUMNS = [("started (UTC)", 14), ("model", 12), ("key", 8), ("status", 6), ("TTFT ms", 7), ("prompt", 6),
+                  ("output", 6), ("finish", 7)]
+
+
 def requests(
     ctx: typer.Context,
     last: Annotated[int, typer.Option("--last", min=1, help="How many of the newest requests.")] = 20,
@@ -221,17 +226,20 @@ def _follow(rows: Iterator[dict], *, json: bool) -> None:
 
     from spotinference.jsonable import jsonable
 
-    widths = [19, 16, 14, 6, 8, 13, 13, 8, 7]  # fixed: a line is printed before the next row is known
-
     def line(cells: list) -> str:
-        return "  ".join(f"{'' if c is None else c!s:<{w}}" for c, w in zip(cells, widths, strict=True)).rstrip()
+        return "  ".join(f"{'' if c is None else c!s:<{w}}" for c, (_, w) in zip(cells, FOLLOW_COLUMNS, strict=True)).rstrip()
+
+    def cells(r: dict) -> list:
+        started = r["started_at"].strftime("%m-%d %H:%M:%S")
+        ttft, prompt, output, finish, aborted = _request_cells(r)[4:]
+        return [started, r["model"], r["key_name"], r["status"], ttft, prompt, output, "aborted" if aborted else finish]
 
     if not json:
-        sys.stdout.write(line(REQUEST_COLUMNS) + "\n")
+        sys.stdout.write(line([title for title, _ in FOLLOW_COLUMNS]) + "\n")
         sys.stdout.flush()
     try:
         for row in rows:
-            sys.stdout.write((jsonlib.dumps(jsonable(row), default=str) if json else line(_request_cells(row))) + "\n")
+            sys.stdout.write((jsonlib.dumps(jsonable(row), default=str) if json else line(cells(row))) + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:
         sys.stderr.write("spot requests: stopped\n")
