@@ -22,7 +22,9 @@ provider = "sim"
 flavor = "sim-cpu-1"
 environment = "sim-local"
 model = "tiny-chat"
+vllm.env = {{ HF_TOKEN = "{hf_token}", VLLM_CPU_KVCACHE_SPACE = "4" }}
 """
+HF_TOKEN = "hf_toml-secret-16180"
 FILE_SECRET = "hs-file-secret-31337"
 ENV_SECRET = "sk-env-secret-27182"
 
@@ -31,7 +33,7 @@ def write_config(tmp_path: Path) -> Path:
     key_file = tmp_path / "hs.key"
     key_file.write_text(FILE_SECRET + "\n")
     path = Path("spot.toml")
-    path.write_text(CONFIG.format(key_file=key_file))
+    path.write_text(CONFIG.format(key_file=key_file, hf_token=HF_TOKEN))
     return path.resolve()
 
 
@@ -87,12 +89,16 @@ def test_secrets_are_masked_and_their_source_named(spot, tmp_path: Path) -> None
         assert result.returncode == 0, result.stderr
         assert ENV_SECRET not in result.stdout + result.stderr
         assert FILE_SECRET not in result.stdout + result.stderr
+        assert HF_TOKEN not in result.stdout + result.stderr  # named like a secret, wherever it sits
     lines = lines_by_key(text.stdout)
     assert lines["gateway.operator_token"].startswith('gateway.operator_token = "***"')
     assert lines["gateway.operator_token"].endswith("# $SPOT_GATEWAY__OPERATOR_TOKEN")
     assert lines["providers.hs.api_key"].startswith('providers.hs.api_key = "***"')
     assert lines["providers.hs.api_key"].endswith(f"# {tmp_path / 'hs.key'} (providers.hs.api_key_file)")
     assert lines["ssh.key_passphrase"].startswith("ssh.key_passphrase = (not set)")
+    assert lines["tiers.big.vllm.env.HF_TOKEN"].startswith('tiers.big.vllm.env.HF_TOKEN = "***"')
+    assert lines["tiers.big.vllm.env.VLLM_CPU_KVCACHE_SPACE"].startswith('tiers.big.vllm.env.VLLM_CPU_KVCACHE_SPACE = "4"')
+    assert lines["gateway.operator_token_file"].startswith("gateway.operator_token_file = (not set)")
     by_key = {s["key"]: s for s in json.loads(as_json.stdout)["settings"]}
     assert by_key["providers.hs.api_key"]["secret"] is True and by_key["providers.hs.api_key"]["from"] == "secret file"
 

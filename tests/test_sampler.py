@@ -289,7 +289,8 @@ def test_cron_carries_the_spot_settings_in_effect_and_never_a_secret(cloud: Clou
     Path("spot.toml").unlink()
     token = "operator-secret-5150"
     env = {"SPOT_CONFIG": "conf/sim.toml", "SPOT_PROVIDERS__SIM__BASE_URL": f"{cloud.root}/v1",
-           "SPOT_GATEWAY__PORT": "18123", "SPOT_GATEWAY__OPERATOR_TOKEN": token}
+           "SPOT_GATEWAY__PORT": "18123", "SPOT_GATEWAY__OPERATOR_TOKEN": token,
+           "SPOT_TIERS__DEMO__VLLM__ENV__HF_TOKEN": "hf_env-secret-1414"}
 
     result = run_spot("cron", env=env)
     assert result.returncode == 0, result.stderr
@@ -300,11 +301,13 @@ def test_cron_carries_the_spot_settings_in_effect_and_never_a_secret(cloud: Clou
     assert "Environment=SPOT_GATEWAY__PORT=18123" in result.stdout
     assert f"Environment=SPOT_PROVIDERS__SIM__BASE_URL={cloud.root}/v1" in result.stdout
     assert token not in result.stdout + result.stderr and "OPERATOR_TOKEN" not in result.stdout
-    [note] = result.stderr.splitlines()
+    assert "hf_env-secret-1414" not in result.stdout + result.stderr and "HF_TOKEN" not in result.stdout
+    note, hf_note = result.stderr.splitlines()
     assert note.startswith("spot cron: note: $SPOT_GATEWAY__OPERATOR_TOKEN is a secret, so it is not written")
+    assert hf_note.startswith("spot cron: note: $SPOT_TIERS__DEMO__VLLM__ENV__HF_TOKEN is a secret")
     assert "gateway.operator_token_file" in note and "EnvironmentFile=" in note
     data = json.loads(run_spot("cron", "--json", env=env).stdout)
-    assert data["crontab"] == line and token not in json.dumps(data)
+    assert data["crontab"] == line and token not in json.dumps(data) and "hf_env-secret-1414" not in json.dumps(data)
     assert data["environment"] == ["SPOT_HOME", "SPOT_GATEWAY__PORT", "SPOT_PROVIDERS__SIM__BASE_URL"]
 
     # Run the line as cron does: its own shell, an environment without any SPOT_* variable.

@@ -196,12 +196,17 @@ def cron(ctx: typer.Context, json: JsonOption = False) -> None:
 def _secret_notes(settings: Any, secrets: list[Any]) -> list[str]:
     """One line per secret in the environment: it is not in the lines, and how to hand it over instead."""
     from spotinference.billing.runs import sampled_providers
+    from spotinference.config.provenance import SECRET_FILES
 
-    needed = {f"providers.{name}.api_key" for name in sampled_providers(settings)}
+    needed = {f"providers.{name}.api_key" for name in sampled_providers(settings)
+              if not settings.providers[name].emulator}
     notes = []
     for env in secrets:
         key = env.keys[0]
         impact = "spot sample needs it" if needed & set(env.keys) else "spot sample does not need it"
-        notes.append(f"${env.name} is a secret, so it is not written into these lines ({impact}): put it in a file "
-                     f"only you can read and set {key}_file in the config, or give the service EnvironmentFile=")
+        instead = (f"put it in a file only you can read and set {key}_file in the config, or give the service "
+                   "EnvironmentFile=" if key.rsplit(".", 1)[-1] in SECRET_FILES else
+                   "put it in a file only you can read and give the service EnvironmentFile= (or source it in the "
+                   "crontab line)")
+        notes.append(f"${env.name} is a secret, so it is not written into these lines ({impact}): {instead}")
     return notes

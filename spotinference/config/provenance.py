@@ -8,6 +8,7 @@ everything else is a default. Secrets are never returned, only whether they are 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +21,8 @@ from .loader import ConfigSource, env_name, locate_config, read_toml
 from .settings import Settings
 
 MASK = "***"
+# Values masked by their key's name too: a token in vllm.env (HF_TOKEN) is as secret as a SecretStr.
+SECRET_NAME = re.compile(r"token|secret|passw|passphrase|api_?key|credential|private", re.IGNORECASE)
 # The secrets a `*_file` key can fill in (models.py reads the file when the secret itself is unset).
 SECRET_FILES = {"api_key": "api_key_file", "key_passphrase": "key_passphrase_file", "operator_token": "operator_token_file"}
 
@@ -48,10 +51,8 @@ def explain_settings(cli_path: Path | None = None) -> tuple[Settings, ConfigSour
 
 def origins(settings: Settings, source: ConfigSource, file_data: dict[str, Any]) -> list[Origin]:
     from_env = EnvSettingsSource(Settings)()
-    out: list[Origin] = []
-    for path, value in _leaves(settings, ()):
-        out.append(_origin(path, value, settings, source, file_data, from_env))
-    return out
+    merged = settings.model_dump(mode="python")
+    return [_origin(path, value, merged, source, file_data, from_env) for path, value in _leaves(settings, ())]
 
 
 def _leaves(value: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
@@ -89,18 +90,19 @@ def _env_variable(path: tuple[str, ...]) -> str:
     return env_name(path)
 
 
-def _origin(path: tuple[str, ...], value: Any, settings: Settings, source: ConfigSource,
+def _origin(path: tuple[str, ...], value: Any, merged: dict[str, Any], source: ConfigSource,
             file_data: dict[str, Any], from_env: dict[str, Any]) -> Origin:
     key = ".".join(path)
-    secret = isinstance(value, SecretStr) or path[-1] in SECRET_FILES
-    shown = _shown(value)
+    secret = isinstance(value, SecretStr) or path[-1] in SECRET_FILES or (
+        bool(SECRET_NAME.search(path[-1])) and not path[-1].endswith("_file"))
+    shown = MASK if secret and value is not None else _shown(value)
     if _lookup(from_env, path)[0]:
         return Origin(key, shown, "env", f"${_env_variable(path)}", secret)
     if _lookup(file_data, path)[0]:
         return Origin(key, shown, "file", source.label, secret)
     if path[-1] in SECRET_FILES and value is not None:
         file_key = (*path[:-1], SECRET_FILES[path[-1]])
-        found, file_path = _lookup(_as_dict(settings), file_key)
+        found, file_path = _lookup(merged, file_key)
         if found and file_path is not None:
             return Origin(key, shown, "secret file", f"{Path(file_path).expanduser()} ({'.'.join(file_key)})", secret)
     if path[0] == "tiers" and path[-1] == "name" and len(path) == 3:  # copied from the tier's own key
@@ -110,10 +112,6 @@ def _origin(path: tuple[str, ...], value: Any, settings: Settings, source: Confi
         if defining:  # a tier made only of SPOT_TIERS__NAME__* variables
             return Origin(key, shown, "env", f"${defining[0]}", secret)
     return Origin(key, shown, "default", "default", secret)
-
-
-def _as_dict(settings: Settings) -> dict[str, Any]:
-    return settings.model_dump(mode="python")
 
 
 def _shown(value: Any) -> Any:
