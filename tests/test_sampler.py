@@ -327,6 +327,27 @@ def test_cron_carries_the_spot_settings_in_effect_and_never_a_secret(cloud: Clou
         assert verify.returncode == 0 and verify.stderr == "", verify.stderr
 
 
+def test_cron_says_when_spot_sample_needs_a_key_it_cannot_carry(home: Path) -> None:
+    Path("spot.toml").write_text("""
+[providers.hs]
+base_url = "https://infrahub.example/v1"
+
+[tiers.big]
+provider = "hs"
+flavor = "n3-H100x1"
+environment = "CANADA-1"
+model = "m"
+""")
+    key = "hs-live-key-8086"
+    result = run_spot("cron", env={"SPOT_PROVIDERS__HS__API_KEY": key})
+    assert result.returncode == 0, result.stderr
+    assert key not in result.stdout + result.stderr and "API_KEY" not in result.stdout
+    [note] = result.stderr.splitlines()
+    assert note.startswith("spot cron: note: $SPOT_PROVIDERS__HS__API_KEY is a secret, so it is not written into "
+                           "these lines (spot sample needs it): ")
+    assert "set providers.hs.api_key_file in the config" in note
+
+
 def test_doctor_reports_the_age_of_the_last_good_sample(cloud: Cloud, home: Path) -> None:
     from spotinference.config import load_settings
     from spotinference.doctor import check_sampler
