@@ -16,7 +16,7 @@ import typer
 
 from spotinference import __version__
 
-from .commands import bench, billing, db, fleet, gateway, money, planned, setup, sim
+from .commands import bench, billing, config, db, fleet, gateway, money, planned, setup, sim
 from .commands import demo as demo_command
 from .state import CliState
 
@@ -27,7 +27,6 @@ app = typer.Typer(
         "million tokens."
     ),
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # rich-rendered help costs ~120 ms of start-up
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -61,6 +60,7 @@ def main(
 
 
 setup.register(app)
+config.register(app)
 app.add_typer(db.app, name="db")
 gateway.register(app)
 fleet.register(app)

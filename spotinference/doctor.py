@@ -37,8 +37,7 @@ def run_checks(config_path: Path | None = None) -> list[Check]:
     try:
         settings, source = load_settings(config_path)
     except SpotError as exc:
-        source = locate_config(config_path)
-        checks.append(Check("config", False, str(exc), exc.hint or f"fix {source.label}"))
+        checks.append(_config_failed(exc, config_path))
         return checks
     checks.append(check_config(settings, source))
     checks.append(check_data_dir(settings.home))
@@ -50,6 +49,22 @@ def run_checks(config_path: Path | None = None) -> list[Check]:
     checks.append(check_gateway(settings))
     checks.extend(check_providers_and_engines(settings))
     return checks
+
+
+def run_config_checks(config_path: Path | None = None) -> list[Check]:
+    """The checks of the config alone (`spot config check`): nothing is probed or opened."""
+    try:
+        settings, source = load_settings(config_path)
+    except SpotError as exc:
+        return [_config_failed(exc, config_path)]
+    return [check_config(settings, source), *check_provider_credentials(settings), check_ssh_key(settings)]
+
+
+def _config_failed(exc: SpotError, config_path: Path | None) -> Check:
+    source = locate_config(config_path)
+    # A bad SPOT_* variable is fixed in the environment, not in the file.
+    where = "that environment variable" if str(exc).startswith("environment variable ") else source.label
+    return Check("config", False, str(exc), exc.hint or f"fix {where}")
 
 
 def check_bundled_files() -> Check:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -276,6 +277,75 @@ def test_cron_prints_a_crontab_line_and_a_systemd_timer_with_absolute_paths(clou
     assert data["crontab"] == line
     assert set(data["systemd"]) == {"spot-sample.service", "spot-sample.timer"}
     assert "OnCalendar=minutely" in data["systemd"]["spot-sample.timer"]
+
+
+def test_cron_carries_the_spot_settings_in_effect_and_never_a_secret(cloud: Cloud, home: Path) -> None:
+    # The config names a dead provider address; the operator's shell overrides it with a SPOT_*
+    # variable. Cron and systemd see none of that shell, so the printed lines must carry it.
+    make_resources(cloud)  # (while ./spot.toml still points at this test's emulator)
+    config = Path("conf/sim.toml")
+    config.parent.mkdir()
+    config.write_text(Path("spot.toml").read_text().replace(f"{cloud.root}/v1", "http://127.0.0.1:9/v1"))
+    Path("spot.toml").unlink()
+    token = "operator-secret-5150"
+    env = {"SPOT_CONFIG": "conf/sim.toml", "SPOT_PROVIDERS__SIM__BASE_URL": f"{cloud.root}/v1",
+           "SPOT_GATEWAY__PORT": "18123", "SPOT_GATEWAY__OPERATOR_TOKEN": token,
+           "SPOT_TIERS__DEMO__VLLM__ENV__HF_TOKEN": "hf_env-secret-1414"}
+
+    result = run_spot("cron", env=env)
+    assert result.returncode == 0, result.stderr
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("* * * * * ")]
+    assert f"SPOT_HOME={home}" in line and "SPOT_GATEWAY__PORT=18123" in line
+    assert f"SPOT_PROVIDERS__SIM__BASE_URL={cloud.root}/v1" in line
+    assert f"--config {config.resolve()} sample" in line  # SPOT_CONFIG, made absolute
+    assert "Environment=SPOT_GATEWAY__PORT=18123" in result.stdout
+    assert f"Environment=SPOT_PROVIDERS__SIM__BASE_URL={cloud.root}/v1" in result.stdout
+    assert token not in result.stdout + result.stderr and "OPERATOR_TOKEN" not in result.stdout
+    assert "hf_env-secret-1414" not in result.stdout + result.stderr and "HF_TOKEN" not in result.stdout
+    note, hf_note = result.stderr.splitlines()
+    assert note.startswith("spot cron: note: $SPOT_GATEWAY__OPERATOR_TOKEN is a secret, so it is not written")
+    assert hf_note.startswith("spot cron: note: $SPOT_TIERS__DEMO__VLLM__ENV__HF_TOKEN is a secret")
+    assert "gateway.operator_token_file" in note and "EnvironmentFile=" in note
+    data = json.loads(run_spot("cron", "--json", env=env).stdout)
+    assert data["crontab"] == line and token not in json.dumps(data) and "hf_env-secret-1414" not in json.dumps(data)
+    assert data["environment"] == ["SPOT_HOME", "SPOT_GATEWAY__PORT", "SPOT_PROVIDERS__SIM__BASE_URL"]
+
+    # Run the line as cron does: its own shell, an environment without any SPOT_* variable.
+    command = line.removeprefix("* * * * * ").replace("\\%", "%")
+    ran = subprocess.run(["sh", "-c", command], env={"PATH": "/usr/bin:/bin"}, cwd="/", timeout=120)
+    assert ran.returncode == 0, (home / "sample.log").read_text()
+    assert "sampled 4 resource(s)" in (home / "sample.log").read_text()
+    assert rows(home, "SELECT ok FROM sample_runs") == [(True,)]
+
+    if shutil.which("systemd-analyze"):
+        units = Path("units")
+        units.mkdir()
+        for name, text in data["systemd"].items():
+            (units / name).write_text(text)
+        verify = subprocess.run(["systemd-analyze", "verify", "--man=no", *(str(units / n) for n in sorted(data["systemd"]))],
+                                capture_output=True, text=True, timeout=60)
+        assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+
+
+def test_cron_says_when_spot_sample_needs_a_key_it_cannot_carry(home: Path) -> None:
+    Path("spot.toml").write_text("""
+[providers.hs]
+base_url = "https://infrahub.example/v1"
+
+[tiers.big]
+provider = "hs"
+flavor = "n3-H100x1"
+environment = "CANADA-1"
+model = "m"
+""")
+    key = "hs-live-key-8086"
+    result = run_spot("cron", env={"SPOT_PROVIDERS__HS__API_KEY": key})
+    assert result.returncode == 0, result.stderr
+    assert key not in result.stdout + result.stderr and "API_KEY" not in result.stdout
+    [note] = result.stderr.splitlines()
+    assert note.startswith("spot cron: note: $SPOT_PROVIDERS__HS__API_KEY is a secret, so it is not written into "
+                           "these lines (spot sample needs it): ")
+    assert "set providers.hs.api_key_file in the config" in note
 
 
 def test_doctor_reports_the_age_of_the_last_good_sample(cloud: Cloud, home: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json as jsonlib
-import os
 import shlex
 import shutil
 import sys
@@ -116,13 +115,24 @@ def _systemd_quote(word: str) -> str:
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$") + '"'
 
 
+def _systemd_env_quote(assignment: str) -> str:
+    # Environment= expands specifiers (%) but not variables: a "$" is itself, unlike in ExecStart=.
+    if assignment and not any(c in assignment for c in " \t\"'\\%"):
+        return assignment
+    return '"' + assignment.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
 def cron(ctx: typer.Context, json: JsonOption = False) -> None:
-    """Print the crontab line and a systemd service + timer that run `spot sample` every minute."""
-    from spotinference.config import locate_config
+    """Print the crontab line and a systemd service + timer that run `spot sample` every minute.
+
+    They carry the SPOT_* settings in effect here (cron and systemd see none of this shell's
+    environment), except secrets, which are never written into them: each gets a note saying how
+    to hand it over instead.
+    """
+    from spotinference.config.provenance import environment_in_effect, explain_settings
 
     state: CliState = ctx.obj
-    settings = state.settings
-    source = locate_config(state.config_path)
+    settings, source, origins = explain_settings(state.config_path)
     spot = _spot_executable()
     home = settings.home.expanduser().resolve()
     workdir = Path.cwd().resolve()
@@ -130,9 +140,12 @@ def cron(ctx: typer.Context, json: JsonOption = False) -> None:
     spot_words = shlex.split(spot) if " -m " in spot else [spot]
     args = [*spot_words, *(["--config", str(config)] if config else []), "sample"]
     log_file = home / "sample.log"
+    home.mkdir(parents=True, exist_ok=True)  # else cron's `>> sample.log` fails before spot even starts
+    in_effect = [e for e in environment_in_effect(origins) if e.name.upper() != "SPOT_HOME"]
+    carried = [("SPOT_HOME", str(home))] + [(e.name, e.value) for e in in_effect if not e.secret]
 
-    command = (f"cd {shlex.quote(str(workdir))} && SPOT_HOME={shlex.quote(str(home))} "
-               f"{shlex.join(args)} >> {shlex.quote(str(log_file))} 2>&1")
+    assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in carried)
+    command = f"cd {shlex.quote(str(workdir))} && {assignments} {shlex.join(args)} >> {shlex.quote(str(log_file))} 2>&1"
     crontab = "* * * * * " + command.replace("%", "\\%")  # cron turns a bare % into a newline
     service = "\n".join([
         "[Unit]",
@@ -141,7 +154,7 @@ def cron(ctx: typer.Context, json: JsonOption = False) -> None:
         "[Service]",
         "Type=oneshot",
         f"WorkingDirectory={_systemd_quote(str(workdir))}",
-        f"Environment={_systemd_quote(f'SPOT_HOME={home}')}",
+        *(f"Environment={_systemd_env_quote(f'{name}={value}')}" for name, value in carried),
         f"ExecStart={' '.join(_systemd_quote(a) for a in args)}",
         "",
     ])
@@ -158,10 +171,11 @@ def cron(ctx: typer.Context, json: JsonOption = False) -> None:
         "WantedBy=timers.target",
         "",
     ])
-    notes = _notes(settings)
+    notes = _secret_notes(settings, [e for e in in_effect if e.secret])
     if json:
         print_json({"crontab": crontab, "systemd": {"spot-sample.service": service, "spot-sample.timer": timer},
-                    "spot": spot, "home": str(home), "config": str(config) if config else None, "notes": notes})
+                    "spot": spot, "home": str(home), "config": str(config) if config else None,
+                    "environment": [name for name, _ in carried], "notes": notes})
         return
     out = [
         "# crontab -e, then add (spot sample every minute; its output goes to sample.log):",
@@ -174,18 +188,25 @@ def cron(ctx: typer.Context, json: JsonOption = False) -> None:
         "# ~/.config/systemd/user/spot-sample.timer",
         timer,
     ]
-    out += [f"# note: {n}" for n in notes]
     typer.echo("\n".join(out))
+    for note in notes:  # on stderr: what is pasted from stdout stays exactly the lines
+        typer.echo(f"spot cron: note: {note}", err=True)
 
 
-def _notes(settings: Any) -> list[str]:
+def _secret_notes(settings: Any, secrets: list[Any]) -> list[str]:
+    """One line per secret in the environment: it is not in the lines, and how to hand it over instead."""
     from spotinference.billing.runs import sampled_providers
+    from spotinference.config.provenance import SECRET_FILES
 
+    needed = {f"providers.{name}.api_key" for name in sampled_providers(settings)
+              if not settings.providers[name].emulator}
     notes = []
-    for name in sampled_providers(settings):
-        provider = settings.providers[name]
-        env_name = f"SPOT_PROVIDERS__{name.upper()}__API_KEY"
-        if not provider.emulator and provider.api_key_file is None and os.environ.get(env_name):
-            notes.append(f"provider {name}'s API key comes from ${env_name}, which cron and systemd do not see: "
-                         f"set providers.{name}.api_key_file instead (spot never prints the key)")
+    for env in secrets:
+        key = env.keys[0]
+        impact = "spot sample needs it" if needed & set(env.keys) else "spot sample does not need it"
+        instead = (f"put it in a file only you can read and set {key}_file in the config, or give the service "
+                   "EnvironmentFile=" if key.rsplit(".", 1)[-1] in SECRET_FILES else
+                   "put it in a file only you can read and give the service EnvironmentFile= (or source it in the "
+                   "crontab line)")
+        notes.append(f"${env.name} is a secret, so it is not written into these lines ({impact}): {instead}")
     return notes

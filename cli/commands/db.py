@@ -56,7 +56,7 @@ def migrate(ctx: typer.Context, json: JsonOption = False) -> None:
 
 @app.command("flush")
 def flush(ctx: typer.Context, json: JsonOption = False) -> None:
-    """Copy spooled rows (e.g. the gateway's request log) into the database now."""
+    """Copy spooled rows (the request log) into the database now."""
     state: CliState = ctx.obj
     result = state.store().flush()
     data = {

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..output import print_json, print_table
 from ..state import CliState
 from .options import JsonOption
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from spotinference.request_log import RequestFilter
 
 keys_app = typer.Typer(help="Client API keys: create (shown once), list, revoke.", no_args_is_help=True)
 
@@ -82,8 +87,11 @@ def keys_list(ctx: typer.Context, json: JsonOption = False) -> None:
     if json:
         print_json(rows)
         return
+    if not rows:
+        typer.echo("no keys yet: spot keys create NAME")
+        return
     print_table(
-        None, ["name", "prefix", "created", "last used", "state"],
+        None, ["name", "prefix", "created (UTC)", "last used (UTC)", "state"],
         [(r["name"], r["prefix"], _when(r["created_at"]), _when(r["last_used_at"]) or "never",
           "revoked " + _when(r["revoked_at"]) if r["revoked_at"] else "active") for r in rows],
     )
@@ -102,30 +110,139 @@ def keys_revoke(ctx: typer.Context, name: str, json: JsonOption = False) -> None
         typer.echo(f"key {info.name!r} revoked")
 
 
+REQUEST_COLUMNS = ["started (UTC)", "model", "key", "status", "TTFT ms", "prompt tokens", "output tokens",
+                   "finish", "aborted"]
+# What must never be cut at 80 columns; the other titles may wrap onto a second line.
+_WHOLE = {"started (UTC)", "model", "key", "status"}
+# --follow prints a line per request as it comes, so its columns are fixed: 80 wide at most.
+FOLLOW_COLUMNS = [("started (UTC)", 14), ("model", 12), ("key", 8), ("status", 6), ("TTFT ms", 7), ("prompt", 6),
+                  ("output", 6), ("finish", 7)]
+
+
 def requests(
     ctx: typer.Context,
     last: Annotated[int, typer.Option("--last", min=1, help="How many of the newest requests.")] = 20,
+    key: Annotated[str | None, typer.Option("--key", metavar="NAME", help="Only this client key's requests.")] = None,
+    model: Annotated[str | None, typer.Option("--model", metavar="MODEL", help="Only requests for this model.")] = None,
+    status: Annotated[str | None, typer.Option(
+        "--status", metavar="CODE", help="Only this HTTP status (200) or class (4xx, 5xx).",
+        autocompletion=lambda incomplete: [c for c in ("2xx", "4xx", "5xx") if c.startswith(incomplete)])] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", metavar="WHEN", help="Only requests started since then: 10m, 2h, 7d, or a UTC date/time.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new requests as they finish, until Ctrl-C.")] = False,
     reconcile: Annotated[str | None, typer.Option(
         "--reconcile", metavar="ENGINE_URL",
         help="Also compare the log with this vLLM engine's own token counters since it started.")] = None,
     json: JsonOption = False,
 ) -> None:
-    """List the newest usage rows from the token log."""
-    from spotinference.reports import run_query
+    """List the newest requests from the token log, filtered by key, model, status and time."""
+    from spotinference.errors import InputError
+    from spotinference.request_log import RequestFilter, follow_requests, newest_requests
 
+    from ..when import parse_since
+
+    if follow and reconcile:
+        raise InputError("--follow and --reconcile do not go together: reconcile once, without --follow")
     state: CliState = ctx.obj
-    rows = run_query(state.store(), "requests_recent", last=last).records()
+    store = state.store()
+    filters = RequestFilter(key_name=key, model=model, **_status_range(status),
+                            since=parse_since("--since", since) if since else None)
+    if key is not None:
+        _known_key(store, key)
+    if follow:
+        _follow(follow_requests(store, filters, last), json=json)
+        return
+    rows = newest_requests(store, filters, last)
     lines = _reconciliation(state, reconcile) if reconcile else None
     if json:
         print_json(rows if lines is None else {"requests": rows, "reconciliation": lines})
         return
-    print_table(
-        None, ["started", "model", "key", "status", "ttft ms", "prompt", "completion", "finish", "aborted"],
-        [(_when(r["started_at"]), r["model"], r["key_name"], r["status"], r["ttft_ms"], _tokens(r["prompt_tokens"]),
-          _tokens(r["completion_tokens"]), r["finish_reason"], "yes" if r["aborted"] else "") for r in rows],
-    )
+    if rows:
+        _requests_table(rows)
+    else:
+        typer.echo(_no_requests_hint(filters))
     for line in lines or []:
         typer.echo(f"{line['model']} against {reconcile}: {line['line']}")
+
+
+def _status_range(text: str | None) -> dict[str, int | None]:
+    from spotinference.errors import InputError
+
+    if text is None:
+        return {"status_min": None, "status_max": None}
+    code = text.strip().lower()
+    if len(code) == 3 and code[0] in "12345" and code[1:] == "xx":
+        return {"status_min": int(code[0]) * 100, "status_max": int(code[0]) * 100 + 99}
+    if code.isdigit() and 100 <= int(code) <= 599:
+        return {"status_min": int(code), "status_max": int(code)}
+    raise InputError(f"--status {text!r} is not an HTTP status: expected a code (200, 429) or a class (2xx, 4xx, 5xx)")
+
+
+def _known_key(store: object, name: str) -> None:
+    from spotinference.errors import InputError
+    from spotinference.keys import list_keys
+
+    names = [k.name for k in list_keys(store)]  # type: ignore[arg-type]
+    if name not in names:
+        known = ", ".join(names) if names else "none yet: spot keys create NAME"
+        raise InputError(f"--key {name!r} names no key (known: {known})")
+
+
+def _no_requests_hint(filters: RequestFilter) -> str:
+    if filters.narrows:
+        return "no requests match these filters: drop one, or widen --since"
+    return ("no requests logged yet: start the gateway (spot serve), create a key (spot keys create NAME) and point "
+            "an OpenAI client at it")
+
+
+def _request_cells(r: dict) -> list:
+    ttft = None if r["ttft_ms"] is None else f"{r['ttft_ms']:,.0f}"
+    return [_when(r["started_at"]), r["model"], r["key_name"] or "", r["status"], ttft, _tokens(r["prompt_tokens"]),
+            _tokens(r["completion_tokens"]), r["finish_reason"], "yes" if r["aborted"] else ""]
+
+
+def _requests_table(rows: list[dict]) -> None:
+    """A table that fits 80 columns: columns empty in every row are left out, the first four never cut."""
+    from rich import box
+    from rich.table import Table
+
+    from ..output import console
+
+    cells = [["" if c is None else str(c) for c in _request_cells(r)] for r in rows]
+    keep = [i for i, title in enumerate(REQUEST_COLUMNS) if any(row[i] for row in cells)]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for i in keep:
+        title = REQUEST_COLUMNS[i]
+        table.add_column(title, no_wrap=title in _WHOLE, justify="right" if i in (3, 4, 5, 6) else "left")
+    for row in cells:
+        table.add_row(*(row[i] for i in keep))
+    console().print(table)
+
+
+def _follow(rows: Iterator[dict], *, json: bool) -> None:
+    """Print each row as the log yields it, one line each, until Ctrl-C (exit 0)."""
+    import json as jsonlib
+    import sys
+
+    from spotinference.jsonable import jsonable
+
+    def line(cells: list) -> str:
+        return "  ".join(f"{'' if c is None else c!s:<{w}}" for c, (_, w) in zip(cells, FOLLOW_COLUMNS, strict=True)).rstrip()
+
+    def cells(r: dict) -> list:
+        started = r["started_at"].strftime("%m-%d %H:%M:%S")
+        ttft, prompt, output, finish, aborted = _request_cells(r)[4:]
+        return [started, r["model"], r["key_name"], r["status"], ttft, prompt, output, "aborted" if aborted else finish]
+
+    if not json:
+        sys.stdout.write(line([title for title, _ in FOLLOW_COLUMNS]) + "\n")
+        sys.stdout.flush()
+    try:
+        for row in rows:
+            sys.stdout.write((jsonlib.dumps(jsonable(row), default=str) if json else line(cells(row))) + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        sys.stderr.write("spot requests: stopped\n")
 
 
 def _reconciliation(state: CliState, engine_url: str) -> list[dict]:

@@ -69,7 +69,8 @@ def cost(
     days: Annotated[float | None, typer.Option("--days", help="Trailing window in days, ending now (default 7).", show_default=False)] = None,
     since: Annotated[str | None, typer.Option("--since", help=f"Window start: {_FORMATS}.")] = None,
     until: Annotated[str | None, typer.Option("--until", help="Window end (exclusive), same formats; default now.")] = None,
-    by: Annotated[str | None, typer.Option("--by", help=f"Break the window down by: {', '.join(BY_CHOICES)}.")] = None,
+    by: Annotated[str | None, typer.Option("--by", help=f"Break the window down by: {', '.join(BY_CHOICES)}.",
+                                           autocompletion=lambda incomplete: [c for c in BY_CHOICES if c.startswith(incomplete)])] = None,
     json: JsonOption = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (the breakdown rows with --by, else the headline).")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a publishable economics page in Markdown.")] = False,
@@ -220,7 +221,8 @@ def _reconcile_table(r: Any) -> None:
         days.add_row(f"{res.provider} {res.resource_type} {res.resource_id}", d.day.isoformat(), _usd(d.ours_usd, 6),
                      _usd(d.provider_usd, 6), _signed_usd(d.unexplained_usd),
                      "matches" if d.within_tolerance else "DIFFERS")
-    con.print(days if r.days else "no samples placed on the provider's clock in this span")
+    con.print(days if r.days else "no samples placed on the provider's clock in this span: run `spot sample` "
+              "(every minute: spot cron), or widen --since/--until")
     for u in r.unavailable:
         res = u.resource
         typer.echo(f"NOT COMPARED: {res.provider} {res.resource_type} {res.resource_id}: no provider history ({u.error})")
@@ -241,6 +243,8 @@ def _rate(value: Decimal | None, observable: bool) -> str:
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, Decimal):
         return _usd(value, 4 if key == "statement_usd" else 2) if key.endswith("usd") or "usd_per" in key else str(value)
     if isinstance(value, float):
@@ -248,6 +252,49 @@ def _cell(key: str, value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+# Titles people read in tables and Markdown; --json and --csv keep the machine names (the SQL's).
+COLUMN_TITLES = {
+    "day": "day (UTC)",
+    "tier": "tier",
+    "tiers": "tiers",
+    "model": "model",
+    "key_id": "key id",
+    "key_name": "key",
+    "requests": "requests",
+    "spend_usd": "spend",
+    "statement_usd": "statement",
+    "prompt_tokens": "prompt tokens",
+    "completion_tokens": "output tokens",
+    "usd_per_mtok_output": "$/M output tokens",
+    "usd_per_mtok_total": "$/M tokens",
+    "coverage": "billing coverage",
+    "token_share": "share of tokens",
+    "resource_type": "resource",
+    "in_fleet": "in the fleet",
+    "resources": "resources",
+    "share": "share of fleet spend",
+    "vms": "GPU VMs",
+    "paid_gpu_hours": "paid GPU hours",
+    "busy_hours": "busy hours",
+    "busy_share": "busy share",
+}
+
+
+def column_title(key: str) -> str:
+    """A breakdown column's title for people; a column a query adds later still reads as words."""
+    if key in COLUMN_TITLES:
+        return COLUMN_TITLES[key]
+    words = key.removesuffix("_usd").replace("usd_per_mtok_", "$/M ").replace("_", " ")
+    return words + (" ($)" if key.endswith("_usd") else "")
+
+
+def _empty_breakdown(r: CostReport) -> str:
+    what = {"key": "no requests and no spend to put on a key", "model": "no requests and no spend to put on a model",
+            "utilisation": "no GPU VM billed"}.get(r.by or "", "nothing billed or served")
+    return (f"by {r.by}: no rows: {what} in this window; widen it (--days, --since) or check that "
+            "`spot sample` runs (spot cron)")
 
 
 def _warnings(r: CostReport) -> list[str]:
@@ -337,10 +384,10 @@ def _table(r: CostReport) -> None:
         table = Table(title=f"by {r.by}", title_justify="left")
         cols = list(r.breakdown[0]) if r.breakdown else []
         for col in cols:
-            table.add_column(col)
+            table.add_column(column_title(col))
         for row in r.breakdown:
             table.add_row(*(_cell(k, v) for k, v in row.items()))
-        con.print(table if cols else f"by {r.by}: no rows in this window")
+        con.print(table if cols else _empty_breakdown(r))
     if r.hosted is not None:
         hosted = Table(title=f"hosted APIs: {r.hosted.note}", title_justify="left")
         for col in _HOSTED_COLS:
@@ -394,7 +441,10 @@ def _markdown(r: CostReport) -> str:
             [[g.provider or "", g.start.isoformat(), g.end.isoformat(), str(g.minutes)] for g in r.gaps[:50]]))
     if r.by is not None and r.breakdown:
         cols = list(r.breakdown[0])
-        parts.append(f"\n## By {r.by}\n\n" + _md_table(cols, [[_cell(k, v) for k, v in row.items()] for row in r.breakdown]))
+        parts.append(f"\n## By {r.by}\n\n" + _md_table([column_title(c) for c in cols],
+                                                         [[_cell(k, v) for k, v in row.items()] for row in r.breakdown]))
+    elif r.by is not None:
+        parts.append(f"\n## By {r.by}\n\n{_empty_breakdown(r)}\n")
     if r.hosted is not None:
         parts.append(f"\n## Hosted APIs for comparison\n\nList prices as of {r.hosted.as_of} ({r.hosted.note}); "
                      "'same tokens there' prices this window's prompt and completion tokens at each list price.\n\n"

@@ -1,0 +1,29 @@
+-- Question: which requests finished after a moment, oldest first? (`spot requests --follow`)
+-- Parameters: $after — finished strictly after this time; the same filters as requests_recent,
+--   each NULL for "any": $key_name, $model, $status_min/$status_max, $since.
+-- Units: times UTC; ttft_ms and wake_wait_ms in milliseconds; tokens as the engine counted them.
+SELECT
+    r.request_id        AS id,
+    r.model,
+    r.tier,
+    r.node,
+    k.name              AS key_name,
+    r.started_at,
+    r.finished_at,
+    r.ttft_ms,
+    r.wake_wait_ms,
+    r.prompt_tokens,
+    r.completion_tokens,
+    r.http_status       AS status,
+    r.finish_reason,
+    r.client_aborted    AS aborted,
+    r.streamed,
+    r.error
+FROM requests AS r
+LEFT JOIN api_keys AS k ON k.key_id = r.key_id
+WHERE r.finished_at > $after
+  AND (CAST($key_name AS VARCHAR) IS NULL OR k.name = $key_name)
+  AND (CAST($model AS VARCHAR) IS NULL OR r.model = $model)
+  AND (CAST($status_min AS INTEGER) IS NULL OR r.http_status BETWEEN $status_min AND $status_max)
+  AND (CAST($since AS TIMESTAMPTZ) IS NULL OR r.started_at >= $since)
+ORDER BY r.finished_at, r.started_at, r.request_id;
