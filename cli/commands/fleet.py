@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..output import print_json, print_table
+from ..output import Column, build_table, console, print_json, usd_per_hour
 from ..state import CliState
 from .options import JsonOption
 
@@ -45,37 +45,73 @@ def _fleet(ctx: typer.Context, *, quiet: bool = False):  # noqa: ANN202
         fleet_context.close()
 
 
+STATUS_COLUMNS = [
+    Column("tier", drop_rank=5), Column("node", key=True), Column("state", key=True),
+    Column("provider id", drop_rank=0), Column("ip", drop_rank=4), Column("gpu", drop_rank=2),
+    Column("$/h", key=True, justify="right"), Column("up since", drop_rank=3), Column("last request", drop_rank=1),
+]
+
+
 def _show_status(context: FleetContext, tier: str | None, *, json: bool) -> None:
+    from spotinference.fleet.status import fleet_status
+
+    if json:
+        print_json([row.to_json() for row in fleet_status(context, tier)])
+        return
+    from rich.text import Text
+
+    out = console()
+    for part in _status_view(context, tier, width=out.width):
+        out.print(part, soft_wrap=isinstance(part, Text))  # a line stays one line in a pipe
+
+
+def _status_view(context: FleetContext, tier: str | None, *, width: int) -> list:
+    """What `spot status` shows, as rich renderables fitted to ``width``: the gateway's tiers, one
+    row per node, and the line of what keeps billing while everything sleeps."""
+    from rich.text import Text
+
     from spotinference.fleet.status import fleet_status, gateway_view
 
     rows = fleet_status(context, tier)
-    if json:
-        print_json([row.to_json() for row in rows])
-        return
+    parts: list = []
     view = gateway_view(context.settings)
     if view is not None:
-        _show_tiers(view, tier)
+        parts += _tiers_view(view, tier, width)
     if not rows:
-        typer.echo("no nodes" + (f" in tier {tier}" if tier else "") + " (create them with `spot up TIER`)")
-        return
-    print_table(
-        None,
-        ["tier", "node", "state", "provider id", "ip", "gpu", "$/h", "up since", "last request"],
-        [
+        parts.append(Text("no nodes" + (f" in tier {tier}" if tier else "") + " (create them with `spot up TIER`)"))
+    else:
+        parts.append(build_table(None, STATUS_COLUMNS, [
             (
                 r.tier if r.configured else f"{r.tier} (not configured)", r.name, r.state.value, r.provider_id, r.ip,
                 f"{r.gpu_count}× {r.gpu}" if r.gpu else r.flavor,
-                f"{r.usd_per_hour:.3f}" if r.usd_per_hour is not None else "?",
+                usd_per_hour(r.usd_per_hour),
                 r.up_since.strftime("%Y-%m-%d %H:%M:%S") if r.up_since else "",
                 r.last_request.strftime("%Y-%m-%d %H:%M:%S") if r.last_request else "",
             )
             for r in rows
-        ],
-    )
+        ], width=width))
+    parts.append(Text(_asleep_line(context, tier, rows)))
+    return parts
 
 
-def _show_tiers(view: dict, only: str | None) -> None:
+def _asleep_line(context: FleetContext, tier: str | None, rows: list) -> str:
+    from spotinference.fleet.volumes import list_volumes, sleeping_bill
+    from spotinference.providers import ProviderError
+
+    from .volumes import sleeping_line
+
+    try:
+        listing = list_volumes(context, tier)
+    except ProviderError as exc:
+        return f"billing while asleep: unknown (the volume list failed: {exc.message})"
+    return sleeping_line(sleeping_bill(listing.volumes, rows))
+
+
+def _tiers_view(view: dict, only: str | None, width: int) -> list:
     """What the running gateway sees per tier: held requests, wakes, idle countdowns, the gate."""
+    from rich.text import Text
+
+    parts: list = []
     tiers = [t for t in view.get("tiers", []) if only is None or t["tier"] == only]
     if tiers:
         def seconds(value: float | None) -> str:
@@ -84,16 +120,20 @@ def _show_tiers(view: dict, only: str | None) -> None:
         def when(value: float | None) -> str:
             return "" if not value else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
 
-        print_table(
+        parts.append(build_table(
             "tiers (from the gateway)",
-            ["tier", "state", "serving", "in flight", "held", "waking for", "last request", "hibernates in"],
+            [Column("tier", key=True), Column("state", drop_rank=6), Column("serving", drop_rank=5),
+             Column("in flight", drop_rank=4), Column("held", drop_rank=3), Column("waking for", drop_rank=2),
+             Column("last request", drop_rank=0), Column("hibernates in", drop_rank=1)],
             [(t["tier"], t["state"] + (f" ({t['degraded_reason']})" if t.get("degraded_reason") else ""),
               len(t["serving_nodes"]), t["in_flight"], t["held_requests"], seconds(t["wake_elapsed_s"]),
               when(t["last_request_at"]), seconds(t["idle_countdown_s"])) for t in tiers],
-        )
+            width=width,
+        ))
     gate = view.get("budget_gate")
     if gate:
-        typer.echo(f"budget gate: {'open' if gate['open'] else 'CLOSED'} ({gate['reason']}): {gate['message']}")
+        parts.append(Text(f"budget gate: {'open' if gate['open'] else 'CLOSED'} ({gate['reason']}): {gate['message']}"))
+    return parts
 
 
 def up(
@@ -132,31 +172,96 @@ def down(
     ctx: typer.Context,
     tier: TierArg,
     terminate: Annotated[bool, typer.Option("--terminate", help="Delete the nodes instead of hibernating them.")] = False,
+    volumes: Annotated[bool, typer.Option("--volumes", help="With --terminate: also delete the tier's weights volumes (they bill until deleted).")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting.")] = False,
     json: JsonOption = False,
 ) -> None:
-    """Hibernate a tier's nodes (default), or delete them with --terminate (weights volumes stay)."""
+    """Hibernate a tier's nodes (default), or delete them with --terminate (weights volumes stay,
+    and bill, unless --volumes)."""
+    from spotinference.errors import InputError
     from spotinference.fleet.operations import Fleet
 
+    if volumes and not terminate:
+        raise InputError("--volumes deletes the tier's weights volumes and needs --terminate",
+                         hint=f"`spot down {tier} --terminate --volumes`")
+    what = "the nodes and their weights volumes" if volumes else "the nodes"
     if terminate and not yes:
         if not sys.stdin.isatty():
-            from spotinference.errors import InputError
-
-            raise InputError("--terminate deletes the nodes: add --yes to confirm when not at a terminal")
-        typer.confirm(f"Delete every node of tier {tier}? Their local disks are lost (weights volumes stay)", abort=True)
+            flags = "--terminate --volumes" if volumes else "--terminate"
+            raise InputError(f"{flags} deletes {what}: add --yes to confirm when not at a terminal")
+        lost = "Their disks and the weights on their volumes are lost" if volumes else \
+            "Their local disks are lost (weights volumes stay, and keep billing)"
+        typer.confirm(f"Delete every node of tier {tier}{' and its weights volumes' if volumes else ''}? {lost}",
+                      abort=True)
     with _fleet(ctx, quiet=json) as context:
         Fleet(context).down(tier, terminate=terminate)
+        if volumes:
+            from spotinference.fleet.volumes import delete_tier_volumes
+
+            delete_tier_volumes(context, tier, reason="spot down --terminate --volumes")
         _show_status(context, tier, json=json)
 
 
 def status(
     ctx: typer.Context,
     tier: Annotated[str | None, typer.Argument(help="Only this tier.", show_default=False)] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh in place until Ctrl-C (which exits 0).")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.", min=0.5)] = 2.0,
     json: JsonOption = False,
 ) -> None:
-    """One row per node: tier, state, provider id, IP, GPU, current rate, up since, last request."""
+    """One row per node: tier, state, provider id, IP, GPU, current rate, up since, last request;
+    then what keeps billing while everything sleeps (volumes, hibernated VMs)."""
     with _fleet(ctx, quiet=True) as context:
-        _show_status(context, tier, json=json)
+        if watch:
+            _watch_status(context, tier, interval_s=interval, json=json)
+        else:
+            _show_status(context, tier, json=json)
+
+
+def _watch_status(context: FleetContext, tier: str | None, *, interval_s: float, json: bool) -> None:
+    """Refresh until Ctrl-C, which ends the watch normally (exit 0, as `spot logs --follow`).
+    A refresh that fails after the first is shown in place of the view and retried."""
+    import json as json_module
+
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from spotinference.errors import SpotError
+
+    out = console()
+
+    def view() -> Group:
+        stamp = Text(f"every {interval_s:g} s, Ctrl-C to stop · {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC",
+                     style="dim")
+        return Group(stamp, *_status_view(context, tier, width=out.width))
+
+    try:
+        if json or not out.is_terminal:
+            # Not a screen to redraw: one snapshot after another (JSON lines with --json).
+            while True:
+                if json:
+                    from spotinference.fleet.status import fleet_status
+
+                    rows = [row.to_json() for row in fleet_status(context, tier)]
+                    sys.stdout.write(json_module.dumps(rows, default=str) + "\n")
+                    sys.stdout.flush()
+                else:
+                    out.print(view())
+                    out.print()
+                time.sleep(interval_s)
+        first = view()  # a first refresh that fails is the command's error
+        with Live(first, console=out, auto_refresh=False, transient=False) as live:
+            while True:
+                time.sleep(interval_s)
+                try:
+                    live.update(view(), refresh=True)
+                except SpotError as exc:
+                    failed = Text(f"refresh failed at {time.strftime('%H:%M:%S', time.gmtime())} UTC: {exc.message}"
+                                  " (retrying)", style="bold red")
+                    live.update(failed, refresh=True)
+    except KeyboardInterrupt:
+        return
 
 
 def logs(
@@ -203,5 +308,8 @@ def register(app: typer.Typer) -> None:
     app.command("wake")(wake)
     app.command("hibernate")(hibernate)
     app.command("status")(status)
+    from .volumes import volumes
+
+    app.command("volumes")(volumes)
     app.command("logs")(logs)
     app.command("ssh")(ssh)
