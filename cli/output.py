@@ -61,14 +61,16 @@ def build_table(title: str | None, columns: Sequence[str | Column], rows: Sequen
     cells = [["" if cell is None else str(cell) for cell in row] for row in rows]
     shown = [i for i in range(len(specs)) if not cells or any(row[i].strip() for row in cells)]
     dropped: list[str] = []
-    while _needed_width(specs, cells, shown) > width:
+    # Too wide with its outer border: the border goes first (two columns), then the least important columns.
+    edge = _needed_width(specs, cells, shown) <= width
+    while _needed_width(specs, cells, shown) - (0 if edge else 2) > width:
         victim = _next_to_drop(specs, shown)
         if victim is None:
             break  # only key columns left: rich wraps the rest as best it can
         shown.remove(victim)
         dropped.append(specs[victim].title)
     caption = f"not shown at this width: {', '.join(dropped)} (widen the terminal or use --json)" if dropped else None
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left", show_edge=edge)
     for i in shown:
         spec = specs[i]
         if spec.key:

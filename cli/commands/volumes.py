@@ -46,9 +46,10 @@ def volumes(ctx: typer.Context, json: JsonOption = False) -> None:
         ])
         total = sum((v.usd_per_hour for v in listing.volumes if v.usd_per_hour is not None), start=0)
         unknown = sum(1 for v in listing.volumes if v.usd_per_hour is None)
-        typer.echo(f"{len(listing.volumes)} volume(s) billing ${usd_per_hour(total)}/h"
-                   + (f" plus {unknown} at an unknown rate" if unknown else "")
-                   + "; `spot down TIER --terminate --volumes` deletes a tier's")
+        count = len(listing.volumes)
+        typer.echo(f"{count} volume{'s' if count != 1 else ''} bill ${usd_per_hour(total)}/h"
+                   + (f" (+ {unknown} at an unknown rate)" if unknown else "")
+                   + " until deleted (`spot down TIER --terminate --volumes`)")
     for problem in listing.problems:
         typer.echo(f"warning: {problem}", err=True)
 
@@ -64,11 +65,10 @@ def sleeping_line(bill: SleepingBill) -> str:
         parts.append((f"{count} hibernated VM{'s' if count != 1 else ''} (disk, IP)", _sum(r for _, r in bill.hibernated)))
     if not parts:
         return "billing while asleep: nothing (no volumes, no hibernated VMs)"
+    total = f"billing while asleep: ${usd_per_hour(bill.usd_per_hour)}/h"
     if len(parts) == 1:
-        detail = parts[0][0]
-    else:
-        detail = " + ".join(f"{what} ${usd_per_hour(rate)}/h" for what, rate in parts)
-    return f"billing while asleep: ${usd_per_hour(bill.usd_per_hour)}/h ({detail})"
+        return f"{total} ({parts[0][0]})"
+    return f"{total} = " + " + ".join(f"{what.split(' (')[0].split(',')[0]} ${usd_per_hour(rate)}/h" for what, rate in parts)
 
 
 def _sum(rates):  # noqa: ANN001, ANN202 - Decimals, or None when any is unknown
