@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-#: a non-key column is never folded narrower than this (or its longest word, if shorter)
-_FOLD_MIN = 10
+#: a non-key column folds no narrower than its longest word, or this when a word is longer
+_FOLD_MIN = 16
 
 
 @dataclass(frozen=True)
@@ -60,26 +60,53 @@ def build_table(title: str | None, columns: Sequence[str | Column], rows: Sequen
     specs = [c if isinstance(c, Column) else Column(c) for c in columns]
     cells = [["" if cell is None else str(cell) for cell in row] for row in rows]
     shown = [i for i in range(len(specs)) if not cells or any(row[i].strip() for row in cells)]
+    full = {i: _full_width(specs[i], cells, i) for i in range(len(specs))}
+    least = {i: full[i] if specs[i].key else min(full[i], _longest_word(specs[i], cells, i)) for i in full}
     dropped: list[str] = []
     # Too wide with its outer border: the border goes first (two columns), then the least important columns.
-    edge = _needed_width(specs, cells, shown) <= width
-    while _needed_width(specs, cells, shown) - (0 if edge else 2) > width:
+    edge = _frame(len(shown), edge=True) + sum(full[i] for i in shown) <= width
+    while _frame(len(shown), edge=edge) + sum(least[i] for i in shown) > width:
         victim = _next_to_drop(specs, shown)
         if victim is None:
-            break  # only key columns left: rich wraps the rest as best it can
+            break  # only key columns left: rich does what it can
         shown.remove(victim)
         dropped.append(specs[victim].title)
+    widths = _fit(specs, shown, full, least, width - _frame(len(shown), edge=edge))
     caption = f"not shown at this width: {', '.join(dropped)} (widen the terminal or use --json)" if dropped else None
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left", show_edge=edge)
     for i in shown:
         spec = specs[i]
-        if spec.key:
-            table.add_column(spec.title, no_wrap=True, min_width=_full_width(spec, cells, i), justify=spec.justify)
-        else:
-            table.add_column(spec.title, overflow="fold", justify=spec.justify)
+        # Fixed widths only where the table had to shrink: a table that fits is rich's own layout.
+        fixed = widths[i] if widths is not None else None
+        table.add_column(spec.title, justify=spec.justify, width=fixed, no_wrap=spec.key,
+                         overflow="ellipsis" if spec.key else "fold")
     for row in cells:
         table.add_row(*(row[i] for i in shown))
     return table
+
+
+def _frame(count: int, *, edge: bool) -> int:
+    """Columns taken by rich's default box: a separator between columns, a space of padding on
+    each side of each cell, and the outer border when shown."""
+    return 3 * count + (1 if edge else -1)
+
+
+def _fit(specs: list[Column], shown: list[int], full: dict[int, int], least: dict[int, int],
+         room: int) -> dict[int, int] | None:
+    """Each shown column's width, narrowing the widest non-key column first, never below its
+    longest word; None when every column fits whole."""
+    widths = {i: full[i] for i in shown}
+    excess = sum(widths.values()) - room
+    if excess <= 0:
+        return None
+    while excess > 0:
+        narrowable = [i for i in shown if not specs[i].key and widths[i] > least[i]]
+        if not narrowable:
+            break
+        widest = max(narrowable, key=lambda i: (widths[i], i))
+        widths[widest] -= 1
+        excess -= 1
+    return widths
 
 
 def _full_width(spec: Column, cells: list[list[str]], i: int) -> int:
@@ -89,18 +116,12 @@ def _full_width(spec: Column, cells: list[list[str]], i: int) -> int:
     return max((cell_len(line) for line in lines), default=1)
 
 
-def _folded_width(spec: Column, cells: list[list[str]], i: int) -> int:
+def _longest_word(spec: Column, cells: list[list[str]], i: int) -> int:
+    """How narrow a folded column may get: its longest word, at most ``_FOLD_MIN``."""
     from rich.cells import cell_len
 
     words = [w for text in (spec.title, *(row[i] for row in cells)) for w in text.split()]
     return min(_FOLD_MIN, max((cell_len(w) for w in words), default=1))
-
-
-def _needed_width(specs: list[Column], cells: list[list[str]], shown: list[int]) -> int:
-    # rich's default box: one border per column plus one, and one space of padding each side.
-    content = sum(_full_width(specs[i], cells, i) if specs[i].key else _folded_width(specs[i], cells, i)
-                  for i in shown)
-    return content + 3 * len(shown) + 1
 
 
 def _next_to_drop(specs: list[Column], shown: list[int]) -> int | None:

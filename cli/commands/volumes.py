@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 COLUMNS = [
     Column("tier", drop_rank=4), Column("volume", key=True), Column("GB", justify="right", drop_rank=3),
-    Column("$/h", key=True, justify="right"), Column("attached to", key=True),
+    Column("$/h", key=True, justify="right"), Column("attached to", drop_rank=5),
     Column("billing since", drop_rank=2), Column("id", drop_rank=0), Column("provider", drop_rank=1),
 ]
 
