@@ -134,3 +134,22 @@ def test_the_hyperstack_client_lists_and_deletes_volumes_as_the_api_answers(clou
         provider.delete_volume(volume.provider_id)
         provider.delete_volume(volume.provider_id)  # already gone: fine
         assert provider.list_volumes() == []
+
+
+def test_a_volume_attached_to_a_vm_outside_the_deletion_is_refused_and_kept(cloud: Cloud) -> None:
+    """Someone attached the tier's weights volume to a VM of their own: deleting it would break
+    that VM, so `--volumes` refuses with one line naming it (exit 7) and deletes nothing."""
+    ok("up", "demo")
+    ok("down", "demo", "--terminate", "--yes")
+    created = httpx.post(f"{cloud.base_url}/core/virtual-machines", headers={"api_key": "test"}, timeout=10, json={
+        "name": "someone-elses-vm", "environment_name": "sim-local", "flavor_name": "sim-cpu-1",
+        "key_name": "spotinference-sim-local", "count": 1, "volume_name": "demo-weights"})
+    assert created.status_code == 200, created.text
+    result = run_spot("down", "demo", "--terminate", "--volumes", "--yes")
+    assert result.returncode == 7, result.stderr
+    [line] = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: volume demo-weights is attached to VM someone-elses-vm"), result.stderr
+    [volume] = volumes_json()
+    assert volume["attached_to"] == "someone-elses-vm"
+    vm_id = created.json()["instances"][0]["id"]
+    httpx.delete(f"{cloud.base_url}/core/virtual-machines/{vm_id}", headers={"api_key": "test"}, timeout=10)
