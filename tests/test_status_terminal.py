@@ -54,32 +54,39 @@ class Pane:
 
 
 @pytest.fixture
-def pane(tmp_path: Path, home: Path) -> Iterator[Pane]:
+def operator(tmp_path: Path, home: Path) -> Iterator[Callable[..., Pane]]:
+    """Starts the emulator and a tmux session running `spot up TIER` and then ``commands``, each
+    followed by ``echo "<command> exited $?"``."""
     tmux = ensure_program("tmux", "tmux")
     server, root = start_sim_cloud(tmp_path / "cloud", *FAST)
     write_fleet_config(f"{root}/v1", {TIER: sim_tier(weights_volume="chat-weights", weights_volume_gb=10,
                                                      sim={"load_seconds": 0.5})})
-    script = tmp_path / "operator.sh"
-    script.write_text("\n".join([
-        f"cd {shlex.quote(str(Path.cwd()))}",
-        f"export SPOT_HOME={shlex.quote(str(home))}",
-        f"{shlex.quote(str(SPOT))} up {TIER}",
-        f"{shlex.quote(str(SPOT))} status --watch --interval 1",
-        'echo "watch exited $?"',
-        "sleep 600",
-        "",
-    ]))
     pane = Pane(tmux, tmp_path / "tmux.sock")
-    pane.run("new-session", "-d", "-s", "spot", "-x", "80", "-y", "30", f"bash {shlex.quote(str(script))}")
+
+    def start(*commands: str) -> Pane:
+        spot = shlex.quote(str(SPOT))
+        script = tmp_path / "operator.sh"
+        script.write_text("\n".join([
+            f"cd {shlex.quote(str(Path.cwd()))}",
+            f"export SPOT_HOME={shlex.quote(str(home))}",
+            f"{spot} up {TIER}",
+            *(f'{spot} {command}; echo "{command.split()[0]} exited $?"' for command in commands),
+            "sleep 600",
+            "",
+        ]))
+        pane.run("new-session", "-d", "-s", "spot", "-x", "80", "-y", "30", f"bash {shlex.quote(str(script))}")
+        return pane
+
     try:
-        yield pane
+        yield start
     finally:
         subprocess.run([str(tmux), "-S", str(pane.socket), "kill-server"], capture_output=True, timeout=30)
         run_spot("down", TIER, "--terminate", "--volumes", "--yes")
         server.stop()
 
 
-def test_up_then_status_watch_at_80_columns_shows_names_states_and_rates_whole(pane: Pane) -> None:
+def test_up_then_status_watch_at_80_columns_shows_names_states_and_rates_whole(operator) -> None:  # noqa: ANN001
+    pane = operator("status --watch --interval 1")
     screen = pane.wait_for(lambda s: "Ctrl-C to stop" in s and re.search(rf"{NODE}\b.*\bserving\b", s) is not None,
                            "the watch with the node serving")
     [node] = json.loads(run_spot("status", "--json").stdout)
@@ -107,6 +114,16 @@ def test_up_then_status_watch_at_80_columns_shows_names_states_and_rates_whole(p
     assert re.search(rf"{NODE}\b.*\bserving\b", later)
 
     pane.run("send-keys", "-t", "spot", "C-c")
-    done = pane.wait_for(lambda s: "watch exited" in s, "the watch ending on Ctrl-C", timeout_s=30)
-    assert "watch exited 0" in done
+    done = pane.wait_for(lambda s: "status exited" in s, "the watch ending on Ctrl-C", timeout_s=30)
+    assert "status exited 0" in done
     assert "Traceback" not in done
+
+
+def test_down_with_volumes_asks_at_a_terminal_and_deletes_them_on_yes(operator) -> None:  # noqa: ANN001
+    pane = operator(f"down {TIER} --terminate --volumes", "volumes")
+    pane.wait_for(lambda s: "weights volumes?" in s and "[y/N]" in s, "the confirmation prompt")
+    pane.run("send-keys", "-t", "spot", "y", "Enter")
+    screen = pane.wait_for(lambda s: "volumes exited" in s, "the deletion and `spot volumes` after it")
+    assert "down exited 0" in screen and "volume chat-weights (10 GB): deleted" in screen
+    assert "no volumes in the configured accounts" in screen
+    assert json.loads(run_spot("volumes", "--json").stdout) == []

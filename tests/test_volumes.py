@@ -153,3 +153,22 @@ def test_a_volume_attached_to_a_vm_outside_the_deletion_is_refused_and_kept(clou
     assert volume["attached_to"] == "someone-elses-vm"
     vm_id = created.json()["instances"][0]["id"]
     httpx.delete(f"{cloud.base_url}/core/virtual-machines/{vm_id}", headers={"api_key": "test"}, timeout=10)
+
+
+def test_a_volume_in_the_openapi_files_shape_reads_whole() -> None:
+    """`Volumes_Fields` as Hyperstack's OpenAPI file gives it (ids are numbers, times with a space),
+    plus an attachment already detaching, which no longer ties the volume to its VM."""
+    from datetime import UTC, datetime
+
+    from spotinference.providers.hyperstack_mapping import volume_from
+
+    volume = volume_from({
+        "attachments": [{"instance_id": 5, "protected": True, "id": 5, "device": "/dev/vdb", "status": "ATTACHED"},
+                        {"instance_id": 6, "protected": False, "id": 6, "device": "/dev/vdc", "status": "DETACHING"}],
+        "volume_type": "Cloud-SSD", "created_at": "2000-01-23 04:56:07+00:00", "description": "", "bootable": False,
+        "callback_url": None, "environment": {"features": "{}", "name": "CANADA-1", "region": "CANADA-1"},
+        "size": 200, "updated_at": "2000-01-23 04:56:07+00:00", "name": "llama-weights", "id": 2, "image_id": None,
+        "status": "in-use"})
+    assert (volume.provider_id, volume.name, volume.size_gb, volume.status) == ("2", "llama-weights", 200, "in-use")
+    assert volume.attached_vm_ids == ("5",) and volume.environment == "CANADA-1"
+    assert volume.created_at == datetime(2000, 1, 23, 4, 56, 7, tzinfo=UTC)

@@ -104,7 +104,8 @@ def _asleep_line(context: FleetContext, tier: str | None, rows: list) -> str:
         listing = list_volumes(context, tier)
     except ProviderError as exc:
         return f"billing while asleep: unknown (the volume list failed: {exc.message})"
-    return sleeping_line(sleeping_bill(listing.volumes, rows))
+    line = sleeping_line(sleeping_bill(listing.volumes, rows))
+    return line + (f" (not counted: {'; '.join(listing.problems)})" if listing.problems else "")
 
 
 def _tiers_view(view: dict, only: str | None, width: int) -> list:
