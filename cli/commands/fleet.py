@@ -223,6 +223,8 @@ def _watch_status(context: FleetContext, tier: str | None, *, interval_s: float,
     """Refresh until Ctrl-C, which ends the watch normally (exit 0, as `spot logs --follow`).
     A refresh that fails after the first is shown in place of the view and retried."""
     import json as json_module
+    import signal
+    import threading
 
     from rich.console import Group
     from rich.live import Live
@@ -231,38 +233,64 @@ def _watch_status(context: FleetContext, tier: str | None, *, interval_s: float,
     from spotinference.errors import SpotError
 
     out = console()
+    stopped = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_ctrl_c(signum: int, frame: object) -> None:
+        stopped.set()
+        signal.default_int_handler(signum, frame)
+
+    if previous is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, on_ctrl_c)
 
     def view() -> Group:
         stamp = Text(f"every {interval_s:g} s, Ctrl-C to stop · {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC",
                      style="dim")
         return Group(stamp, *_status_view(context, tier, width=out.width))
 
+    def snapshot() -> str:
+        from spotinference.fleet.status import fleet_status
+
+        return json_module.dumps([row.to_json() for row in fleet_status(context, tier)], default=str)
+
+    def failed(exc: SpotError) -> Text:
+        return Text(f"refresh failed at {time.strftime('%H:%M:%S', time.gmtime())} UTC: {exc.message} (retrying)",
+                    style="bold red")
+
     try:
+        # The first refresh failing is the command's error; a later one is shown and retried.
         if json or not out.is_terminal:
             # Not a screen to redraw: one snapshot after another (JSON lines with --json).
+            shown = snapshot() if json else view()
             while True:
                 if json:
-                    from spotinference.fleet.status import fleet_status
-
-                    rows = [row.to_json() for row in fleet_status(context, tier)]
-                    sys.stdout.write(json_module.dumps(rows, default=str) + "\n")
+                    sys.stdout.write(shown + "\n")
                     sys.stdout.flush()
                 else:
-                    out.print(view())
+                    out.print(shown)
                     out.print()
                 time.sleep(interval_s)
-        first = view()  # a first refresh that fails is the command's error
-        with Live(first, console=out, auto_refresh=False, transient=False) as live:
+                try:
+                    shown = snapshot() if json else view()
+                except SpotError as exc:
+                    shown = json_module.dumps({"error": exc.message}) if json else failed(exc)
+        last = view()
+        with Live(last, console=out, auto_refresh=False, transient=False) as live:
             while True:
                 time.sleep(interval_s)
                 try:
-                    live.update(view(), refresh=True)
+                    last = view()
+                    live.update(last, refresh=True)
                 except SpotError as exc:
-                    failed = Text(f"refresh failed at {time.strftime('%H:%M:%S', time.gmtime())} UTC: {exc.message}"
-                                  " (retrying)", style="bold red")
-                    live.update(failed, refresh=True)
+                    live.update(Group(failed(exc), last), refresh=True)  # the last good view, marked stale
     except KeyboardInterrupt:
         return
+    except Exception:
+        if stopped.is_set():
+            return  # a library turned the Ctrl-C into an error of its own (DuckDB: "Query interrupted")
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def logs(
