@@ -127,3 +127,24 @@ def test_down_with_volumes_asks_at_a_terminal_and_deletes_them_on_yes(operator) 
     assert "down exited 0" in screen and "volume chat-weights (10 GB): deleted" in screen
     assert "no volumes in the configured accounts" in screen
     assert json.loads(run_spot("volumes", "--json").stdout) == []
+
+
+def test_status_watch_piped_with_json_prints_one_line_per_refresh_and_ctrl_c_exits_0(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    server, root = start_sim_cloud(tmp_path / "cloud", *FAST)
+    try:
+        write_fleet_config(f"{root}/v1", {TIER: sim_tier()})
+        watch = subprocess.Popen([str(SPOT), "status", "--watch", "--interval", "0.5", "--json"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        try:
+            lines = [watch.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
+            assert [json.loads(line) for line in lines] == [[], []]  # no nodes yet, refreshed
+        finally:
+            watch.send_signal(signal.SIGINT)
+            _, stderr = watch.communicate(timeout=30)
+        assert watch.returncode == 0, stderr
+        assert "Traceback" not in stderr
+    finally:
+        server.stop()
