@@ -104,6 +104,9 @@ def test_up_then_status_watch_at_80_columns_shows_names_states_and_rates_whole(o
     assert table_rows, screen
     assert "…" not in "\n".join(table_rows), screen
     assert "billing while asleep: $" in screen and "(1 volume, 10 GB)" in screen
+    assert "last request" not in screen  # empty in every row: no space spent on it
+    wide = run_spot("status", env={"COLUMNS": "200"}).stdout
+    assert "provider id" in wide and "up since" in wide and "last request" not in wide
 
     # In place: a later screen still shows one watch, with a newer time stamp.
     def stamp(text: str) -> list[str]:
