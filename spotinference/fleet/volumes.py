@@ -173,9 +173,11 @@ def delete_tier_volumes(ctx: FleetContext, tier_name: str, *, reason: str,
             try:
                 provider.delete_volume(volume.provider_id)
             except ProviderError as exc:
-                if exc.status_code not in (400, 409):
+                # Refused while it still lists an attachment to a VM now gone: the provider is
+                # catching up, look again. Refused with no attachment: that is the answer.
+                if exc.status_code not in (400, 409) or not volume.attached_vm_ids:
                     raise
-                continue  # refused while the provider still counts it attached: look again
+                continue
             requested.add(volume.provider_id)
             size = f" ({volume.size_gb} GB)" if volume.size_gb is not None else ""
             ctx.records.decision(tier=tier.name, reason=f"{reason}: volume {volume.name} deleted",
