@@ -172,3 +172,14 @@ def test_a_volume_in_the_openapi_files_shape_reads_whole() -> None:
     assert (volume.provider_id, volume.name, volume.size_gb, volume.status) == ("2", "llama-weights", 200, "in-use")
     assert volume.attached_vm_ids == ("5",) and volume.environment == "CANADA-1"
     assert volume.created_at == datetime(2000, 1, 23, 4, 56, 7, tzinfo=UTC)
+
+
+def test_a_volume_delete_rides_out_server_errors_and_is_made_once(cloud: Cloud) -> None:
+    ok("up", "demo")
+    ok("down", "demo", "--terminate", "--yes")
+    cloud.fault(kind="server_error", count=2, status=503, path_prefix="/v1/core/volumes/")
+    result = run_spot("down", "demo", "--terminate", "--volumes", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert volumes_json() == []
+    deletes = {k: v for k, v in cloud.state()["requests"].items() if k.startswith("DELETE /v1/core/volumes/")}
+    assert sum(deletes.values()) == 3, deletes  # two 503s, then the delete that took
