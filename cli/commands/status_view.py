@@ -69,7 +69,7 @@ def _asleep_line(context: FleetContext, tier: str | None, rows: list) -> str:
     from .volumes import sleeping_line
 
     try:
-        listing = list_volumes(context, tier)
+        listing = list_volumes(context, tier, tiers_accounts_only=True)  # the accounts status reads
     except ProviderError as exc:
         return f"billing while asleep: unknown (the volume list failed: {exc.message})"
     line = sleeping_line(sleeping_bill(listing.volumes, rows))

@@ -92,10 +92,13 @@ def tier_of_volume(name: str, tiers: Iterable[Tier]) -> str | None:
     return None
 
 
-def list_volumes(ctx: FleetContext, tier_name: str | None = None) -> VolumeListing:
-    """Every volume in the configured accounts (or only ``tier_name``'s), with its rate and VM."""
+def list_volumes(ctx: FleetContext, tier_name: str | None = None, *, tiers_accounts_only: bool = False) -> VolumeListing:
+    """Every volume in the configured accounts (or only ``tier_name``'s; ``tiers_accounts_only``:
+    only the accounts some tier uses, as `spot status` reads), with its rate and VM."""
     if tier_name is not None:
         providers = [ctx.tier(tier_name).provider]
+    elif tiers_accounts_only:
+        providers = sorted({tier.provider for tier in ctx.settings.tiers.values()})
     else:
         providers = sorted(ctx.settings.providers)
     owners = _owning_tiers(ctx)
