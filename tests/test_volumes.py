@@ -183,3 +183,20 @@ def test_a_volume_delete_rides_out_server_errors_and_is_made_once(cloud: Cloud) 
     assert volumes_json() == []
     deletes = {k: v for k, v in cloud.state()["requests"].items() if k.startswith("DELETE /v1/core/volumes/")}
     assert sum(deletes.values()) == 3, deletes  # two 503s, then the delete that took
+
+
+def test_volumes_outside_the_fleet_are_listed_and_never_deleted_by_down(cloud: Cloud) -> None:
+    ok("up", "demo")
+    made = httpx.post(f"{cloud.base_url}/core/volumes", headers={"api_key": "test"}, timeout=10, json={
+        "name": "scratch", "environment_name": "sim-local", "size": 5, "volume_type": "Cloud-SSD"})
+    assert made.status_code == 200, made.text
+    listed = {v["name"]: v for v in volumes_json()}
+    assert set(listed) == {"demo-weights", "scratch"}
+    assert listed["scratch"]["tier"] is None and listed["scratch"]["attached_to"] is None
+    assert Decimal(str(listed["scratch"]["usd_per_hour"])) > 0
+    wide = run_spot("volumes", env={"COLUMNS": "200"})
+    assert wide.returncode == 0 and "(not spot's)" in wide.stdout
+
+    ok("down", "demo", "--terminate", "--volumes", "--yes")
+    [left] = volumes_json()
+    assert left["name"] == "scratch"
