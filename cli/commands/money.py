@@ -22,7 +22,7 @@ from .options import JsonOption
 if TYPE_CHECKING:
     from spotinference.costs import CostReport
 
-BY_CHOICES = ("day", "tier", "model", "key", "resource", "utilisation")
+BY_CHOICES = ("day", "tier", "model", "key", "resource", "type", "utilisation")
 INCOMPLETE_EXIT = 9  # `spot cost --strict` on a window that is not complete (3 is "not built yet")
 _FORMATS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (UTC unless an offset is given)"
 
@@ -271,7 +271,12 @@ COLUMN_TITLES = {
     "usd_per_mtok_total": "$/M tokens",
     "coverage": "billing coverage",
     "token_share": "share of tokens",
+    "provider": "account",
     "resource_type": "resource",
+    "resource_id": "id",
+    "name": "name",
+    "usd_per_hour": "$/h now",
+    "last_sampled_at": "last sampled",
     "in_fleet": "in the fleet",
     "resources": "resources",
     "share": "share of fleet spend",

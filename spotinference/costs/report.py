@@ -25,6 +25,7 @@ BREAKDOWNS = {
     "model": "spend_by_model",
     "key": "spend_by_key",
     "resource": "spend_by_resource",
+    "type": "spend_by_type",
     "utilisation": "utilisation",
 }
 # Money columns of breakdown rows that mean nothing when the window is unobservable.
