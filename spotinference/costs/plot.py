@@ -32,7 +32,11 @@ SUFFIXES = (".png", ".svg", ".pdf")
 BAR_COLOUR = "#2b6cb0"
 LINE_COLOUR = "#c05621"
 UNOBSERVED_COLOUR = "#e6e6e6"
+SAMPLER_GAP_COLOUR = "#d69e2e"
 GRID_COLOUR = "#c4c4c4"
+
+_HEADROOM = 0.12  # above the tallest bar or point, as a share of it
+_STRIP = 0.05  # the sampler-gap strip under the $0 line, as a share of the tallest bar
 
 OBSERVED, UNOBSERVED, NOT_BILLED_YET = "observed", "unobserved", "not billed yet"
 
@@ -156,6 +160,13 @@ def _draw(figure, report: CostReport, days: list[DaySpend]):  # noqa: ANN001, AN
         spend_ax.bar([d.start for d in observed], [float(d.spend_usd) for d in observed],  # type: ignore[arg-type]
                      width=[d.billed_until - d.start for d in observed], align="edge", color=BAR_COLOUR,
                      edgecolor="white", lw=0.8 if len(days) <= 62 else 0, antialiased=False, zorder=2)
+        # Minutes without a good sampler run inside an observed day: its bill is not lost (it is
+        # counted at the next sample), but the bar cannot say when inside the day it accrued.
+        # They are a strip under the $0 line (see the y limits below), never over a bar.
+        for gap in report.gaps:
+            spend_ax.axvspan(max(gap.start, window.start), min(gap.end, window.end), ymin=0,
+                             ymax=_STRIP / (1 + _STRIP + _HEADROOM), color=SAMPLER_GAP_COLOUR, lw=0,
+                             antialiased=False, zorder=3)
     else:
         spend_ax.text(0.5, 0.5, "no bill observed in this window", transform=spend_ax.transAxes,
                       ha="center", va="center", color="#555555")
@@ -166,12 +177,15 @@ def _draw(figure, report: CostReport, days: list[DaySpend]):  # noqa: ANN001, AN
                  zorder=2)
 
     spend_ax.set_ylabel("spend per UTC day")
-    spend_ax.set_ylim(bottom=0)
     rate_ax.set_ylabel("$ / M output tokens")
-    rate_ax.set_ylim(bottom=0)
+    for ax, values, strip in ((spend_ax, [float(d.spend_usd) for d in observed], bool(report.gaps)),  # type: ignore[arg-type]
+                              (rate_ax, [r for r in rates if not math.isnan(r)], False)):
+        top = max(values, default=0.0) or 1.0
+        ax.set_ylim(-top * _STRIP if strip else 0, top * (1 + _HEADROOM))  # room above the tallest
     for ax in (spend_ax, rate_ax):  # cents only where the axis is small enough to need them
         ax.yaxis.set_major_formatter(FuncFormatter(
-            lambda value, _pos, ax=ax: f"${value:,.0f}" if ax.get_ylim()[1] >= 20 else f"${value:,.2f}"))
+            lambda value, _pos, ax=ax: "" if value < 0 else f"${value:,.0f}" if ax.get_ylim()[1] >= 20
+            else f"${value:,.2f}"))
     if not observed:
         spend_ax.set_yticks([])  # no scale for nothing: an axis would read as $0
     if all(math.isnan(r) for r in rates):
@@ -192,12 +206,13 @@ def _draw(figure, report: CostReport, days: list[DaySpend]):  # noqa: ANN001, AN
         facts.append(f"{unobserved_days} day{'s' if unobserved_days != 1 else ''} unobserved")
     figure.suptitle("spot cost: invoice-true spend and cost per million output tokens\n" + " · ".join(facts),
                     fontsize=11)
-    figure.legend(handles=[Patch(color=BAR_COLOUR, label="spend (the provider's bill)"),
-                           Patch(color=UNOBSERVED_COLOUR, label="no bill observed (no sample, or not billed yet)"),
-                           rate_ax.lines[0]],
-                  labels=["spend (the provider's bill)", "no bill observed (no sample, or not billed yet)",
-                          "$ / M output tokens"],
-                  loc="outside lower center", ncols=3, frameon=False, fontsize=9)
+    legend = [(Patch(color=BAR_COLOUR), "spend (the provider's bill)"),
+              (Patch(color=UNOBSERVED_COLOUR), "no bill observed (no sample, or not billed yet)"),
+              (rate_ax.lines[0], "$ / M output tokens")]
+    if observed and report.gaps:
+        legend.insert(2, (Patch(color=SAMPLER_GAP_COLOUR), "sampler gap (its spend counted at the next sample)"))
+    figure.legend(handles=[h for h, _ in legend], labels=[label for _, label in legend],
+                  loc="outside lower center", ncols=3 if len(legend) == 3 else 2, frameon=False, fontsize=9)
     return figure
 
 
