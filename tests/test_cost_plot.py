@@ -175,6 +175,13 @@ def test_the_terminal_chart_says_unobserved_never_zero(spot, year: Path) -> None
     assert list(days) == ["2026-11-29", "2026-11-30", "2026-12-01"]
     assert "not billed yet" in days["2026-12-01"] and "$" not in days["2026-12-01"]
 
+    # A day's part of the window says which hours it covers: up to the last sample, then nothing.
+    one_day = spot("cost", "--since", "2026-11-24T09:30", "--until", "2026-11-25T09:30", "--plot")
+    assert one_day.returncode == 0, one_day.stderr
+    rows = [line.split() for line in one_day.stdout.splitlines() if line[:4] == "2026"]
+    assert [row[:3] for row in rows] == [["2026-11-24", "09:30-18:00", "$12.00"],
+                                         ["2026-11-25", "00:00-09:30", "not"]]
+
 
 # -- a bad target is one line and exit 2 ---------------------------------------------------------------
 

@@ -403,6 +403,8 @@ def _markdown(r: CostReport) -> str:
 
 
 def _plot(r: CostReport, target: Path | None) -> None:
+    from datetime import timedelta
+
     from spotinference.costs.plot import OBSERVED, daily_spend, write_chart
 
     if target is not None:
@@ -414,13 +416,17 @@ def _plot(r: CostReport, target: Path | None) -> None:
     top_s = max((d.spend_usd for d in days if d.spend_usd is not None), default=Decimal(0))
     top_r = max((d.usd_per_mtok_output for d in days if d.usd_per_mtok_output is not None), default=Decimal(0))
     width = 40
-    typer.echo(f"{'day':<11} {'spend':>14}  {'':<{width}}  {'$/M output':>12}")
+    typer.echo(f"{'UTC day':<22} {'spend':>14}  {'':<{width}}  {'$/M output':>12}")
     for d in days:
         s, rate = d.spend_usd, d.usd_per_mtok_output
         bar = "" if s is None or not top_s else "█" * round(width * float(s / top_s))
         rbar = "" if rate is None or not top_r else "▒" * round(20 * float(rate / top_r))
         # A day without an observed bill says so in words: never a $0 or an empty bar alone.
         spend = _usd(s) if d.status == OBSERVED and s is not None else d.status
-        typer.echo(f"{d.day.isoformat():<11} {spend:>14}  {bar:<{width}}  "
+        # A part of a day (the window's ends, the last sample) shows the hours it covers.
+        until = d.billed_until or d.end
+        hours = "" if (d.start.time(), until - d.start) == (datetime.min.time(), timedelta(days=1)) else (
+            f" {d.start:%H:%M}-{'24:00' if until.date() > d.day else format(until, '%H:%M')}")
+        typer.echo(f"{d.day.isoformat() + hours:<22} {spend:>14}  {bar:<{width}}  "
                    f"{_usd(rate) if rate is not None else '-':>12} {rbar}")
     typer.echo(r.scope)

@@ -64,7 +64,7 @@ def daily_spend(report: CostReport) -> list[DaySpend]:
         raise ValueError("daily_spend needs a report broken down by day")
     rows = {row["day"]: row for row in report.breakdown}
     window = report.window
-    last_billed = report.billed_until
+    last_billed = report.billed_until.astimezone(UTC) if report.billed_until is not None else None
     days = []
     day = window.start.astimezone(UTC).date()
     while _midnight(day) < window.end:
