@@ -310,7 +310,9 @@ def test_on_node_runs_the_load_generator_on_the_node_over_ssh(ssh_cloud, home: P
 
     [saved] = json.loads(run_spot("bench", "list", "--json").stdout)
     assert saved["on_node"] == "spot-demo-1" and saved["tier"] == "demo" and saved["targets"] == "on-node"
-    table = run_spot("bench", "--on-node", "spot-demo-1", "--requests", "2", "--output-tokens", "2")
+    # An OPENAI_BASE_URL in the shell names a gateway: --on-node still measures the node's engine.
+    table = run_spot("bench", "--on-node", "spot-demo-1", "--requests", "2", "--output-tokens", "2",
+                     env={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
     assert table.returncode == 0, table.stderr
     assert "PROJECTION AT FULL UTILISATION" in table.stdout and "spot cost" in table.stdout
 

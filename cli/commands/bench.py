@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from click.core import ParameterSource
 from typer.core import TyperGroup
 
 from ..output import print_json, print_table
@@ -125,7 +124,8 @@ def bench(
     fleet = None
     node_bench = None
     url_from_config = False
-    if on_node and ctx.get_parameter_source("base_url") is ParameterSource.ENVIRONMENT:
+    # By name: Typer ships its own copy of click, whose ParameterSource is not click's.
+    if on_node and getattr(ctx.get_parameter_source("base_url"), "name", None) == "ENVIRONMENT":
         base_url = None  # OPENAI_BASE_URL names a gateway; --on-node measures the node's own engine
     try:
         if on_node or tier:
