@@ -9,6 +9,9 @@ Saturation stop (GuideLLM users burned GPUs past the knee, guidellm #242): a lev
 when its median TTFT rose by at least ``ttft_rise`` over the previous level while the level's
 output throughput grew by less than ``min_gain`` over the best level so far; after ``levels``
 saturated levels in a row the sweep ends. A level where every request failed also ends it.
+
+A run where requests failed is not a clean measurement: ``check_failures`` raises
+``BenchFailedError`` (exit 1) saying how many failed, per target, with the first error.
 """
 
 from __future__ import annotations
@@ -131,7 +134,6 @@ class BenchRun:
     run_id: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # tier, gpu, engine_version, usd_per_hour, on_node
 
-
     @property
     def requests(self) -> int:
         return sum(r["completed"] + r["failed"] for r in self.rows)
@@ -168,7 +170,7 @@ class BenchFailedError(SpotError):
 def check_failures(run: BenchRun) -> None:
     """Raise ``BenchFailedError`` saying how many requests failed and the first error of each target."""
     if run.all_failed:
-        raise BenchFailedError(f"every request failed ({run.failed} of {run.requests}), nothing saved: {run.failures()}")
+        raise BenchFailedError(f"every request failed ({run.failed} of {run.requests}), nothing measured: {run.failures()}")
     if run.failed:
         raise BenchFailedError(f"{run.failed} of {run.requests} requests failed ({run.failures()}); "
                                "the figures count only the completed ones")
