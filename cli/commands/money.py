@@ -458,45 +458,30 @@ def _markdown(r: CostReport) -> str:
 
 
 def _plot(r: CostReport, target: Path | None) -> None:
-    days = r.breakdown
+    from datetime import timedelta
+
+    from spotinference.costs.plot import OBSERVED, daily_spend, write_chart
+
     if target is not None:
-        _plot_png(r, target)
+        typer.echo(f"wrote {write_chart(r, target)}")
         return
     for line in _warnings(r):
         typer.echo(line)
-    spends = [row["spend_usd"] for row in days if row["spend_usd"] is not None]
-    rates = [row["usd_per_mtok_output"] for row in days if row["usd_per_mtok_output"] is not None]
-    top_s, top_r = max(spends, default=Decimal(0)), max(rates, default=Decimal(0))
+    days = daily_spend(r)
+    top_s = max((d.spend_usd for d in days if d.spend_usd is not None), default=Decimal(0))
+    top_r = max((d.usd_per_mtok_output for d in days if d.usd_per_mtok_output is not None), default=Decimal(0))
     width = 40
-    typer.echo(f"{'day':<11} {'spend':>12}  {'':<{width}}  {'$/M output':>12}")
-    for row in days:
-        s, rate = row["spend_usd"], row["usd_per_mtok_output"]
+    typer.echo(f"{'UTC day':<22} {'spend':>14}  {'':<{width}}  {'$/M output':>12}")
+    for d in days:
+        s, rate = d.spend_usd, d.usd_per_mtok_output
         bar = "" if s is None or not top_s else "█" * round(width * float(s / top_s))
         rbar = "" if rate is None or not top_r else "▒" * round(20 * float(rate / top_r))
-        typer.echo(f"{row['day'].isoformat():<11} {_usd(s) if s is not None else 'unobserved':>12}  {bar:<{width}}  "
+        # A day without an observed bill says so in words: never a $0 or an empty bar alone.
+        spend = _usd(s) if d.status == OBSERVED and s is not None else d.status
+        # A part of a day (the window's ends, the last sample) shows the hours it covers.
+        until = d.billed_until or d.end
+        hours = "" if (d.start.time(), until - d.start) == (datetime.min.time(), timedelta(days=1)) else (
+            f" {d.start:%H:%M}-{'24:00' if until.date() > d.day else format(until, '%H:%M')}")
+        typer.echo(f"{d.day.isoformat() + hours:<22} {spend:>14}  {bar:<{width}}  "
                    f"{_usd(rate) if rate is not None else '-':>12} {rbar}")
     typer.echo(r.scope)
-
-
-def _plot_png(r: CostReport, path: Path) -> None:
-    from spotinference.errors import InputError
-
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("--plot FILE.png needs matplotlib, which is not installed",
-                         hint="pip install 'spotinference[plot]', or use --plot alone for a terminal chart") from None
-    days = [row["day"] for row in r.breakdown]
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
-    # An unobserved day is a gap in the chart, never a $0 bar.
-    top.bar(days, [float(row["spend_usd"]) if row["spend_usd"] is not None else float("nan") for row in r.breakdown])
-    top.set_ylabel("spend (USD)")
-    bottom.plot(days, [float(row["usd_per_mtok_output"]) if row["usd_per_mtok_output"] is not None else float("nan")
-                       for row in r.breakdown], marker="o")
-    bottom.set_ylabel("USD / M output tokens")
-    fig.suptitle("spot cost: invoice-true spend and cost per million output tokens (UTC days)")
-    fig.savefig(path)
-    typer.echo(f"wrote {path}")
