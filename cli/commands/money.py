@@ -74,8 +74,8 @@ def cost(
     json: JsonOption = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (the breakdown rows with --by, else the headline).")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a publishable economics page in Markdown.")] = False,
-    plot: Annotated[bool, typer.Option("--plot", help="Plot spend and cost per million output tokens per day in the terminal; `--plot FILE.png` writes a PNG.")] = False,
-    plot_file: Annotated[Path | None, typer.Argument(metavar="[FILE.png]", help="With --plot: the PNG to write.", show_default=False)] = None,
+    plot: Annotated[bool, typer.Option("--plot", help="Plot spend and cost per million output tokens per day in the terminal; `--plot FILE.png` (or .svg, .pdf) writes a chart.")] = False,
+    plot_file: Annotated[Path | None, typer.Argument(metavar="[FILE.png|.svg|.pdf]", help="With --plot: the chart file to write.", show_default=False)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 9 when the window is not complete (unobservable, gaps, or billing behind).")] = False,
 ) -> None:
     """Invoice-true cost per million tokens: billed spend between samples over tokens served."""
@@ -92,6 +92,10 @@ def cost(
         raise InputError(f"{plot_file} is only taken after --plot (spot cost --plot FILE.png)")
     if days is not None and since is not None:
         raise InputError("give either --days or --since/--until, not both")
+    if plot_file is not None:
+        from spotinference.costs.plot import check_target
+
+        check_target(plot_file)  # a bad target is said before the report runs
     now = datetime.now(UTC)
     start, end = _moment("--since", since), _moment("--until", until)
     if start is not None:
