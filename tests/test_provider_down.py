@@ -1,0 +1,126 @@
+"""A provider that is down, or struggling, as the operator sees it from the CLI.
+
+Down (connection refused, a host that does not resolve): commands answer in seconds with one
+line and exit 4, not after two minutes of silent retries. Struggling (429, 5xx): each retry is a
+line on stderr. Down for a moment in the middle of a wake: the wake rides it out.
+The upper bounds on time are the issue's own ("within 5 s"); nothing else is timed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SPOT, run_spot
+from tests.fleet_config import sim_tier, write_fleet_config
+from tests.servers import free_port, start_sim_cloud
+from tests.test_fleet import FAST, Cloud, ok, status_json, write_config
+
+
+def timed(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    result = run_spot(*args)
+    return result, time.monotonic() - started
+
+
+def assert_one_line_unreachable(result: subprocess.CompletedProcess[str], elapsed_s: float, why: str) -> None:
+    assert result.returncode == 4, result.stderr
+    assert elapsed_s < 5.0, f"took {elapsed_s:.1f} s: {result.stderr}"
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: cannot reach sim at ") and why in lines[0], lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.fixture
+def stoppable_cloud(tmp_path: Path):
+    """An emulator the test may stop and start again on the same port and state."""
+    port = free_port()
+    server, root = start_sim_cloud(tmp_path / "cloud", *FAST, port=port)
+    write_config(f"{root}/v1")
+    cloud = Cloud(f"{root}/v1", server)
+    cloud.port = port
+    yield cloud
+    if cloud.server.proc is None or cloud.server.proc.poll() is not None:
+        cloud.server, _ = start_sim_cloud(tmp_path / "cloud", *FAST, port=port)
+    run_spot("down", "demo", "--terminate", "--yes")
+    cloud.server.stop()
+
+
+def test_status_and_wake_with_the_emulator_stopped_answer_in_seconds_with_one_line(
+        stoppable_cloud: Cloud, tmp_path: Path) -> None:
+    ok("up", "demo")
+    ok("hibernate", "demo")
+    stoppable_cloud.server.stop()
+
+    assert_one_line_unreachable(*timed("status"), "connection refused")
+    assert_one_line_unreachable(*timed("wake", "demo"), "connection refused")
+    assert_one_line_unreachable(*timed("status", "--json"), "connection refused")
+
+    # The provider is back: the same command now works, on the same VM.
+    stoppable_cloud.server, _ = start_sim_cloud(tmp_path / "cloud", *FAST, port=stoppable_cloud.port)
+    ok("wake", "demo")
+    assert [n["state"] for n in status_json()] == ["serving"] and len(stoppable_cloud.vms()) == 1
+
+
+@pytest.mark.parametrize("base_url, why", [
+    (f"http://127.0.0.1:{free_port()}/v1", "connection refused"),
+    ("http://spot-provider.invalid/v1", "host name not resolved"),
+])
+def test_a_closed_port_or_an_unknown_host_fails_in_seconds(base_url: str, why: str) -> None:
+    write_config(base_url)
+    for args in (["status"], ["up", "demo"], ["wake", "demo"], ["hibernate", "demo"]):
+        assert_one_line_unreachable(*timed(*args), why)
+
+
+def test_each_retry_of_a_struggling_provider_is_one_line_on_stderr(stoppable_cloud: Cloud) -> None:
+    stoppable_cloud.fault(kind="server_error", count=2, status=503, path_prefix="/v1/core/virtual-machines")
+    result = run_spot("status")
+    assert result.returncode == 0, result.stderr
+    retries = [line for line in result.stderr.splitlines() if "retrying:" in line]
+    assert len(retries) == 2, result.stderr
+    assert all("GET /core/virtual-machines: 503" in line for line in retries)
+    assert "retry 1 in" in retries[0] and "retry 2 in" in retries[1]
+
+    # With --json they are JSON lines on stderr; stdout stays the one document.
+    stoppable_cloud.fault(kind="server_error", count=1, status=502, path_prefix="/v1/core/virtual-machines")
+    result = run_spot("status", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    [retry] = [json.loads(line) for line in result.stderr.splitlines()]
+    assert retry["event"] == "retry" and retry["method"] == "GET" and retry["answer"].startswith("502")
+    assert retry["attempt"] == 1 and retry["wait_s"] > 0
+
+
+def test_a_provider_restart_in_the_middle_of_a_wake_is_ridden_out(tmp_path: Path) -> None:
+    """Refused polls during a wake are tried again for a while (reported as they happen): an API
+    restart longer than one call's few seconds of grace must not abort a ten-minute wake."""
+    port = free_port()
+    flags = ["--create-seconds", "1", "--hibernate-seconds", "1", "--restore-seconds", "8", "--delete-seconds", "0.5"]
+    server, root = start_sim_cloud(tmp_path / "cloud", *flags, port=port)
+    write_fleet_config(f"{root}/v1", {"demo": sim_tier(sim={"load_seconds": 0.5})})
+    cloud = Cloud(f"{root}/v1", server)
+    wake = None
+    try:
+        ok("up", "demo")
+        ok("hibernate", "demo")
+        wake = subprocess.Popen([str(SPOT), "wake", "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while [vm["status"] for vm in cloud.vms()] != ["RESTORING"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        cloud.server.stop()
+        time.sleep(5)  # longer than one call's grace for refused connections
+        cloud.server, _ = start_sim_cloud(tmp_path / "cloud", *flags, port=port)
+        out, err = wake.communicate(timeout=120)
+        assert wake.returncode == 0, err
+        assert "provider unreachable" in err
+        assert [n["state"] for n in status_json()] == ["serving"] and len(cloud.vms()) == 1
+    finally:
+        if wake is not None and wake.poll() is None:
+            wake.kill()
+        run_spot("down", "demo", "--terminate", "--yes")
+        cloud.server.stop()
