@@ -40,7 +40,8 @@ class FleetProgressView:
         self.live_at_terminal = not quiet and not json_lines and self.stream.isatty()
         self.clock = clock
         self.started = clock()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _nodes and _last_line_at, never held while writing
+        self._write_lock = threading.Lock()
         self._nodes: dict[str, tuple[Progress, float]] = {}  # the last report per node, and when it came
         self._last_line_at = self.started
         self._stop = threading.Event()
@@ -113,15 +114,19 @@ class FleetProgressView:
         with self._lock:
             now = self.clock()
             self._last_line_at = now
-            if self.json_lines:
-                out = json.dumps({"at_s": round(now - self.started, 1), **data})
-            else:
-                out = f"[{now - self.started:6.1f}s] {text}"
-            if self._live is not None:
-                from rich.text import Text
+        if self.json_lines:
+            out = json.dumps({"at_s": round(now - self.started, 1), **data})
+        else:
+            out = f"[{now - self.started:6.1f}s] {text}"
+        # Written outside self._lock: the live view's refresh holds rich's lock while it reads
+        # the nodes under self._lock, so holding both here in the other order could deadlock.
+        live = self._live
+        if live is not None:
+            from rich.text import Text
 
-                self._console.print(Text(out))  # above the live lines, which stay at the bottom
-            else:
+            self._console.print(Text(out))  # above the live lines, which stay at the bottom
+        else:
+            with self._write_lock:
                 self.stream.write(out + "\n")
                 self.stream.flush()
 
@@ -148,11 +153,14 @@ class FleetProgressView:
         from rich.table import Table
 
         grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column(no_wrap=True, overflow="ellipsis")
         for update, elapsed_s in self._waiting():
             where = update.node or update.tier
             spinner = self._spinners.setdefault(where, Spinner("dots"))
+            # What matters first, so a narrow terminal cuts only the end of the message.
             status = f" · {update.provider_status}" if update.provider_status else ""
-            grid.add_row(spinner, f"{update.node or update.tier}: {update.message}{status} · {elapsed_s:.0f} s")
+            grid.add_row(spinner, f"{where} · {elapsed_s:.0f} s{status} · {update.message}")
         return grid
 
 

@@ -105,8 +105,10 @@ class Fleet:
                     ctx.records.own(provider=tier.provider, resource_type=resource_type, resource_id=resource_id,
                                     name=resource_name, tier=tier.name)
 
-                spec = prepare(ctx.settings, tier, provider, index, own)
                 with tier_lock(ctx.settings.home, tier.name):
+                    # Under the lock too: the tier's nodes share its key pair and volumes, and two
+                    # threads that both look first and find nothing would both create them.
+                    spec = prepare(ctx.settings, tier, provider, index, own)
                     # create_vm looks the name up first: a second process finds the first's VM.
                     steps.say(f"creating a {tier.flavor} VM in {tier.environment}")
                     vm = provider.create_vm(spec)
@@ -193,13 +195,14 @@ class Fleet:
         with ctx.transport(vm, tier) as transport:
             result = Bootstrap(transport, plan, progress=lambda m: steps.say(m, None, vm)).run()
         started = result.restarted or any(change.startswith(("started", "restarted")) for change in result.changed)
+        changes = "bootstrap: " + "; ".join(_short(change) for change in result.changed)
         if started:
             # A new engine process: "up since" starts again when it answers.
             state = NodeState.WAKING if waking else NodeState.BOOTSTRAPPING
             steps.note(vm, state, f"{reason}: engine {'restarted' if was_serving else 'started'}",
-                       engine_started=True, message="bootstrap: " + "; ".join(result.changed))
+                       engine_started=True, message=changes)
         elif result.changed_anything:
-            steps.say("bootstrap: " + "; ".join(result.changed), None, vm)
+            steps.say(changes, None, vm)
         return started
 
     # -- down --------------------------------------------------------------------------------
@@ -337,6 +340,12 @@ class _NodeSteps:
         elif previous is not state:
             self.say(f"{state.value} ({reason})", state, vm)
         return previous
+
+
+def _short(change: str) -> str:
+    """'wrote /long/path/etc/spot/engine.env' → 'wrote engine.env': a progress line, not a listing."""
+    verb, _, what = change.partition(" ")
+    return f"{verb} {what.rsplit('/', 1)[-1]}" if verb == "wrote" else change
 
 
 def _waiting_for(vm: Vm) -> str:
