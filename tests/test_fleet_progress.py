@@ -138,7 +138,7 @@ def test_wake_hibernate_and_down_report_each_step_and_json_lines_carry_the_same(
 
     down = lines_of(ok("down", "demo", "--terminate", "--yes").stderr)
     assert any(line.startswith("spot-demo-1: deleting: waiting for the provider · provider: ") for line in down), down
-    assert down[-1] == "spot-demo-1: terminated (spot down --terminate: VM deleted)"
+    assert down[-1] == "spot-demo-1: terminated (spot down --terminate)"
 
 
 def test_a_long_quiet_step_gets_a_heartbeat_line_in_a_log(tmp_path: Path) -> None:

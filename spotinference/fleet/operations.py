@@ -266,7 +266,7 @@ class Fleet:
                                         hint="run the command again to keep waiting")
             ctx.sleep(ctx.poll_interval_s)
             vm = self._poll(provider, vm, steps)
-        steps.note(None, NodeState.TERMINATED, f"{reason}: VM deleted")
+        steps.note(None, NodeState.TERMINATED, reason)
         return name
 
     def _poll(self, provider: Provider, vm: Vm, steps: _NodeSteps) -> Vm | None:
