@@ -124,3 +124,93 @@ def test_a_provider_restart_in_the_middle_of_a_wake_is_ridden_out(tmp_path: Path
             wake.kill()
         run_spot("down", "demo", "--terminate", "--yes")
         cloud.server.stop()
+
+
+# -- the client itself, against real sockets; its clock and sleep are injected ---------------------
+
+
+def test_refused_connections_end_the_call_after_the_grace_not_the_deadline() -> None:
+    """A call against a closed port stops after the few seconds of grace, not 120 s of backoff;
+    and a create whose provider vanishes between its look-up and its POST stops as quickly: no
+    request-timeout "settle" before looking again (nothing was sent, nothing can settle)."""
+    import http.server
+    import threading
+
+    from spotinference.providers.errors import ProviderUnreachableError
+    from tests.test_hyperstack_provider import FakeTime, make_provider, spec
+
+    timer = FakeTime()
+    with make_provider(f"http://127.0.0.1:{free_port()}/v1", timer) as provider:
+        started = timer.now
+        with pytest.raises(ProviderUnreachableError) as refused:
+            provider.list_vms()
+        assert refused.value.exit_code == 4 and "connection refused" in str(refused.value)
+        assert timer.now - started < 5.0  # the client's own (fake) clock: 3 s of grace, not 120
+
+    class OneAnswer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the look-up before the create: no VM of that name
+            body = b'{"status": true, "instances": []}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), OneAnswer)
+    port = server.server_address[1]
+
+    def answer_once_then_close() -> None:
+        server.handle_request()
+        server.server_close()  # from now on, connections are refused
+
+    threading.Thread(target=answer_once_then_close, daemon=True).start()
+    with make_provider(f"http://127.0.0.1:{port}/v1", timer, request_timeout_s=30) as provider:
+        started = timer.now
+        with pytest.raises(ProviderUnreachableError):
+            provider.create_vm(spec("t-vanishing"))
+        assert timer.now - started < 5.0, "waited as if the POST might have reached the provider"
+
+
+def test_a_connection_refused_for_a_moment_is_tried_again_even_for_a_post_that_is_never_repeated() -> None:
+    """The provider's API comes back a second later: the call, even one made with retry=False
+    (a POST that must never be sent twice), goes through, because the refused attempts sent nothing."""
+    import http.server
+    import threading
+
+    from spotinference.providers.hyperstack_api import HyperstackApi
+
+    port = free_port()
+    posts = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            posts.append(self.path)
+            body = b'{"status": true, "message": "created"}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server: list[http.server.HTTPServer] = []
+
+    def start_later() -> None:
+        time.sleep(1.0)
+        server.append(http.server.HTTPServer(("127.0.0.1", port), Handler))
+        server[0].serve_forever()
+
+    threading.Thread(target=start_later, daemon=True).start()
+    api = HyperstackApi(provider="sim", base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
+    try:
+        answer = api.call("POST", "/core/virtual-machines", json={"name": "x"}, retry=False)
+    finally:
+        api.close()
+        if server:
+            server[0].shutdown()
+    assert answer["message"] == "created" and posts == ["/v1/core/virtual-machines"]
