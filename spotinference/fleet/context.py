@@ -120,17 +120,14 @@ class FleetContext:
         self._on_progress(Progress(tier=tier, node=node, state=state, message=message,
                                    provider_status=provider_status, elapsed_s=elapsed_s))
 
-    def note(self, tier: Tier, name: str, vm: Vm | None, state: NodeState, reason: str, *,
-             engine_started: bool = False, elapsed_s: float | None = None) -> NodeState | None:
-        """Record the node's state (an event when it changed) and report a change as progress.
-        ``engine_started``: the engine was (re)started just now, so "up since" starts again."""
+    def note(self, tier: Tier, name: str, vm: Vm | None, state: NodeState, reason: str) -> NodeState | None:
+        """Record the node's state (an event when it changed) and report a change as progress."""
         previous = self.records.record(
             name=name, tier=tier.name, provider=tier.provider, vm=vm, state=state, reason=reason,
-            engine_url=engine_url(vm, tier) if vm else None, engine_started=engine_started,
+            engine_url=engine_url(vm, tier) if vm else None,
         )
         if previous is not state:
-            self.progress(tier.name, name, f"{state.value} ({reason})", state,
-                          provider_status=vm.status if vm else None, elapsed_s=elapsed_s)
+            self.progress(tier.name, name, f"{state.value} ({reason})", state, provider_status=vm.status if vm else None)
         return previous
 
     def close(self) -> None:

@@ -167,7 +167,8 @@ class Fleet:
             ctx.sleep(ctx.poll_interval_s)
             vm = self._poll(provider, vm, steps) if vm is not None else None
             restore_seen = restore_seen or (vm is not None and vm.phase is VmPhase.RESTORING)
-            if vm is not None and (vm.phase is not VmPhase.RUNNING or not vm.ready):
+            restore_pending = restore_called and not restore_seen and vm is not None and vm.phase is VmPhase.HIBERNATED
+            if vm is not None and (vm.phase is not VmPhase.RUNNING or not vm.ready) and not restore_pending:
                 last = ctx.records.nodes().get(name)
                 state = node_state(vm, engine_healthy=False, last_state=last.state if last else None)
                 steps.note(vm, state, reason, message=_waiting_for(vm))
