@@ -284,7 +284,8 @@ class Fleet:
                 down_s = ctx.monotonic() - outage_began
                 if down_s >= OUTAGE_GRACE_S:
                     raise ProviderUnreachableError(
-                        f"{exc.message}; no answer for {down_s:.0f} s during the operation on node {vm.name} (last seen {vm.status})",
+                        f"{exc.message}; no answer for {down_s:.0f} s during the operation on node {vm.name}"
+                        f" (last seen {vm.status})",
                         provider=exc.provider,
                         hint="the node is left as the provider has it: run the same command again to resume",
                     ) from None
