@@ -28,7 +28,7 @@ from tests.servers import start_sim_cloud
 from tests.test_fleet import Cloud, ok, status_json, write_config
 from tests.token_log import logged_rows
 
-FLAGS = ["--create-seconds", "2", "--hibernate-seconds", "2", "--restore-seconds", "3", "--delete-seconds", "1"]
+FLAGS = ["--create-seconds", "3", "--hibernate-seconds", "2", "--restore-seconds", "3", "--delete-seconds", "1"]
 
 
 @pytest.fixture
