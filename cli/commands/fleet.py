@@ -7,7 +7,6 @@ rendered here, one line per step on stderr (a live view that also reads well in 
 from __future__ import annotations
 
 import sys
-import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
