@@ -1,0 +1,203 @@
+"""`spot events` and `spot serve`'s log: the fleet's decisions as they happen and afterwards.
+
+Real decisions, driven as in test_scale_to_zero.py and test_budget_gate.py: a gateway in front
+of a fleet on `spot sim cloud` wakes a hibernated tier for a request and hibernates it when idle;
+stale billing closes the budget gate (with two gateway workers, recorded once); a sampler that
+cannot reach its provider records a failed run. Then `spot events` (table and --json, --tier and
+--since) and the gateway's stderr (--log-format json) must tell the same story.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from spotinference.billing.sampler import sample as sample_billing
+from spotinference.config import load_settings
+from spotinference.store import Store
+from tests.conftest import SPOT, run_spot
+from tests.fleet_config import sim_tier, write_fleet_config
+from tests.servers import ServerProcess, clean_env, free_port
+from tests.test_budget_gate import Sampler, with_budget
+from tests.test_fleet import ok
+from tests.test_scale_to_zero import MODEL, Gateway, fleet, vm_status, wait_for, write_config  # noqa: F401 - fixture
+
+EMPTY_HINT = "no events yet: they appear when a tier wakes, hibernates or fails over, or the budget gate changes"
+
+
+def start_gateway(workdir: Path, home: Path, *flags: str) -> Gateway:
+    key = json.loads(ok("keys", "create", "test", "--json").stdout)["key"]
+    port = free_port()
+    server = ServerProcess(
+        [str(SPOT), "serve", "--port", str(port), *flags],
+        env=clean_env(home), log_path=workdir / "gateway.log", health_url=f"http://127.0.0.1:{port}/health",
+    ).start()
+    return Gateway(server, f"http://127.0.0.1:{port}", key, home)
+
+
+def json_lines(path: Path) -> list[dict]:
+    """The gateway's log lines that are JSON objects (each must parse: a torn line fails here)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def events_json(*args: str) -> list[dict]:
+    return json.loads(ok("events", "--json", *args).stdout)
+
+
+def test_a_wake_and_an_idle_hibernation_show_in_spot_events_and_in_the_gateways_log(
+        fleet, tmp_path: Path, home: Path) -> None:  # noqa: ANN001, F811
+    write_config(fleet.base_url, idle_timeout_s=3, fallback=False)
+    ok("up", "demo")
+    ok("hibernate", "demo")
+    gateway = start_gateway(tmp_path, home, "--log-format", "json")
+    try:
+        import openai
+
+        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0, timeout=120)
+        stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+                                                stream=True, stream_options={"include_usage": True})
+        usage = [chunk.usage for chunk in stream if chunk.usage][-1]
+        assert usage.completion_tokens > 0
+        wait_for(lambda: vm_status(fleet, "spot-demo-1") == "HIBERNATED", 60, "the idle tier to hibernate")
+        wait_for(lambda: any(e["kind"] == "hibernated" for e in events_json()), 30, "the hibernation's event")
+        log_path = tmp_path / "gateway.log"
+        wait_for(lambda: any(line.get("event") == "hibernated" for line in json_lines(log_path)), 30,
+                 "the hibernation's log line")
+    finally:
+        gateway.server.stop()
+
+    # The gateway's stderr: the decisions as they happened, and the request's access line.
+    lines = json_lines(log_path)
+    by_event = {line.get("event"): line for line in lines}
+    assert by_event["wake_started"]["tier"] == "demo" and "request for tiny-chat held" in by_event["wake_started"]["why"]
+    assert by_event["wake_finished"]["wake_s"] > 0
+    assert by_event["hibernate_started"]["tier"] == "demo" and "idle" in by_event["hibernate_started"]["why"]
+    assert by_event["hibernated"]["tier"] == "demo"
+    [access] = [line for line in lines if line.get("event") == "request"]
+    assert access["key"] == "test" and access["model"] == MODEL and access["tier"] == "demo"
+    assert access["status"] == 200 and access["completion_tokens"] == usage.completion_tokens
+    assert access["prompt_tokens"] == usage.prompt_tokens
+    assert access["ttft_ms"] > 0 and access["wake_wait_ms"] > 0 and access["duration_ms"] >= access["wake_wait_ms"]
+    assert gateway.key not in log_path.read_text()  # the key's name, never the key
+
+    # `spot events --json`: who triggered the wake, how long it took, why the tier hibernated.
+    events = events_json()
+    kinds = [e["kind"] for e in events]
+    assert {"decision", "waking", "serving", "woke", "hibernating", "hibernated"} <= set(kinds)
+    after_wake = events[kinds.index("woke"):]
+    woke = after_wake[0]
+    assert woke["tier"] == "demo" and woke["detail"]["wake_s"] > 0 and "request for tiny-chat held" in woke["message"]
+    hibernating = next(e for e in after_wake if e["kind"] == "hibernating")  # not `spot hibernate`'s, before
+    assert hibernating["node"] == "spot-demo-1" and "idle" in hibernating["message"]
+    # Fleet-wide events are in the list too: the gate turned off by this config.
+    assert any(e["source"] == "gate" and e["tier"] is None and "gate turned off" in e["message"] for e in events)
+
+    # The table: one row per event, the reasons in words.
+    table = run_spot("events", env={"COLUMNS": "300"})
+    assert table.returncode == 0
+    assert "woke in" in table.stdout and "hibernated" in table.stdout and "idle" in table.stdout
+
+    # --tier: only that tier's events (the gate's are fleet-wide).
+    demo = events_json("--tier", "demo")
+    assert demo and all(e["tier"] == "demo" for e in demo) and len(demo) == len(events) - 1
+    unknown = run_spot("events", "--tier", "nosuch")
+    assert unknown.returncode == 2 and "nosuch" in unknown.stderr and "demo" in unknown.stderr
+    # --since: from the hibernation on, the wake is left out; a duration counts back from now.
+    since = events_json("--since", hibernating["event_at"])
+    assert {e["kind"] for e in since} >= {"hibernating", "hibernated"} and "woke" not in {e["kind"] for e in since}
+    assert len(events_json("--since", "30m")) == len(events)
+    assert len(events_json("--limit", "2")) == 2
+    future = run_spot("events", "--since", "2099-01-01")
+    assert future.returncode == 0 and future.stdout == "" and EMPTY_HINT in future.stderr
+    bad = run_spot("events", "--since", "yesterday")
+    assert bad.returncode == 2 and "--since 'yesterday'" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+@pytest.fixture
+def cloud(tmp_path: Path):
+    from tests.servers import start_sim_cloud
+    from tests.test_fleet import Cloud
+
+    server, root = start_sim_cloud(tmp_path / "cloud", "--create-seconds", "1", "--hibernate-seconds", "1",
+                                   "--restore-seconds", "2", "--delete-seconds", "0.5")
+    yield Cloud(f"{root}/v1", server)
+    ok("down", "demo", "--terminate", "--yes")
+    server.stop()
+
+
+def good_runs(home: Path) -> int:
+    if not (home / "spot.duckdb").exists():
+        return 0
+    with Store(home).reading() as con:
+        return con.execute("SELECT count(*) FROM sample_runs WHERE ok").fetchone()[0]
+
+
+def gate_events(since: datetime | None = None) -> list[dict]:
+    return [e for e in events_json() if e["source"] == "gate"
+            and (since is None or datetime.fromisoformat(e["event_at"]) >= since)]
+
+
+def test_the_gate_closing_on_stale_billing_is_one_event_across_two_workers(cloud, tmp_path: Path, home: Path) -> None:  # noqa: ANN001
+    write_config(cloud.base_url, fallback=False, gate=True)
+    with_budget(None, max_sample_age_s=5)
+    ok("up", "demo")
+    sampler = Sampler(tmp_path)
+    wait_for(lambda: good_runs(home) > 0, 60, "a first good sample")
+    gateway = start_gateway(tmp_path, home, "--workers", "2", "--log-format", "json")
+    log_path = tmp_path / "gateway.log"
+    try:
+        wait_for(lambda: any(e["kind"] == "gate_opened" for e in gate_events()), 30, "the gate to open")
+        sampler.stop()  # billing is now unobservable
+        stopped = datetime.now(UTC)
+
+        def closed_lines() -> list[dict]:
+            return [line for line in json_lines(log_path) if line.get("event") == "gate_closed"]
+
+        # Each worker has its own gate and logs its own line; the store gets one event.
+        wait_for(lambda: len(closed_lines()) >= 2, 60, "both workers' gates to close")
+        closed = [e for e in gate_events(stopped) if e["kind"] == "gate_closed"]
+        assert len(closed) == 1, closed
+        assert "billing unobservable" in closed[0]["message"] and closed[0]["detail"]["reason"] == "billing_unobservable"
+        assert all(line["why"] == "billing unobservable" for line in closed_lines())
+
+        # A sample dated in the future is a clock fault: a change of reason, one more event.
+        settings, _ = load_settings(None)
+        assert sample_billing(settings, Store(settings.home), clock=lambda: datetime.now(UTC) + timedelta(minutes=10)).ok
+        wait_for(lambda: any("clock fault" in e["message"] for e in gate_events(stopped)), 30, "the clock fault's event")
+        wait_for(lambda: sum(line["why"] == "clock fault" for line in closed_lines()) >= 2, 30, "both workers' clock fault")
+        faults = [e for e in gate_events(stopped) if "clock fault" in e["message"]]
+        assert len(faults) == 1 and faults[0]["kind"] == "gate_closed" and faults[0]["detail"]["clock_fault"] is True
+    finally:
+        sampler.stop()
+        gateway.server.stop()
+    table = run_spot("events", env={"COLUMNS": "300"})
+    assert table.returncode == 0 and "budget gate closed: billing unobservable" in table.stdout
+    assert "budget gate closed: clock fault" in table.stdout
+
+
+@pytest.fixture
+def not_a_provider(tmp_path: Path):
+    """An HTTP server that answers 404 to everything: billing that cannot be read."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_a_failed_sampler_run_is_an_event(home: Path, not_a_provider: str) -> None:
+    write_fleet_config(not_a_provider, {"demo": sim_tier()})
+    empty = run_spot("events")
+    assert empty.returncode == 0 and empty.stdout == "" and empty.stderr.strip() == EMPTY_HINT
+    assert json.loads(ok("events", "--json").stdout) == []
+    failed = run_spot("sample")
+    assert failed.returncode == 1
+    [event] = events_json()
+    assert event["source"] == "sampler" and event["kind"] == "sample_failed" and event["tier"] is None
+    assert event["message"].startswith("billing sample failed for provider sim:")
+    assert events_json("--tier", "demo") == []  # the sampler's runs are fleet-wide
