@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import functools
 import json
+import queue
+import signal
+import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -181,6 +184,20 @@ def test_the_gate_closing_on_stale_billing_is_one_event_across_two_workers(cloud
     assert "budget gate closed: clock fault" in table.stdout
 
 
+def lines_of(stream) -> queue.Queue[str]:  # noqa: ANN001
+    """A child's pipe, line by line, read in a thread so that a test can wait with a deadline."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+    return lines
+
+
+def read_line(lines: queue.Queue[str], timeout_s: float) -> str:
+    try:
+        return lines.get(timeout=timeout_s)
+    except queue.Empty:
+        raise AssertionError(f"no line within {timeout_s} s") from None
+
+
 @pytest.fixture
 def not_a_provider(tmp_path: Path):
     """An HTTP server that answers 404 to everything: billing that cannot be read."""
@@ -195,8 +212,19 @@ def test_a_failed_sampler_run_is_an_event(home: Path, not_a_provider: str) -> No
     empty = run_spot("events")
     assert empty.returncode == 0 and empty.stdout == "" and empty.stderr.strip() == EMPTY_HINT
     assert json.loads(ok("events", "--json").stdout) == []
-    failed = run_spot("sample")
-    assert failed.returncode == 1
+    follower = subprocess.Popen([str(SPOT), "events", "--follow", "--json"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    out, err = lines_of(follower.stdout), lines_of(follower.stderr)
+    try:
+        assert read_line(err, 30).startswith(EMPTY_HINT)
+        assert read_line(err, 30).startswith("following new events")
+        failed = run_spot("sample")
+        assert failed.returncode == 1
+        followed = json.loads(read_line(out, 30))  # printed as it happened
+        assert followed["kind"] == "sample_failed"
+    finally:
+        follower.send_signal(signal.SIGINT)  # Ctrl-C ends --follow
+        assert follower.wait(timeout=30) == 0
     [event] = events_json()
     assert event["source"] == "sampler" and event["kind"] == "sample_failed" and event["tier"] is None
     assert event["message"].startswith("billing sample failed for provider sim:")
