@@ -229,3 +229,28 @@ def test_a_failed_sampler_run_is_an_event(home: Path, not_a_provider: str) -> No
     assert event["source"] == "sampler" and event["kind"] == "sample_failed" and event["tier"] is None
     assert event["message"].startswith("billing sample failed for provider sim:")
     assert events_json("--tier", "demo") == []  # the sampler's runs are fleet-wide
+
+
+def test_a_failover_is_an_event_and_a_log_line(fleet, tmp_path: Path, home: Path) -> None:  # noqa: ANN001, F811
+    write_config(fleet.base_url)  # demo, with demo-ondemand as its fallback
+    ok("up", "demo")
+    ok("hibernate", "demo")
+    fleet.fault(kind="restore_capacity", count=100, mode="reject")
+    gateway = start_gateway(tmp_path, home)  # text log, the default
+    try:
+        import openai
+
+        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0, timeout=120)
+        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert reply.usage.completion_tokens > 0
+        wait_for(lambda: any(e["kind"] == "failover" for e in events_json()), 30, "the failover's event")
+    finally:
+        gateway.server.stop()
+    [failover] = [e for e in events_json("--tier", "demo") if e["kind"] == "failover"]
+    assert failover["detail"]["to_tier"] == "demo-ondemand" and "Insufficient capacity" in failover["message"]
+    assert any(e["kind"] == "wake_failed" for e in events_json("--tier", "demo"))
+    log = (tmp_path / "gateway.log").read_text()
+    [line] = [line for line in log.splitlines() if "event=failover" in line]
+    assert " WARNING failover: tier demo to demo-ondemand (wake failed: " in line and "to_tier=demo-ondemand" in line
+    assert any("event=request" in line and "key=test" in line and "tier=demo-ondemand" in line and "status=200" in line
+               for line in log.splitlines())
