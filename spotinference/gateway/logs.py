@@ -3,7 +3,9 @@
 Each worker process sends its ``spotinference`` loggers' records through a ``QueueHandler`` to a
 ``QueueListener`` thread that formats and writes them, so that a request never waits on stderr
 (a slow terminal or a full pipe blocks that thread, not the event loop). The handler enqueues
-the record as it is, unformatted: formatting happens in the listener's thread too.
+the record as it is, unformatted: formatting happens in the listener's thread too. The queue is
+bounded (``MAX_QUEUED``): while stderr stays blocked, lines past it are dropped and counted
+(``dropped``), never waited for, and the count is logged once the writer catches up.
 
 Lines carry structured fields (``extra=fields(event=..., tier=...)``): the text format appends
 them as ``key=value``, the JSON format (one object per line) as keys.
@@ -27,6 +29,7 @@ from typing import Any, TextIO
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
 ROOT = "spotinference"
+MAX_QUEUED = 10_000
 
 
 def fields(**values: Any) -> dict[str, Any]:
@@ -74,6 +77,24 @@ def _text(value: Any) -> str:
 
 
 class _EnqueueAsIs(logging.handlers.QueueHandler):
+    dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:  # stderr has been blocked for MAX_QUEUED lines: drop, never block
+            _EnqueueAsIs.dropped += 1
+            return
+        if _EnqueueAsIs.dropped and self.queue.qsize() < MAX_QUEUED // 2:
+            lost, _EnqueueAsIs.dropped = _EnqueueAsIs.dropped, 0
+            note = logging.LogRecord(ROOT, logging.WARNING, __file__, 0, "log lines dropped while stderr was blocked",
+                                     None, None)
+            note.fields = {"event": "log_dropped", "lines": lost}  # type: ignore[attr-defined]
+            try:
+                self.queue.put_nowait(note)
+            except queue.Full:
+                _EnqueueAsIs.dropped += lost
+
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         # The records' fields are plain values fixed at the call: nothing to copy or format here,
         # on the caller's thread (the event loop); an exception's traceback is formatted now,
@@ -96,7 +117,7 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
     stop()
     writer = logging.StreamHandler(stream or sys.stderr)
     writer.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    records: queue.Queue[logging.LogRecord] = queue.Queue(MAX_QUEUED)
     _listener = logging.handlers.QueueListener(records, writer)
     _listener.start()
     logger = logging.getLogger(ROOT)
