@@ -11,8 +11,9 @@
 --                    in words: over budget, billing unobservable, clock fault;
 --   source 'billing' (billing_anomalies, migration 0008): billing_anomaly, a sample the ledger
 --                    refused to count (decrease, missing_total);
---   source 'sampler' (sample_runs, ok = false): sample_failed, a sampler run that could not
---                    read a provider's billing.
+--   source 'sampler' (sample_runs): sample_failed, a run that could not read a provider's
+--                    billing (ok = false); sampler_clock_behind, a run whose clock read behind
+--                    the previous run's (clock_behind_s).
 WITH events AS (
     SELECT event_at, 'fleet' AS source,
            coalesce(json_extract_string(detail, '$.kind'), to_state, 'decision') AS kind,
@@ -61,6 +62,13 @@ WITH events AS (
            CAST(json_object('provider', provider, 'run_id', run_id) AS VARCHAR)
     FROM sample_runs
     WHERE NOT ok
+    UNION ALL
+    SELECT finished_at, 'sampler', 'sampler_clock_behind', NULL, NULL,
+           'the sampler''s clock read ' || CAST(round(clock_behind_s, 3) AS VARCHAR)
+               || ' s behind its previous run''s (provider ' || provider || '): the run is ordered by sequence, not time',
+           CAST(json_object('provider', provider, 'run_id', run_id, 'clock_behind_s', clock_behind_s) AS VARCHAR)
+    FROM sample_runs
+    WHERE clock_behind_s IS NOT NULL
 )
 SELECT event_at, source, kind, tier, node, message, detail
 FROM (

@@ -179,6 +179,10 @@ def test_the_gate_closing_on_stale_billing_is_one_event_across_two_workers(cloud
     finally:
         sampler.stop()
         gateway.server.stop()
+    # The next run, on a correct clock, reads ten minutes behind the future-dated one: an event too.
+    assert sample_billing(settings, Store(settings.home)).ok
+    [behind] = [e for e in events_json() if e["kind"] == "sampler_clock_behind"]
+    assert behind["detail"]["clock_behind_s"] > 500 and "behind its previous run's" in behind["message"]
     table = run_spot("events", env={"COLUMNS": "300"})
     assert table.returncode == 0 and "budget gate closed: billing unobservable" in table.stdout
     assert "budget gate closed: clock fault" in table.stdout
