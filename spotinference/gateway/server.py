@@ -69,6 +69,7 @@ class PortTakenError(SpotError):
 
 
 SAMPLER_EVERY_S = 60
+STARTUP_FAILURE = 3  # uvicorn's exit code when the app's startup fails
 
 
 def startup_notes(settings: Settings, spec: GatewaySpec) -> list[str]:
@@ -214,14 +215,20 @@ def serve(spec: GatewaySpec, *, on_bound: Callable[[], None] | None = None,
         else:
             server.run(sockets=sockets)
     except KeyboardInterrupt:
-        pass
+        return  # stopped before (or while) it started: nothing failed
+    except SystemExit as exc:
+        if exc.code != STARTUP_FAILURE:
+            raise
+        failed = True
+    else:
+        failed = config.workers == 1 and not server.started and not server.should_exit
     finally:
         stopped.set()
         if sampler is not None:
             _stop(sampler)
-    if config.workers == 1 and not server.started:
-        # uvicorn's STARTUP_FAILURE (its code 3 means "not built yet" to spot): the app's own
-        # lines above say why.
+    if failed:
+        # uvicorn's STARTUP_FAILURE is exit code 3, which means "not built yet" to spot: the
+        # app's own lines above say why it could not start.
         raise SpotError("the gateway could not start: see the lines above")
 
 
