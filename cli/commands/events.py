@@ -30,9 +30,9 @@ def register(app: typer.Typer) -> None:
 
 def events(
     ctx: typer.Context,
-    tier: Annotated[str | None, typer.Option("--tier", help="Only this tier's events (leaves out the fleet-wide ones: gate, sampler).")] = None,
-    since: Annotated[str | None, typer.Option("--since", help=f"From: {SINCE_FORMATS}.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="How many of the newest events.")] = 50,
+    tier: Annotated[str | None, typer.Option("--tier", metavar="TIER", help="Only this tier's events (leaves out the fleet-wide ones: gate, sampler).")] = None,
+    since: Annotated[str | None, typer.Option("--since", metavar="WHEN", help=f"From: {SINCE_FORMATS}.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="How many of the newest events.")] = 50,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events as they happen, until Ctrl-C.")] = False,
     json: JsonOption = False,
 ) -> None:
