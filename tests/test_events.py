@@ -258,3 +258,32 @@ def test_a_failover_is_an_event_and_a_log_line(fleet, tmp_path: Path, home: Path
     assert " WARNING failover: tier demo to demo-ondemand (wake failed: " in line and "to_tier=demo-ondemand" in line
     assert any("event=request" in line and "key=test" in line and "tier=demo-ondemand" in line and "status=200" in line
                for line in log.splitlines())
+
+
+@pytest.mark.parametrize(("how", "access_lines"), [
+    ([], 1),  # info by default: one line per request
+    (["--log-level", "warning"], 0),  # the flag turns it off
+    (["env:SPOT_GATEWAY__LOG_LEVEL=warning"], 0),  # and so does [gateway] log_level (here from the environment)
+], ids=["default", "flag", "config"])
+def test_the_access_log_follows_the_log_level(sim_engine: str, tmp_path: Path, home: Path, how: list[str],
+                                              access_lines: int) -> None:
+    key = json.loads(ok("keys", "create", "alice", "--json").stdout)["key"]
+    port = free_port()
+    flags = [f for f in how if not f.startswith("env:")]
+    env = dict(f.removeprefix("env:").split("=", 1) for f in how if f.startswith("env:"))
+    server = ServerProcess([str(SPOT), "serve", "--port", str(port), "--upstream", f"{MODEL}={sim_engine}", *flags],
+                           env=clean_env(home, **env), log_path=tmp_path / "gateway.log",
+                           health_url=f"http://127.0.0.1:{port}/health").start()
+    try:
+        import openai
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    finally:
+        server.stop()  # the log's queue is written out before the worker exits
+    lines = [line for line in (tmp_path / "gateway.log").read_text().splitlines() if "event=request" in line]
+    assert len(lines) == access_lines
+    if access_lines:
+        [line] = lines
+        assert " INFO request " in line and "key=alice" in line and f"model={MODEL}" in line and "status=200" in line
+        assert key not in (tmp_path / "gateway.log").read_text()
