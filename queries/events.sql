@@ -1,5 +1,5 @@
 -- Question: what did the fleet decide, and why? (`spot events`)
--- Parameters: $window_start — TIMESTAMPTZ, events at or after it; $tier — VARCHAR, only that
+-- Parameters: $since — TIMESTAMPTZ, events at or after it; $tier — VARCHAR, only that
 --   tier's events (NULL: all, including the fleet-wide ones: the gate and the sampler); $last —
 --   how many of the newest.
 -- Output, oldest first: event_at (UTC), source, kind, tier, node, message, detail (JSON).
@@ -73,7 +73,7 @@ WITH events AS (
 SELECT event_at, source, kind, tier, node, message, detail
 FROM (
     SELECT * FROM events
-    WHERE event_at >= $window_start AND ($tier IS NULL OR tier = $tier)
+    WHERE event_at >= $since AND ($tier IS NULL OR tier = $tier)
     ORDER BY event_at DESC, source, message
     LIMIT $last
 )

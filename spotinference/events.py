@@ -36,7 +36,7 @@ class Event:
 
 def read_events(store: Store, *, since: datetime | None = None, tier: str | None = None, last: int = 50) -> list[Event]:
     """The newest ``last`` events at or after ``since`` (of ``tier`` only, if given), oldest first."""
-    rows = run_query(store, "events", window_start=since or BEGINNING, tier=tier, last=last).rows
+    rows = run_query(store, "events", since=since or BEGINNING, tier=tier, last=last).rows
     return [Event(at, source, kind, tier_, node, message, json.loads(detail) if detail else None)
             for at, source, kind, tier_, node, message, detail in rows]
 

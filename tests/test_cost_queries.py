@@ -101,7 +101,7 @@ def spend(store: Store, start: datetime, end: datetime) -> Decimal | None:
 
 
 def params_for(name: str) -> dict:
-    values = {"window_start": at(10, 0), "window_end": at(11, 0), "last": 10, "tier": None}
+    values = {"window_start": at(10, 0), "window_end": at(11, 0), "last": 10, "tier": None, "since": at(10, 0)}
     return {p: values[p] for p in query_parameters(name)}
 
 

@@ -287,3 +287,41 @@ def test_the_access_log_follows_the_log_level(sim_engine: str, tmp_path: Path, h
         [line] = lines
         assert " INFO request " in line and "key=alice" in line and f"model={MODEL}" in line and "status=200" in line
         assert key not in (tmp_path / "gateway.log").read_text()
+
+
+def test_the_events_query_on_a_seeded_database(home: Path) -> None:
+    """queries/events.sql on hand-written rows of each table: order, sources, --tier, --since, --limit."""
+    from spotinference.events import read_events
+
+    t = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    store = Store(home)
+    with store.writing() as con:
+        con.execute("INSERT INTO fleet_events VALUES (?, 'demo', 'spot-demo-1', 'vm-1', 'hibernated', 'waking', "
+                    "'gateway: request for m held', NULL)", [t])
+        con.execute("INSERT INTO fleet_events VALUES (?, 'demo', NULL, NULL, NULL, NULL, 'woke in 5.0 s (gateway: x)', "
+                    "'{\"kind\": \"woke\", \"wake_s\": 5.0}')", [t + timedelta(minutes=1)])
+        con.execute("INSERT INTO fleet_events VALUES (?, 'other', NULL, NULL, NULL, NULL, 'spot down', NULL)",
+                    [t + timedelta(minutes=2)])
+        con.execute("INSERT INTO gate_events VALUES (?, false, 'budget_exhausted', false, 'spent', '{\"budget_usd\": \"10\"}')",
+                    [t + timedelta(minutes=3)])
+        con.execute("INSERT INTO sample_runs (run_id, provider, started_at, finished_at, ok, error, resource_count, seq) "
+                    "VALUES ('r1', 'sim', ?, ?, false, 'timed out', 0, 1), ('r2', 'sim', ?, ?, true, NULL, 1, 2)",
+                    [t + timedelta(minutes=4)] * 2 + [t + timedelta(minutes=5)] * 2)
+        con.execute("INSERT INTO billing_samples (run_id, sampled_at, provider, resource_id, resource_type, name, tier, "
+                    "usd_per_hour, total_bill_usd, active, raw) VALUES ('r2', ?, 'sim', '7', 'vm', 'spot-demo-1', 'demo', "
+                    "1, 2.5, true, '{}')", [t + timedelta(minutes=5)])
+        con.execute("INSERT INTO billing_anomalies VALUES ('r2', ?, 'sim', 'vm', '7', 'spot-demo-1', 'decrease', 2.5, 3.0, '{}')",
+                    [t + timedelta(minutes=5)])
+    events = read_events(store)
+    assert [(e.source, e.kind, e.tier) for e in events] == [
+        ("fleet", "waking", "demo"), ("fleet", "woke", "demo"), ("fleet", "decision", "other"),
+        ("gate", "gate_closed", None), ("sampler", "sample_failed", None), ("billing", "billing_anomaly", "demo")]
+    assert events[0].message == "spot-demo-1: hibernated -> waking (gateway: request for m held)"
+    assert events[1].detail == {"kind": "woke", "wake_s": 5.0}
+    assert events[3].message == "budget gate closed: over budget (spent)" and events[3].detail["budget_usd"] == "10"
+    assert events[4].message == "billing sample failed for provider sim: timed out"
+    assert "the bill fell to $2.500000 below its high-water mark $3.000000" in events[5].message
+    assert [e.kind for e in read_events(store, tier="demo")] == ["waking", "woke", "billing_anomaly"]
+    assert [e.kind for e in read_events(store, since=t + timedelta(minutes=3))] == [
+        "gate_closed", "sample_failed", "billing_anomaly"]
+    assert [e.kind for e in read_events(store, last=2)] == ["sample_failed", "billing_anomaly"]  # the newest, oldest first
