@@ -102,7 +102,7 @@ def spend(store: Store, start: datetime, end: datetime) -> Decimal | None:
 
 def params_for(name: str) -> dict:
     values = {"window_start": at(10, 0), "window_end": at(11, 0), "last": 10, "after": at(10, 0),
-              "since": None, "key_name": None, "model": None, "status_min": None, "status_max": None}
+              "since": at(10, 0), "key_name": None, "model": None, "status_min": None, "status_max": None, "tier": None}
     return {p: values[p] for p in query_parameters(name)}
 
 
