@@ -175,3 +175,9 @@ class _RetryHandler(logging.Handler):
         notice = getattr(record, "spot_retry", None)
         if notice is not None:
             self.view.retry(notice)
+
+
+def show_provider_retries(ctx: Any, *, json_lines: bool = False) -> None:
+    """For a command outside the fleet's (``spot sample``, ``volumes``, ``cost reconcile``): each
+    retry of a provider call is a line on stderr until the command ends, as in fleet commands."""
+    ctx.with_resource(FleetProgressView(quiet=True, json_lines=json_lines))

@@ -96,6 +96,27 @@ def test_each_retry_of_a_struggling_provider_is_one_line_on_stderr(stoppable_clo
     assert retry["attempt"] == 1 and retry["wait_s"] > 0
 
 
+@pytest.mark.parametrize(("command", "path"), [
+    (("volumes",), "/v1/core/volumes"),
+    (("sample",), "/v1/billing/billing/usage"),
+])
+def test_commands_outside_the_fleet_show_each_retry_too(stoppable_cloud: Cloud, command: tuple[str, ...],
+                                                         path: str) -> None:
+    # cron's log of `spot sample`, or an operator waiting on `spot volumes`, sees why it waits.
+    stoppable_cloud.fault(kind="server_error", count=2, status=503, path_prefix=path)
+    result = run_spot(*command)
+    assert result.returncode == 0, result.stderr
+    retries = [line for line in result.stderr.splitlines() if "retrying:" in line]
+    assert len(retries) == 2 and all(": 503" in line for line in retries), result.stderr
+
+    stoppable_cloud.fault(kind="server_error", count=1, status=502, path_prefix=path)
+    result = run_spot(*command, "--json")
+    assert result.returncode == 0, result.stderr
+    json.loads(result.stdout)  # stdout stays the one document
+    [retry] = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert retry["event"] == "retry" and retry["answer"].startswith("502")
+
+
 def test_a_provider_restart_in_the_middle_of_a_wake_is_ridden_out(tmp_path: Path) -> None:
     """Refused polls during a wake are tried again for a while (reported as they happen): an API
     restart longer than one call's few seconds of grace must not abort a ten-minute wake."""

@@ -154,6 +154,9 @@ def reconcile(
     if start is not None and end is not None and end <= start:
         raise InputError("--until must be after --since")
     state: CliState = ctx.obj
+    from ..fleet_progress import show_provider_retries
+
+    show_provider_retries(ctx, json_lines=json)
     result = run_reconcile(state.store(), state.settings, since=start, until=end, tolerance_usd=tolerance)
     if json:
         print_json(jsonable(result.to_dict()))
