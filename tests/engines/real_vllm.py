@@ -196,6 +196,9 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
+            # Keep Responses in memory so GET /v1/responses/{id}, .../cancel and
+            # previous_response_id work (off by default: every of them is then a 404).
+            "VLLM_ENABLE_RESPONSES_API_STORE": "1",
             "DO_NOT_TRACK": "1",
             "PYTHONUNBUFFERED": "1",
         }
