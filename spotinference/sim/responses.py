@@ -22,6 +22,7 @@ from .validation import (
     ApiError,
     FieldError,
     Fields,
+    UnionError,
     as_bool,
     as_float,
     as_int,
@@ -59,7 +60,10 @@ def _input(value: Any) -> list[tuple[str, str]]:
     if isinstance(value, str):
         return [("user", value)]
     if not isinstance(value, list):
-        raise FieldError("string_type", "Input should be a valid string")
+        raise UnionError([
+            FieldError("string_type", "Input should be a valid string", (), value),
+            FieldError("list_type", "Input should be a valid list", (), value),
+        ])  # fmt: skip
     turns = []
     for item in value:
         if isinstance(item, dict) and isinstance(item.get("role"), str):
@@ -80,7 +84,10 @@ def parse(data: Any) -> ResponsesRequest:
         raise validation_error([FieldError("model_attributes_type", NOT_A_DICT, (), data)])
     fields = Fields(data)
     background = bool(fields.get("background", as_bool, False))
-    turns = fields.get("input", _input, [], nullable=False, required=True)
+    if "input" not in data:
+        # One of vLLM's "before" validators adds a key first, so pydantic counts one more.
+        fields.errors.append(FieldError("missing", "Field required", ("input",), {**data, "": None}))
+    turns = fields.get("input", _input, [], nullable=False)
     instructions = fields.get("instructions", as_str)
     max_output_tokens = fields.get("max_output_tokens", as_int)
     model = fields.get("model", as_str)
