@@ -321,3 +321,25 @@ def test_real_vllm_embeddings_through_the_openai_sdk(vllm_pooling_engine: str) -
                    json={"input": "hello", "encoding_format": "base64"}, timeout=60).json()["data"][0]["embedding"]
     )  # fmt: skip
     assert len(raw) == 128 * 4
+
+
+def test_an_api_key_guards_the_same_paths_as_vllms(tmp_path: Path) -> None:
+    """vLLM's --api-key guards /v1, /v2, /inference and /cohere; /tokenize, /score and /rerank stay open."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(
+        [str(SPOT), "sim", "engine", "--port", str(port), "--model", "tiny-embed"],
+        env=clean_env(tmp_path / "home", SPOT_SIM_ENGINE_RUNNER="pooling", VLLM_API_KEY="sekret"),
+        log_path=tmp_path / "sim.log", health_url=f"{url}/health",
+    ).start()  # fmt: skip
+    try:
+        rerank = {"query": "q", "documents": ["d"]}
+        with httpx.Client(base_url=url, timeout=30) as client:
+            assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 401
+            assert client.post("/v2/rerank", json=rerank).status_code == 401
+            assert client.post("/rerank", json=rerank).status_code == 200
+            assert client.post("/tokenize", json={"prompt": "x"}).status_code == 200
+            keyed = client.post("/v2/rerank", json=rerank, headers={"Authorization": "Bearer sekret"})
+            assert keyed.status_code == 200
+    finally:
+        server.stop()

@@ -59,6 +59,8 @@ _METHOD_NOT_ALLOWED = b'{"detail":"Method Not Allowed"}'
 
 
 RUNNERS = ("generate", "pooling", "transcription")
+# The path prefixes vLLM's --api-key middleware guards (entrypoints/serve/middleware/authenticate.py).
+GUARDED_PATHS = ("/v1", "/v2", "/inference", "/cohere")
 
 # POST routes by runner; the handler's name on SimEngine.
 _COMMON_POSTS = {"/tokenize": "_tokenize", "/detokenize": "_detokenize"}
@@ -100,7 +102,8 @@ class EngineConfig:
     max_num_seqs: int = 256
     kv_cache_tokens: int = 65536
     # Like `vllm serve --api-key` (which also reads VLLM_API_KEY): /v1 routes then need
-    # "Authorization: Bearer <key>"; /health and /metrics stay open.
+    # "Authorization: Bearer <key>" on the paths vLLM guards (GUARDED_PATHS); /health, /metrics,
+    # /tokenize, /score and /rerank stay open, as in vLLM.
     api_key: str | None = field(default_factory=lambda: os.environ.get("VLLM_API_KEY") or None)
     # What the served model is, as vLLM's --runner says: "generate" (a chat model), "pooling"
     # (an embedding model: embeddings, score, rerank) or "transcription" (a speech model).
@@ -162,7 +165,7 @@ class SimEngine:
         if scope["type"] != "http":
             return  # no lifespan work: the engine is ready once it exists
         path, method = scope["path"], scope["method"]
-        if self._bearer is not None and path.startswith("/v1") and not self._authorized(scope):
+        if self._bearer is not None and path.startswith(GUARDED_PATHS) and not self._authorized(scope):
             await _respond(send, 401, _UNAUTHORIZED, _JSON)
             return
         post = self._posts.get(path)
