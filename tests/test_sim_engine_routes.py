@@ -343,3 +343,44 @@ def test_an_api_key_guards_the_same_paths_as_vllms(tmp_path: Path) -> None:
             assert keyed.status_code == 200
     finally:
         server.stop()
+
+
+def _counter(metrics_text: str, name: str) -> float:
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name}")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "delta_event"),
+    [
+        ("/v1/responses", {"model": "tiny-chat", "input": "hello", "max_output_tokens": 500, "stream": True},
+         "response.output_text.delta"),
+        ("/v1/messages", {"model": "tiny-chat", "max_tokens": 500, "messages": HELLO, "stream": True},
+         "content_block_delta"),
+    ],
+    ids=["responses", "messages"],
+)  # fmt: skip
+def test_a_client_leaving_a_stream_stops_its_generation(tmp_path: Path, path: str, body: dict, delta_event: str) -> None:
+    # Replies that would run to 500 tokens at 20 ms each, unless the client leaves.
+    server, url = _start(tmp_path, "tiny-chat", "--itl-ms", "20", "--reply-tokens-min", "1000",
+                         "--reply-tokens-max", "1000")  # fmt: skip
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            seen = 0
+            with client.stream("POST", path, json=body) as response:
+                for line in response.iter_lines():
+                    if line == f"event: {delta_event}":
+                        seen += 1
+                        if seen == 5:
+                            break  # closes the connection mid-stream
+            for _ in range(500):  # polled for at most 10 s
+                metrics = client.get("/metrics").text
+                if _counter(metrics, "vllm:num_requests_running") == 0:
+                    break
+                time.sleep(0.02)
+            assert _counter(metrics, "vllm:num_requests_running") == 0
+            assert 5 <= _counter(metrics, "vllm:generation_tokens_total") < 500
+    finally:
+        server.stop()

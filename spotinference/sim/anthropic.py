@@ -141,7 +141,9 @@ def message_start(message_id: str, model: str, input_tokens: int) -> bytes:
     return _event("message_start", f'{{"type":"message_start","message":{message}}}')
 
 
-BLOCK_START = _event("content_block_start", '{"type":"content_block_start","content_block":{"type":"text","text":""},"index":0}')
+BLOCK_START = _event(
+    "content_block_start", '{"type":"content_block_start","content_block":{"type":"text","text":""},"index":0}'
+)
 BLOCK_STOP = _event("content_block_stop", '{"type":"content_block_stop","index":0}')
 MESSAGE_STOP = _event("message_stop", '{"type":"message_stop"}')
 

@@ -35,7 +35,8 @@ class AudioRequest:
 def _form(content_type: str, body: bytes) -> dict[str, bytes]:
     if not content_type.lower().startswith("multipart/form-data"):
         raise validation_error([FieldError("missing", "Field required", ("file",), {})])
-    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
     fields = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")

@@ -362,7 +362,8 @@ def parse_tokenize(data: Any) -> tuple[str | None, list[int]]:
         raise validation_error([FieldError("model_attributes_type", NOT_A_DICT, (), data)])
     if "prompt" not in data and "messages" not in data:
         # A union of the completion and chat request types: each reports its missing field.
-        raise validation_error([FieldError("missing", "Field required", (name,), data) for name in ("prompt", "messages")])
+        missing = [FieldError("missing", "Field required", (name,), data) for name in ("prompt", "messages")]
+        raise validation_error(missing)
     fields = Fields(data)
     model = fields.get("model", as_str)
     if "prompt" in data:
