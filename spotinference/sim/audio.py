@@ -1,7 +1,7 @@
 """vLLM's speech-to-text routes (``/v1/audio/transcriptions``, ``/translations``), from its source.
 
-NOT captured from a running vLLM: no speech model could be built and served on these CPU
-machines (tests/engines/VLLM_WIRE_FORMAT.md, "Audio"), so the shapes follow vLLM 0.32's
+NOT captured from a running vLLM: the CPU build the project tests with lacks vLLM's audio
+extras (tests/engines/VLLM_WIRE_FORMAT.md, "Audio"), so the shapes follow vLLM 0.32's
 ``TranscriptionResponse`` (``{"text":..,"usage":{"type":"duration","seconds":N}}``, seconds
 rounded up) and ``TranslationResponse`` (``{"text":..}``) for ``response_format`` json. The
 request is ``multipart/form-data`` with ``file`` and ``model`` fields; the simulator reads the
