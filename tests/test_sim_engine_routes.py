@@ -14,6 +14,7 @@ import base64
 import io
 import json
 import struct
+import subprocess
 import time
 import wave
 from pathlib import Path
@@ -263,9 +264,15 @@ def test_a_speech_model_transcribes_multipart_uploads(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_an_unknown_runner_is_an_input_error() -> None:
-    with pytest.raises(InputError, match="runner must be one of generate, pooling, transcription"):
+def test_an_unknown_runner_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="must be one of generate, pooling, transcription"):
         EngineConfig(model="m", runner="embed")
+    result = subprocess.run([str(SPOT), "sim", "engine", "--model", "m", "--port", "0"], capture_output=True,
+                            text=True, env=clean_env(tmp_path, SPOT_SIM_ENGINE_RUNNER="embed"), timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: the engine runner (SPOT_SIM_ENGINE_RUNNER) must be one of generate, pooling, transcription, got 'embed'"
+    ]
 
 
 # --- against a live real vLLM (slow: the session starts both real engines once) -------------

@@ -114,7 +114,9 @@ class EngineConfig:
         if not self.model:
             raise InputError("the model name must not be empty")
         if self.runner not in RUNNERS:
-            raise InputError(f"the runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
+            raise InputError(
+                f"the engine runner (SPOT_SIM_ENGINE_RUNNER) must be one of {', '.join(RUNNERS)}, got {self.runner!r}"
+            )
         if self.max_model_len < 1:
             raise InputError(f"max_model_len must be 1 or more, got {self.max_model_len}")
         if not 1 <= self.reply_tokens_min <= self.reply_tokens_max:
