@@ -14,7 +14,8 @@ Routes, as vLLM 0.32 serves them for the engine's runner (``EngineConfig.runner`
 A route the runner does not serve is a plain 404, as in vLLM (whose router never mounts it).
 Tokens come from ``text``, their timing from ``timing``, their bytes from ``wire`` (and
 ``responses``, ``anthropic``, ``pooling``, ``audio`` for those APIs); ``protocol`` reads
-requests and ``validation`` refuses bad ones.
+requests and ``validation`` refuses bad ones. The routes without a token stream (tokenizer,
+pooling, audio) are in ``oneshot_routes``; ``asgi`` holds the HTTP plumbing they share.
 
 Raw ASGI rather than a framework because the engine must never be what a gateway benchmark
 measures: per token, the work is one sleep, one f-string and one ``send``.
@@ -30,32 +31,32 @@ import hmac
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError, SpotError
-from . import anthropic, audio, pooling, protocol, responses, text, wire
+from . import anthropic, protocol, responses, text, wire
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import EngineMetrics
 from .scheduler import Scheduler
 from .timing import Timebase, TimingModel
+from .asgi import JSON as _JSON
+from .asgi import METHOD_NOT_ALLOWED as _METHOD_NOT_ALLOWED
+from .asgi import NOT_FOUND as _NOT_FOUND
+from .asgi import SSE as _SSE
+from .asgi import UNAUTHORIZED as _UNAUTHORIZED
+from .asgi import Receive, Scope, Send
+from .asgi import abort_on_disconnect as _abort_on_disconnect
+from .asgi import random_id as _random_id
+from .asgi import read_body as _read_body
+from .asgi import read_json
+from .asgi import respond as _respond
+from .asgi import send_chunk as _send_chunk
+from .oneshot_routes import OneShotRoutes
 from .validation import ApiError, not_found_model, parse_json_body
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 VLLM_VERSION = "0.32.0"  # the vLLM whose server this one imitates
-
-# vLLM's CORS middleware adds "vary: Origin" to every response.
-_VARY = (b"vary", b"Origin")
-_JSON = (b"content-type", b"application/json")
-_SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), _VARY]
-_NOT_FOUND = b'{"detail":"Not Found"}'
-_UNAUTHORIZED = b'{"error":"Unauthorized"}'
-_METHOD_NOT_ALLOWED = b'{"detail":"Method Not Allowed"}'
 
 
 RUNNERS = ("generate", "pooling", "transcription")
@@ -138,7 +139,7 @@ class _Sequence:
     queued_s: float = 0.0
 
 
-class SimEngine:
+class SimEngine(OneShotRoutes):
     """The ASGI application. One instance holds the engine's whole state."""
 
     def __init__(self, config: EngineConfig, timebase: Timebase | None = None) -> None:
@@ -414,15 +415,6 @@ class SimEngine:
 
     # --- the other APIs: shared steps -----------------------------------------------------
 
-    async def _read_json(self, scope: Scope, receive: Receive) -> Any:
-        body = await _read_body(receive)
-        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
-        return parse_json_body(content_type, body)
-
-    def _check_model(self, model: str | None) -> None:
-        if model and model != self.config.model:
-            raise not_found_model(model, self.config.model)
-
     def _one_sequence(
         self, prompt: protocol.Prompt, max_tokens: int | None, param: str, *, stream: bool,
         temperature: float | None, top_p: float | None,
@@ -445,7 +437,7 @@ class SimEngine:
     async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived = self.timebase.clock()
         try:
-            request = responses.parse(await self._read_json(scope, receive))
+            request = responses.parse(await read_json(scope, receive))
             self._check_model(request.model)
             conversation = list(request.messages)
             if request.previous_response_id is not None:
@@ -575,7 +567,7 @@ class SimEngine:
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived = self.timebase.clock()
         try:
-            request = anthropic.parse(await self._read_json(scope, receive))
+            request = anthropic.parse(await read_json(scope, receive))
             self._check_model(request.model)
             seq = self._one_sequence(
                 request.prompt, request.max_tokens, "max_completion_tokens",
@@ -624,190 +616,16 @@ class SimEngine:
 
     async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            model, prompt = anthropic.parse_count(await self._read_json(scope, receive))
+            model, prompt = anthropic.parse_count(await read_json(scope, receive))
             self._check_model(model)
         except ApiError as exc:
             await _respond(send, exc.status, exc.anthropic_body(), _JSON)
             return
         await _respond(send, 200, anthropic.count_tokens_body(prompt.tokens), _JSON)
 
-    # --- tokenizer ------------------------------------------------------------------------
-
-    async def _tokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            model, ids = protocol.parse_tokenize(await self._read_json(scope, receive))
-            self._check_model(model)
-        except ApiError as exc:
-            await _respond(send, exc.status, exc.body(), _JSON)
-            return
-        body = {"count": len(ids), "max_model_len": self.config.max_model_len, "tokens": ids, "token_strs": None}
-        await _respond(send, 200, wire.dumps(body).encode(), _JSON)
-
-    async def _detokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            model, ids = protocol.parse_detokenize(await self._read_json(scope, receive))
-            self._check_model(model)
-        except ApiError as exc:
-            await _respond(send, exc.status, exc.body(), _JSON)
-            return
-        await _respond(send, 200, wire.dumps({"prompt": self.vocab.detokenize(ids)}).encode(), _JSON)
-
-    # --- pooling: embeddings, score, rerank -------------------------------------------------
-
-    async def _pool(self, prompt_tokens: int) -> None:
-        """A pooling request costs one prefill of its prompts and generates nothing."""
-        await self.timebase.sleep(self.timing.first_token_s(prompt_tokens, self.scheduler.running))
-        self.metrics.prompt_tokens += prompt_tokens
-
-    def _check_pooling_model(self, model: str | None) -> None:
-        if model and model != self.config.model:
-            raise pooling.not_found_model(model)
-
-    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            request = pooling.parse_embeddings(await self._read_json(scope, receive))
-            self._check_pooling_model(request.model)
-            pooling.check_embeddings(request, self.config.model, self.config.max_model_len)
-        except ApiError as exc:
-            await _respond(send, exc.status, exc.body(), _JSON)
-            return
-        prompt_tokens = sum(t.tokens for t in request.inputs)
-        await self._pool(prompt_tokens)
-        vectors = [pooling.embed(self.config.seed, t) for t in request.inputs]
-        request_id, created = f"embd-{_random_id()}", int(self.timebase.wall())
-        if request.encoding_format in ("bytes", "bytes_only"):
-            body, metadata = pooling.embeddings_bytes(
-                request_id=request_id, created=created, model=self.config.model, vectors=vectors,
-                prompt_tokens=prompt_tokens,
-            )  # fmt: skip
-            headers = [(b"metadata", metadata)] if request.encoding_format == "bytes" else []
-            headers += [(b"content-type", b"application/octet-stream"), _VARY]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-            return
-        body = pooling.embeddings_body(
-            request_id=request_id, created=created, model=self.config.model, vectors=vectors,
-            encoding=request.encoding_format, prompt_tokens=prompt_tokens,
-        )  # fmt: skip
-        await _respond(send, 200, body, _JSON)
-
-    async def _scores(self, request: pooling.ScoreRequest) -> list[float]:
-        self._check_pooling_model(request.model)
-        matched = pooling.pairs(request, self.config.max_model_len)
-        await self._pool(pooling.prompt_tokens(request))
-        seed = self.config.seed
-        return [pooling.cosine(pooling.embed(seed, q), pooling.embed(seed, d)) for q, d in matched]
-
-    async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            request = pooling.parse_score(await self._read_json(scope, receive))
-            scores = await self._scores(request)
-        except ApiError as exc:
-            await _respond(send, exc.status, exc.body(), _JSON)
-            return
-        body = pooling.score_body(
-            request_id=f"score-{_random_id()}", created=int(self.timebase.wall()), model=self.config.model,
-            scores=scores, prompt_tokens=pooling.prompt_tokens(request),
-        )  # fmt: skip
-        await _respond(send, 200, body, _JSON)
-
-    async def _rerank(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            request = pooling.parse_rerank(await self._read_json(scope, receive))
-            scores = await self._scores(request)
-        except ApiError as exc:
-            await _respond(send, exc.status, exc.body(), _JSON)
-            return
-        body = pooling.rerank_body(
-            request_id=f"score-{_random_id()}", model=self.config.model, documents=request.documents,
-            scores=scores, top_n=request.top_n, prompt_tokens=pooling.prompt_tokens(request),
-        )  # fmt: skip
-        await _respond(send, 200, body, _JSON)
-
-    # --- audio ------------------------------------------------------------------------------
-
-    async def _transcription(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._audio(scope, receive, send, translate=False)
-
-    async def _translation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._audio(scope, receive, send, translate=True)
-
-    async def _audio(self, scope: Scope, receive: Receive, send: Send, *, translate: bool) -> None:
-        body = await _read_body(receive)
-        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
-        try:
-            request = audio.parse(content_type, body)
-            self._check_model(request.model)
-        except ApiError as exc:
-            await _respond(send, exc.status, exc.body(), _JSON)
-            return
-        tokens = audio.prompt_tokens(request.seconds)
-        await self._pool(tokens)
-        reply = text.plan_reply(self.config.seed, ("audio", request.digest), 0, 1, max(1, tokens))
-        words = reply.text(self.vocab, reply.natural_tokens, strip_first=True)
-        self.metrics.generation_tokens += reply.natural_tokens
-        await _respond(send, 200, audio.response_body(words, request.seconds, translate=translate), _JSON)
-
 
 async def _ignore_token(seq: _Sequence, step: int, last: bool) -> None:
     return None
-
-
-async def _send_chunk(send: Send, chunk: bytes) -> None:
-    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-
-async def _abort_on_disconnect(receive: Receive, work: Callable[[dict[str, bool]], Awaitable[None]]) -> None:
-    """Run ``work(state)``; like vLLM, a client that goes away cancels its request, streamed or
-    not. ``work`` sets ``state["finished"]`` once its last byte is sent."""
-    task = asyncio.current_task()
-    state = {"finished": False, "disconnected": False}
-
-    async def watch_disconnect() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if not state["finished"] and task is not None:
-            state["disconnected"] = True
-            task.cancel()
-
-    watcher = asyncio.create_task(watch_disconnect())
-    try:
-        await work(state)
-    except asyncio.CancelledError:
-        if not state["disconnected"]:
-            raise
-        # The client left: the abort is this request's normal end, not an error.
-    finally:
-        watcher.cancel()
-
-
-def _random_id() -> str:
-    return os.urandom(8).hex()  # vLLM's random_uuid(): 16 hex digits
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, content_type: tuple[bytes, bytes] | None, *, allow: bytes | None = None
-) -> None:
-    # Starlette's order: allow (on a 405), content-length, content-type; then CORS's vary.
-    headers = [(b"allow", allow)] if allow is not None else []
-    headers.append((b"content-length", str(len(body)).encode()))
-    if content_type is not None:
-        headers.append(content_type)
-    headers.append(_VARY)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 # --- the server -------------------------------------------------------------------------
