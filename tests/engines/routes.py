@@ -159,10 +159,15 @@ def sse_events(body: str) -> list[tuple[str, Any]]:
     return events
 
 
+# Keys whose value's shape depends on whether the random model happened to emit EOS: a
+# Responses object has {"reason": "max_output_tokens"} when the limit ended it, null otherwise.
+DEPENDS_ON_EOS = {"incomplete_details"}
+
+
 def shape(value: Any) -> Any:
     """Keys in order, JSON types, list lengths; the values themselves are dropped."""
     if isinstance(value, dict):
-        return [[key, shape(item)] for key, item in value.items()]
+        return [[key, "eos-dependent" if key in DEPENDS_ON_EOS else shape(item)] for key, item in value.items()]
     if isinstance(value, list):
         return ["list", len(value), shape(value[0]) if value else None]
     if value is None:
