@@ -37,10 +37,6 @@ from typing import Any
 
 from ..errors import InputError, SpotError
 from . import anthropic, protocol, responses, text, wire
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import EngineMetrics
-from .scheduler import Scheduler
-from .timing import Timebase, TimingModel
 from .asgi import JSON as _JSON
 from .asgi import METHOD_NOT_ALLOWED as _METHOD_NOT_ALLOWED
 from .asgi import NOT_FOUND as _NOT_FOUND
@@ -53,11 +49,14 @@ from .asgi import read_body as _read_body
 from .asgi import read_json
 from .asgi import respond as _respond
 from .asgi import send_chunk as _send_chunk
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import EngineMetrics
 from .oneshot_routes import OneShotRoutes
+from .scheduler import Scheduler
+from .timing import Timebase, TimingModel
 from .validation import ApiError, not_found_model, parse_json_body
 
 VLLM_VERSION = "0.32.0"  # the vLLM whose server this one imitates
-
 
 RUNNERS = ("generate", "pooling", "transcription")
 # The path prefixes vLLM's --api-key middleware guards (entrypoints/serve/middleware/authenticate.py).
@@ -102,7 +101,7 @@ class EngineConfig:
     reply_tokens_max: int = 128
     max_num_seqs: int = 256
     kv_cache_tokens: int = 65536
-    # Like `vllm serve --api-key` (which also reads VLLM_API_KEY): /v1 routes then need
+    # Like `vllm serve --api-key` (which also reads VLLM_API_KEY): requests then need
     # "Authorization: Bearer <key>" on the paths vLLM guards (GUARDED_PATHS); /health, /metrics,
     # /tokenize, /score and /rerank stay open, as in vLLM.
     api_key: str | None = field(default_factory=lambda: os.environ.get("VLLM_API_KEY") or None)
