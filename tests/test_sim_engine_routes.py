@@ -391,3 +391,20 @@ def test_a_client_leaving_a_stream_stops_its_generation(tmp_path: Path, path: st
             assert 5 <= _counter(metrics, "vllm:generation_tokens_total") < 500
     finally:
         server.stop()
+
+
+def test_the_anthropic_sdk_reads_messages_streamed_and_whole(chat_sim: str) -> None:
+    anthropic = pytest.importorskip("anthropic", reason="the official anthropic SDK is not installed")
+    client = anthropic.Anthropic(base_url=chat_sim, api_key="unused", max_retries=0)
+    whole = client.messages.create(model="tiny-chat", max_tokens=4, messages=HELLO)
+    assert (whole.usage.input_tokens, whole.usage.output_tokens, whole.stop_reason) == (9, 4, "max_tokens")
+    with client.messages.stream(model="tiny-chat", max_tokens=4, messages=HELLO) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == final.content[0].text == whole.content[0].text
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (9, 4)
+    assert client.messages.count_tokens(model="tiny-chat", messages=HELLO).input_tokens == 9
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.messages.create(model="nope", max_tokens=4, messages=HELLO)
+    assert missing.value.body == {"type": "error", "error": {"type": "NotFoundError",
+                                  "message": "The model `nope` does not exist. Valid aliases: tiny-chat."}}  # fmt: skip
