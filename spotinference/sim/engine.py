@@ -86,6 +86,7 @@ _RUNNER_POSTS = {
     },
 }
 _RESPONSES_PREFIX = "/v1/responses/"
+MAX_STORED_RESPONSES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,7 +465,7 @@ class SimEngine(OneShotRoutes):
                 incomplete=seq.finish_reason == "length",
             )  # fmt: skip
             if request.store:
-                self.responses[response_id] = responses.StoredResponse(body, [*conversation, ("assistant", content)])
+                self._store(response_id, responses.StoredResponse(body, [*conversation, ("assistant", content)]))
             return body
 
         async def whole(state: dict[str, bool]) -> None:
@@ -521,7 +522,7 @@ class SimEngine(OneShotRoutes):
             request, response_id=response_id, created_at=created, model=self.config.model,
             status="queued", output=[], usage_body=None,
         )  # fmt: skip
-        self.responses[response_id] = responses.StoredResponse(queued)
+        self._store(response_id, responses.StoredResponse(queued))
 
         async def generate() -> None:
             queued["status"] = "in_progress"
@@ -533,6 +534,13 @@ class SimEngine(OneShotRoutes):
 
         self._background[response_id] = asyncio.create_task(generate())
         await _respond(send, 200, wire.dumps(queued).encode(), _JSON)
+
+    def _store(self, response_id: str, stored: responses.StoredResponse) -> None:
+        # vLLM keeps every response until it restarts; a benchmark against the simulator could
+        # make millions, so the oldest are forgotten past a bound no test or demo reaches.
+        self.responses[response_id] = stored
+        if len(self.responses) > MAX_STORED_RESPONSES:
+            del self.responses[next(iter(self.responses))]
 
     async def _stored_response(self, rest: str, method: str, send: Send) -> None:
         """``GET /v1/responses/{id}`` and ``POST /v1/responses/{id}/cancel``."""
