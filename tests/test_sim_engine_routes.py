@@ -271,8 +271,35 @@ def test_an_unknown_runner_is_an_input_error(tmp_path: Path) -> None:
                             text=True, env=clean_env(tmp_path, SPOT_SIM_ENGINE_RUNNER="embed"), timeout=60)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: the engine runner (SPOT_SIM_ENGINE_RUNNER) must be one of generate, pooling, transcription, got 'embed'"
+        "error: the engine runner (--runner, or SPOT_SIM_ENGINE_RUNNER) must be one of generate, pooling, "
+        "transcription, got 'embed'"
     ]
+    flag = subprocess.run([str(SPOT), "sim", "engine", "--model", "m", "--port", "0", "--runner", "embed"],
+                          capture_output=True, text=True, env=clean_env(tmp_path), timeout=60)
+    assert flag.returncode == 2 and "got 'embed'" in flag.stderr and len(flag.stderr.strip().splitlines()) == 1
+
+
+def test_the_runner_flag_serves_a_pooling_model(tmp_path: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen([str(SPOT), "sim", "engine", "--model", "tiny-embed", "--port", str(port),
+                               "--runner", "pooling"], env=clean_env(tmp_path), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        answer = httpx.post(f"{url}/v1/embeddings", json={"model": "tiny-embed", "input": "hello"}, timeout=10)
+        assert answer.status_code == 200 and answer.json()["usage"]["prompt_tokens"] > 0
+        assert httpx.post(f"{url}/v1/chat/completions", json={"model": "tiny-embed", "messages": HELLO},
+                          timeout=10).status_code == 404
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 # --- against a live real vLLM (slow: the session starts both real engines once) -------------

@@ -116,7 +116,7 @@ class EngineConfig:
             raise InputError("the model name must not be empty")
         if self.runner not in RUNNERS:
             raise InputError(
-                f"the engine runner (SPOT_SIM_ENGINE_RUNNER) must be one of {', '.join(RUNNERS)}, got {self.runner!r}"
+                f"the engine runner (--runner, or SPOT_SIM_ENGINE_RUNNER) must be one of {', '.join(RUNNERS)}, got {self.runner!r}"
             )
         if self.max_model_len < 1:
             raise InputError(f"max_model_len must be 1 or more, got {self.max_model_len}")
