@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,14 @@ pytest_plugins = ["tests.sshd"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SPOT = Path(sys.executable).with_name("spot")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so
+    # would every `spot` it starts (spot keeps an ignored SIGINT ignored, as nohup'd programs must).
+    # The tests that press Ctrl-C stand for a user at a terminal, whose SIGINT is not ignored.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
