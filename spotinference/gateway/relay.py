@@ -77,6 +77,10 @@ class Exchange:
     raw_body_started: bool = False  # a non-streamed answer has begun: a failure now can only cut it
     engine_answered: bool = False  # the engine's status line arrived: a fault now is the engine's
     wake_wait_s: float | None = None  # time held while the tier woke
+    # Class attributes, not fields: set only off the hot path (an error before the request was
+    # read, and the other endpoints), so chat's Exchange is built as before.
+    endpoint = None  # the route, for a row whose request could not be read
+    response_id = None  # a Responses answer's id, for routing what refers to it
 
 
 class Relay:
@@ -199,12 +203,14 @@ class Relay:
             return
         except GatewayError as exc:
             exchange.status, exchange.error = exc.status, exc.message
+            exchange.endpoint = scope["path"]  # type: ignore[misc]
             if exc.status == 400:
                 self.metrics.failed("client")
             self._record(exchange)
             await self._send_error(send, exc, exchange.request_id)
             return
         except Exception as exc:  # noqa: BLE001 - the last resort before the engine: never a bare 500
+            exchange.endpoint = scope["path"]  # type: ignore[misc]
             await self._last_resort(exchange, send, exc)
             return
         await self._relay_watching_client(exchange, route, receive, send)
@@ -574,6 +580,7 @@ class Relay:
             request_id=exchange.request_id,
             gateway_id=self.recorder.gateway_id,
             model=model,
+            endpoint=request.endpoint if request else exchange.endpoint,
             started_at=started_at,
             finished_at=started_at + timedelta(seconds=elapsed_s),
             http_status=exchange.status,
