@@ -1,7 +1,7 @@
 """A real OpenSSH server on loopback for the SSH transport's tests (a pytest plugin).
 
 Installs ``openssh-server`` with apt on first use when it is missing (CI starts from a bare
-Debian machine), then runs private ``sshd -D -e`` processes on 127.0.0.1 with their own config,
+Debian machine; see ``system_packages``), then runs private ``sshd -D -e`` processes on 127.0.0.1 with their own config,
 host key and authorized key in a temporary directory: nothing of the machine's own SSH setup is
 read or changed, except the privilege-separation directory /run/sshd that sshd insists on.
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,36 +26,14 @@ from pathlib import Path
 import pytest
 
 from tests.servers import free_port
+from tests.system_packages import ensure_program
 
 SSHD = Path("/usr/sbin/sshd")
-APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
 
 def ensure_sshd() -> Path:
     """The sshd binary, installing openssh-server with apt when it is missing (root only)."""
-    if SSHD.exists():
-        return SSHD
-    if os.geteuid() != 0:
-        pytest.skip("sshd is not installed and installing openssh-server needs root")
-    if shutil.which("apt-get") is None:
-        pytest.skip("sshd is not installed and there is no apt-get to install it")
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "openssh-server"]
-    if _apt(install).returncode != 0:
-        # A fresh machine often has no package lists yet.
-        _check(_apt(["apt-get", "update"]), "apt-get update")
-        _check(_apt(install), "apt-get install openssh-server")
-    if not SSHD.exists():
-        raise RuntimeError("openssh-server installed but /usr/sbin/sshd is missing")
-    return SSHD
-
-
-def _apt(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=APT_ENV, capture_output=True, text=True, timeout=900)
-
-
-def _check(done: subprocess.CompletedProcess[str], what: str) -> None:
-    if done.returncode != 0:
-        raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return ensure_program(SSHD, "openssh-server")
 
 
 def keygen(path: Path, *, passphrase: str = "", comment: str = "spot-test") -> Path:

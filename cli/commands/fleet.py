@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..output import print_json, print_table
 from ..state import CliState
 from .options import JsonOption
 
@@ -46,54 +45,9 @@ def _fleet(ctx: typer.Context, *, quiet: bool = False):  # noqa: ANN202
 
 
 def _show_status(context: FleetContext, tier: str | None, *, json: bool) -> None:
-    from spotinference.fleet.status import fleet_status, gateway_view
+    from .status_view import show_status
 
-    rows = fleet_status(context, tier)
-    if json:
-        print_json([row.to_json() for row in rows])
-        return
-    view = gateway_view(context.settings)
-    if view is not None:
-        _show_tiers(view, tier)
-    if not rows:
-        typer.echo("no nodes" + (f" in tier {tier}" if tier else "") + " (create them with `spot up TIER`)")
-        return
-    print_table(
-        None,
-        ["tier", "node", "state", "provider id", "ip", "gpu", "$/h", "up since", "last request"],
-        [
-            (
-                r.tier if r.configured else f"{r.tier} (not configured)", r.name, r.state.value, r.provider_id, r.ip,
-                f"{r.gpu_count}× {r.gpu}" if r.gpu else r.flavor,
-                f"{r.usd_per_hour:.3f}" if r.usd_per_hour is not None else "?",
-                r.up_since.strftime("%Y-%m-%d %H:%M:%S") if r.up_since else "",
-                r.last_request.strftime("%Y-%m-%d %H:%M:%S") if r.last_request else "",
-            )
-            for r in rows
-        ],
-    )
-
-
-def _show_tiers(view: dict, only: str | None) -> None:
-    """What the running gateway sees per tier: held requests, wakes, idle countdowns, the gate."""
-    tiers = [t for t in view.get("tiers", []) if only is None or t["tier"] == only]
-    if tiers:
-        def seconds(value: float | None) -> str:
-            return "" if value is None else f"{value:.0f} s"
-
-        def when(value: float | None) -> str:
-            return "" if not value else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
-
-        print_table(
-            "tiers (from the gateway)",
-            ["tier", "state", "serving", "in flight", "held", "waking for", "last request", "hibernates in"],
-            [(t["tier"], t["state"] + (f" ({t['degraded_reason']})" if t.get("degraded_reason") else ""),
-              len(t["serving_nodes"]), t["in_flight"], t["held_requests"], seconds(t["wake_elapsed_s"]),
-              when(t["last_request_at"]), seconds(t["idle_countdown_s"])) for t in tiers],
-        )
-    gate = view.get("budget_gate")
-    if gate:
-        typer.echo(f"budget gate: {'open' if gate['open'] else 'CLOSED'} ({gate['reason']}): {gate['message']}")
+    show_status(context, tier, json=json)
 
 
 def up(
@@ -132,31 +86,52 @@ def down(
     ctx: typer.Context,
     tier: TierArg,
     terminate: Annotated[bool, typer.Option("--terminate", help="Delete the nodes instead of hibernating them.")] = False,
+    volumes: Annotated[bool, typer.Option("--volumes", help="With --terminate: also delete the tier's weights volumes (they bill until deleted).")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting.")] = False,
     json: JsonOption = False,
 ) -> None:
-    """Hibernate a tier's nodes (default), or delete them with --terminate (weights volumes stay)."""
+    """Hibernate a tier's nodes (default), or delete them with --terminate (weights volumes stay,
+    and bill, unless --volumes)."""
+    from spotinference.errors import InputError
     from spotinference.fleet.operations import Fleet
 
+    if volumes and not terminate:
+        raise InputError("--volumes deletes the tier's weights volumes and needs --terminate",
+                         hint=f"`spot down {tier} --terminate --volumes`")
+    what = "the nodes and their weights volumes" if volumes else "the nodes"
     if terminate and not yes:
         if not sys.stdin.isatty():
-            from spotinference.errors import InputError
-
-            raise InputError("--terminate deletes the nodes: add --yes to confirm when not at a terminal")
-        typer.confirm(f"Delete every node of tier {tier}? Their local disks are lost (weights volumes stay)", abort=True)
+            flags = "--terminate --volumes" if volumes else "--terminate"
+            raise InputError(f"{flags} deletes {what}: add --yes to confirm when not at a terminal")
+        lost = "Their disks and the weights on their volumes are lost" if volumes else \
+            "Their local disks are lost (weights volumes stay, and keep billing)"
+        typer.confirm(f"Delete every node of tier {tier}{' and its weights volumes' if volumes else ''}? {lost}",
+                      abort=True)
     with _fleet(ctx, quiet=json) as context:
         Fleet(context).down(tier, terminate=terminate)
+        if volumes:
+            from spotinference.fleet.volumes import delete_tier_volumes
+
+            delete_tier_volumes(context, tier, reason="spot down --terminate --volumes")
         _show_status(context, tier, json=json)
 
 
 def status(
     ctx: typer.Context,
     tier: Annotated[str | None, typer.Argument(help="Only this tier.", show_default=False)] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh in place until Ctrl-C (which exits 0).")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.", min=0.5)] = 2.0,
     json: JsonOption = False,
 ) -> None:
-    """One row per node: tier, state, provider id, IP, GPU, current rate, up since, last request."""
+    """One row per node: tier, state, provider id, IP, GPU, current rate, up since, last request;
+    then what keeps billing while everything sleeps (volumes, hibernated VMs)."""
     with _fleet(ctx, quiet=True) as context:
-        _show_status(context, tier, json=json)
+        if watch:
+            from .status_view import watch_status
+
+            watch_status(context, tier, interval_s=interval, json=json)
+        else:
+            _show_status(context, tier, json=json)
 
 
 def logs(
@@ -203,5 +178,8 @@ def register(app: typer.Typer) -> None:
     app.command("wake")(wake)
     app.command("hibernate")(hibernate)
     app.command("status")(status)
+    from .volumes import volumes
+
+    app.command("volumes")(volumes)
     app.command("logs")(logs)
     app.command("ssh")(ssh)

@@ -1,7 +1,8 @@
 """The Provider interface: what the fleet and the billing sampler need from a cloud.
 
 A provider rents VMs. The fleet creates them from a ``VmSpec``, watches them as ``Vm`` snapshots,
-hibernates and restores them, and deletes them; the sampler reads ``BillingItem``s. Each
+hibernates and restores them, and deletes them; the sampler reads ``BillingItem``s. Volumes
+(``Volume``) outlive the VMs they were attached to and keep billing until deleted. Each
 implementation maps its own states onto ``VmPhase`` (the fleet maps phases plus engine health
 onto node states) and raises only ``providers.errors`` exceptions, so callers never see HTTP.
 
@@ -81,6 +82,21 @@ class Vm:
     node_dir: Path | None = None
     engine_port: int | None = None
     ssh_port: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """A snapshot of one block-storage volume. It bills from creation until deleted, attached or not."""
+
+    provider_id: str
+    name: str
+    size_gb: int | None
+    status: str  # the provider's own word: available, in-use, ...
+    environment: str | None = None
+    volume_type: str | None = None
+    attached_vm_ids: tuple[str, ...] = ()  # the VMs it is attached to (provider ids)
+    created_at: datetime | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -183,6 +199,22 @@ class Provider(ABC):
     @abstractmethod
     def ensure_volume(self, name: str, environment: str, size_gb: int) -> str:
         """The id of the volume named ``name``, created if missing."""
+
+    # -- volumes (optional: `spot volumes`, `spot down --terminate --volumes`) -------------------
+
+    def list_volumes(self) -> list[Volume]:
+        """Every volume in the account (all pages), attached or not. Raises
+        ProviderNotSupportedError when the provider cannot list them."""
+        from .errors import ProviderNotSupportedError
+
+        raise ProviderNotSupportedError(f"provider {self.name!r} cannot list volumes", provider=self.name)
+
+    def delete_volume(self, provider_id: str) -> None:
+        """Delete a volume; one that is already gone is not an error. The provider refuses while
+        the volume is attached (a ProviderError): detach it or delete its VM first."""
+        from .errors import ProviderNotSupportedError
+
+        raise ProviderNotSupportedError(f"provider {self.name!r} cannot delete volumes", provider=self.name)
 
     @abstractmethod
     def get_flavor(self, name: str, region: str | None = None) -> Flavor | None:

@@ -23,7 +23,7 @@ import httpx
 
 from ..config.models import ProviderSettings
 from ..errors import ConfigError
-from .base import BilledHour, BillingReading, FirewallRule, Flavor, Provider, Vm, VmPhase, VmSpec
+from .base import BilledHour, BillingReading, FirewallRule, Flavor, Provider, Vm, VmPhase, VmSpec, Volume
 from .errors import (
     InsufficientCapacityError,
     ProviderError,
@@ -42,6 +42,7 @@ from .hyperstack_mapping import (
     usage_list,
     rule_body,
     vm_from,
+    volume_from,
 )
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,22 @@ class HyperstackProvider(Provider):
         if created is None:
             raise ProviderError(f"Hyperstack accepted volume {name!r} but did not return its id", provider=self.name)
         return created
+
+    def list_volumes(self) -> list[Volume]:
+        """``GET /core/volumes``, every page."""
+        items = self._pages("/core/volumes", "volumes", {}, self.api.deadline())
+        return [volume_from(item) for item in items if item.get("id") is not None]
+
+    def delete_volume(self, provider_id: str) -> None:
+        """``DELETE /core/volumes/{id}``. Hyperstack refuses (400) while the volume is attached;
+        that refusal is raised as is. A 404 (already gone) is success once the API root answers."""
+        if not provider_id.isdigit():
+            raise ProviderNotFoundError(f"volume {provider_id!r}: Hyperstack ids are numbers", provider=self.name)
+        deadline = self.api.deadline()
+        try:
+            self.api.call("DELETE", f"/core/volumes/{provider_id}", deadline=deadline)
+        except ProviderNotFoundError:
+            self._confirm_api_root(deadline)
 
     def get_flavor(self, name: str, region: str | None = None) -> Flavor | None:
         answer = self.api.call("GET", "/core/flavors", params={"region": region} if region else None)

@@ -26,7 +26,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from .base import BillingItem, FirewallRule, Flavor, Vm, VmPhase, VmSpec
+from .base import BillingItem, FirewallRule, Flavor, Vm, VmPhase, VmSpec, Volume
 
 _PHASES = {
     "CREATING": VmPhase.CREATING,
@@ -226,6 +226,30 @@ def attached_volume_names(instance: dict[str, Any]) -> set[str]:
 
 
 # -- flavors and money -----------------------------------------------------------------------------
+
+
+def volume_from(item: dict[str, Any]) -> Volume:
+    """A ``Volumes_Fields`` item of ``GET /core/volumes``: ``attachments[].instance_id`` say where
+    it is attached (an attachment whose status says detached or detaching is not counted)."""
+    attached = []
+    for attachment in item.get("attachments") or []:
+        if not isinstance(attachment, dict) or attachment.get("instance_id") is None:
+            continue
+        if _text(attachment.get("status")).lower() in ("detached", "detaching"):
+            continue
+        attached.append(str(attachment["instance_id"]))
+    size = item.get("size")
+    return Volume(
+        provider_id=str(item.get("id", "")),
+        name=_text(item.get("name")),
+        size_gb=size if isinstance(size, int) and not isinstance(size, bool) else None,
+        status=_text(item.get("status")),
+        environment=_text(_dict(item.get("environment")).get("name")) or None,
+        volume_type=_text(item.get("volume_type")) or None,
+        attached_vm_ids=tuple(attached),
+        created_at=parse_time(item.get("created_at")),
+        raw=item,
+    )
 
 
 def flavors_from(data: Any) -> list[Flavor]:

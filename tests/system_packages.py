@@ -1,0 +1,51 @@
+"""Programs the tests drive that a fresh CI machine may lack (sshd, tmux): installed with apt on
+first use. A test skips only where nothing can install them (no apt-get, or not root)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+
+
+def ensure_program(program: str | Path, package: str) -> Path:
+    """The program's path (an absolute path, or a name looked up on PATH), installing ``package``
+    with apt when it is missing."""
+    found = _find(program)
+    if found is not None:
+        return found
+    if shutil.which("apt-get") is None:
+        pytest.skip(f"{program} is not installed and there is no apt-get to install {package}")
+    if os.geteuid() != 0:
+        pytest.skip(f"{program} is not installed and installing {package} needs root")
+    install = ["apt-get", "install", "-y", "--no-install-recommends", package]
+    if _apt(install).returncode != 0:
+        # A fresh machine often has no package lists yet.
+        _check(_apt(["apt-get", "update"]), "apt-get update")
+        _check(_apt(install), f"apt-get install {package}")
+    found = _find(program)
+    if found is None:
+        raise RuntimeError(f"{package} installed but {program} is still missing")
+    return found
+
+
+def _find(program: str | Path) -> Path | None:
+    path = Path(program)
+    if path.is_absolute():
+        return path if path.exists() else None
+    which = shutil.which(str(program))
+    return Path(which) if which else None
+
+
+def _apt(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=APT_ENV, capture_output=True, text=True, timeout=900)
+
+
+def _check(done: subprocess.CompletedProcess[str], what: str) -> None:
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr[-2000:]}")
