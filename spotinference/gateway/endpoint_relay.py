@@ -56,7 +56,7 @@ class _ExtraRecorder(UsageRecorder):
     def record(self, row: UsageRow) -> None:
         extra = self.extras.pop(row.request_id, None)
         if extra is not None:
-            row.extra = json.dumps(extra)  # type: ignore[attr-defined]  # vars(row) carries it to the spool
+            row.extra = extra  # type: ignore[attr-defined]  # vars(row) carries it to the spool, as JSON
         self.inner.record(row)
 
 

@@ -1,0 +1,246 @@
+"""The routes vLLM serves beyond chat and completions, through a real `spot serve` over HTTP, in
+front of engines the test controls (tests/stand_in_engine.py, in vLLM 0.32's own response
+shapes): embeddings, score/rerank, audio, Responses by id; with the official `openai` SDK where it
+has the call. What a user checks: the answer is the engine's, byte for byte; one row per request
+with its endpoint and the engine's usage; bad input is a 4xx in the route's error shape.
+
+The same routes against real vLLM (Responses, Messages, tokenize): tests/test_gateway_routes_vllm.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from spotinference.keys import create_key
+from spotinference.store import Store
+from tests.conftest import run_spot
+from tests.servers import ServerProcess, start_gateway
+from tests.stand_in_engine import StandInEngine
+from tests.token_log import logged_rows
+
+POOL = "pool-model"
+
+
+@dataclass
+class Stack:
+    home: Path
+    url: str
+    key: str
+    engine: StandInEngine  # serves POOL and "resp-a"
+    other: StandInEngine  # serves "resp-b"
+    gateway: ServerProcess
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0)
+
+    def post(self, path: str, body: dict | bytes, **headers: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.key}", **headers}
+        if isinstance(body, dict):
+            return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=30)
+        return httpx.post(f"{self.url}{path}", content=body, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("gateway-routes")
+    key = create_key(Store(home), "routes").key
+    with StandInEngine() as engine, StandInEngine() as other:
+        gateway, url = start_gateway(home, {POOL: engine.url, "resp-a": engine.url, "resp-b": other.url},
+                                     extra_env={"SPOT_GATEWAY__MAX_BODY_BYTES": "200000"})
+        yield Stack(home, url, key, engine, other, gateway)
+        gateway.stop()
+
+
+def row_of(stack: Stack, response: httpx.Response | object) -> dict:
+    headers = response.headers
+    request_id = headers["x-request-id"]
+    rows = logged_rows(stack.home, {request_id})
+    assert len(rows) == 1, f"expected one row for {request_id}"
+    return rows[0]
+
+
+def engine_usage(body: bytes) -> dict:
+    return json.loads(body)["usage"]
+
+
+# -- embeddings, score, rerank: the engine's answer, its prompt tokens logged --------------------------
+
+@pytest.mark.parametrize("inputs", ["one two three", ["a b", "c d e", "f"], [5, 6, 7, 8], [[1, 2], [3, 4, 5]]],
+                         ids=["string", "strings", "token-ids", "lists-of-token-ids"])
+def test_embeddings_through_the_openai_sdk_are_the_engines_and_logged(stack: Stack, inputs: object) -> None:
+    raw = stack.client().embeddings.with_raw_response.create(model=POOL, input=inputs)  # type: ignore[arg-type]
+    answer = raw.parse()
+    direct = httpx.post(f"{stack.engine.url}/v1/embeddings", json={"model": POOL, "input": inputs}).content
+    assert json.loads(raw.content) == json.loads(direct)
+    assert answer.usage.prompt_tokens == engine_usage(direct)["prompt_tokens"]
+    row = row_of(stack, raw)
+    assert row["endpoint"] == "/v1/embeddings" and row["http_status"] == 200 and row["model"] == POOL
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (answer.usage.prompt_tokens, 0)
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/score", {"text_1": "q", "text_2": ["a b", "c"]}),
+    ("/v1/rerank", {"query": "q", "documents": ["a b", "c", "d e f"]}),
+    ("/rerank", {"query": "q", "documents": ["a"]}),
+    ("/v2/rerank", {"query": "q", "documents": ["a", "b"], "top_n": 1}),
+])
+def test_score_and_rerank_relay_the_engines_bytes_and_log_prompt_tokens(stack: Stack, path: str, body: dict) -> None:
+    body = {"model": POOL, **body}
+    response = stack.post(path, body)
+    assert response.status_code == 200, response.text
+    sent = stack.engine.calls[-1]
+    assert (sent.method, sent.path, json.loads(sent.body)) == ("POST", path, body)
+    assert response.content == httpx.post(f"{stack.engine.url}{path}", json=body).content
+    row = row_of(stack, response)
+    assert row["endpoint"] == path
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (response.json()["usage"]["prompt_tokens"], 0)
+
+
+# -- audio: multipart, model read from the form, the exact bytes relayed --------------------------------
+
+def test_a_transcription_upload_reaches_the_engine_byte_for_byte(stack: Stack) -> None:
+    audio = bytes(range(256)) * 20  # 5 KB of "audio"
+    raw = stack.client().audio.transcriptions.with_raw_response.create(
+        model=POOL, file=("clip.wav", io.BytesIO(audio), "audio/wav"), language="en")
+    assert raw.parse().text == "hello"
+    sent = stack.engine.calls[-1]
+    assert sent.path == "/v1/audio/transcriptions"
+    assert audio in sent.body and b'name="model"\r\n\r\n' + POOL.encode() in sent.body
+    assert sent.headers["content-type"].startswith("multipart/form-data; boundary=")
+    row = row_of(stack, raw)
+    # vLLM reports audio by duration, not tokens: the tokens stay unknown, the seconds are kept.
+    assert row["endpoint"] == "/v1/audio/transcriptions" and row["http_status"] == 200
+    assert row["prompt_tokens"] is None and row["completion_tokens"] is None
+    assert json.loads(row["extra"]) == {"audio_seconds": engine_usage(raw.content)["seconds"]}
+
+
+def test_a_translation_is_relayed_and_logged_without_usage(stack: Stack) -> None:
+    raw = stack.client().audio.translations.with_raw_response.create(
+        model=POOL, file=("clip.wav", io.BytesIO(b"RIFF" + b"\0" * 100), "audio/wav"))
+    assert raw.parse().text == "hello"
+    row = row_of(stack, raw)
+    assert row["endpoint"] == "/v1/audio/translations" and row["prompt_tokens"] is None
+
+
+def test_an_upload_over_the_body_limit_is_413_before_the_engine(stack: Stack) -> None:
+    calls = len(stack.engine.calls)
+    with pytest.raises(openai.APIStatusError) as caught:
+        stack.client().audio.transcriptions.create(model=POOL, file=("big.wav", io.BytesIO(b"\0" * 300_000), "audio/wav"))
+    assert caught.value.status_code == 413
+    assert "limit" in caught.value.body["message"]  # type: ignore[index]
+    assert len(stack.engine.calls) == calls
+
+
+@pytest.mark.parametrize(("content_type", "body", "words"), [
+    ("application/json", b'{"model": "pool-model"}', "multipart"),
+    ("multipart/form-data", b"--x\r\n", "boundary"),
+    ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nabc\r\n--x--',
+     "model"),
+])
+def test_a_malformed_upload_is_a_400_naming_what_is_wrong(stack: Stack, content_type: str, body: bytes, words: str) -> None:
+    response = stack.post("/v1/audio/transcriptions", body, **{"Content-Type": content_type})
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]["message"]
+
+
+# -- Responses by id: routed to the node that holds the response -----------------------------------------
+
+def test_get_cancel_and_previous_response_id_go_to_the_node_that_served_the_response(stack: Stack) -> None:
+    client = stack.client()
+    created = client.responses.create(model="resp-b", input="hello there", max_output_tokens=3)
+    assert created.id in stack.other.responses
+    # GET names no model: only the gateway's record of who served the id can route it.
+    before_a, before_b = len(stack.engine.calls), len(stack.other.calls)
+    raw = client.responses.with_raw_response.retrieve(created.id)
+    fetched = raw.parse()
+    assert fetched.id == created.id and fetched.usage.output_tokens == 3
+    assert len(stack.engine.calls) == before_a and stack.other.calls[-1].path == f"/v1/responses/{created.id}"
+    # Reading a stored answer back runs no inference: it is not billed twice.
+    get_row = row_of(stack, raw)
+    assert get_row["endpoint"] == "/v1/responses/{id}" and get_row["model"] == "resp-b"
+    assert (get_row["prompt_tokens"], get_row["completion_tokens"], get_row["node"]) == (0, 0, "resp-b-0")
+    # vLLM refuses to cancel a finished (synchronous) response: its 400 comes back as it is.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.cancel(created.id)
+    assert "Cannot cancel a synchronous response" in str(caught.value)
+    assert stack.other.calls[-1].path == f"/v1/responses/{created.id}/cancel"
+    follow_up = client.responses.create(model="resp-b", input="and then", previous_response_id=created.id)
+    assert follow_up.previous_response_id == created.id
+    assert json.loads(stack.other.calls[-1].body)["previous_response_id"] == created.id
+    assert len(stack.engine.calls) == before_a
+
+
+def test_an_unknown_response_id_is_an_openai_shaped_404(stack: Stack) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        stack.client().responses.retrieve("resp_never_seen")
+    assert caught.value.body["code"] == "response_not_found"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        stack.client().responses.create(model="resp-a", input="x", previous_response_id="resp_never_seen")
+
+
+def test_another_keys_response_is_not_found(stack: Stack) -> None:
+    created = stack.client().responses.create(model="resp-a", input="mine", max_output_tokens=2)
+    other_key = create_key(Store(stack.home), "someone-else").key
+    import time
+
+    time.sleep(0.6)  # the gateway picks up new keys within a second
+    other = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=other_key, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.retrieve(created.id)
+
+
+def test_when_the_node_that_held_a_response_is_gone_the_404_says_so(stack: Stack, tmp_path: Path) -> None:
+    created = stack.client().responses.create(model="resp-b", input="remember me", max_output_tokens=2)
+    # A second gateway on the same home (another worker, or after a restart), where resp-b is now
+    # served by another engine: the node that held the response is gone.
+    with StandInEngine() as replacement:
+        gateway, url = start_gateway(stack.home, {"resp-b": replacement.url})
+        try:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key=stack.key, max_retries=0)
+            with pytest.raises(openai.NotFoundError) as caught:
+                client.responses.retrieve(created.id)
+        finally:
+            gateway.stop()
+    error = caught.value.body
+    assert error["code"] == "response_node_gone"  # type: ignore[index]
+    assert "resp-b-0" in error["message"] and "no longer serving" in error["message"]  # type: ignore[index]
+    assert replacement.calls == []
+
+
+# -- models/{id}, wrong methods -----------------------------------------------------------------------
+
+def test_a_model_is_retrieved_by_id_and_an_unknown_one_is_404(stack: Stack) -> None:
+    client = stack.client()
+    assert client.models.retrieve(POOL).id == POOL
+    assert {m.id for m in client.models.list()} >= {POOL, "resp-a", "resp-b"}
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("no-such-model")
+    assert caught.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+
+def test_a_wrong_method_on_a_route_is_405(stack: Stack) -> None:
+    response = httpx.get(f"{stack.url}/v1/embeddings", headers={"Authorization": f"Bearer {stack.key}"})
+    assert response.status_code == 405
+    assert "use POST" in response.json()["error"]["message"]
+
+
+# -- the log: spot requests and spot cost --by endpoint ----------------------------------------------
+
+def test_spot_requests_shows_each_requests_endpoint(stack: Stack) -> None:
+    embedded = stack.client().embeddings.with_raw_response.create(model=POOL, input="x y")
+    reranked = stack.post("/v1/rerank", {"model": POOL, "query": "q", "documents": ["a"]})
+    logged_rows(stack.home, {embedded.headers["x-request-id"], reranked.headers["x-request-id"]}, expect=2)
+    result = run_spot("requests", "--last", "2", "--json", env={"SPOT_HOME": str(stack.home)})
+    assert result.returncode == 0, result.stderr
+    assert [r["endpoint"] for r in json.loads(result.stdout)] == ["/v1/rerank", "/v1/embeddings"]
+    table = run_spot("requests", "--last", "2", env={"SPOT_HOME": str(stack.home), "COLUMNS": "80"})
+    assert table.returncode == 0, table.stderr
+    # No room for an endpoint column in 80: it is the second line of the model's cell.
+    assert "rerank" in table.stdout and "embeddings" in table.stdout and "the endpoint" in table.stdout
