@@ -244,3 +244,85 @@ def test_spot_requests_shows_each_requests_endpoint(stack: Stack) -> None:
     assert table.returncode == 0, table.stderr
     # No room for an endpoint column in 80: it is the second line of the model's cell.
     assert "rerank" in table.stdout and "embeddings" in table.stdout and "the endpoint" in table.stdout
+
+
+# -- bad input on every route: the route's error shape, never a 500 from the gateway -----------------------
+
+def test_bad_json_and_missing_members_are_400s_in_each_routes_shape(stack: Stack) -> None:
+    for path in ("/v1/responses", "/v1/embeddings", "/tokenize", "/detokenize", "/v1/score", "/v1/rerank", "/rerank",
+                 "/v2/rerank"):
+        for body in (b"{not json", b'{"model": 5}', b"[1]"):
+            response = stack.post(path, body)
+            assert response.status_code == 400, (path, body, response.text)
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    response = stack.post("/v1/embeddings", {"model": POOL})
+    assert response.json()["error"]["message"] == "'input' is required on /v1/embeddings"
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        response = stack.post(path, b"{not json")
+        assert response.status_code == 400
+        body = response.json()
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error", body
+        assert set(body["error"]) == {"type", "message"}
+
+
+_ROUTE_PATHS = ["/v1/responses", "/v1/responses/resp_x", "/v1/responses/resp_x/cancel", "/v1/messages",
+                "/v1/messages/count_tokens", "/v1/embeddings", "/tokenize", "/detokenize", "/v1/score", "/v1/rerank",
+                "/rerank", "/v2/rerank", "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/models/x"]
+
+
+def _route_bodies():
+    from hypothesis import strategies as st
+
+    from tests.test_gateway_clients import _encode, _json
+
+    like = st.fixed_dictionaries(
+        {"model": st.sampled_from([POOL, "", "other"]) | _json},
+        optional={"input": _json, "messages": _json, "max_tokens": _json, "stream": _json, "query": _json,
+                  "documents": _json, "tokens": _json, "previous_response_id": _json, "prompt": _json})
+    return st.binary(max_size=300) | _json.map(_encode) | like.map(_encode)
+
+
+def test_random_requests_on_every_route_never_get_a_500_from_the_gateway(stack: Stack) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.servers import dechunk
+    from tests.test_gateway_clients import ENGINE_SIDE_CODES, _raw_request
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(body=_route_bodies(), path=st.sampled_from(_ROUTE_PATHS),
+           method=st.sampled_from([b"POST", b"POST", b"GET", b"DELETE"]),
+           auth=st.sampled_from(["bearer", "x-api-key", "none", "junk"]),
+           content_type=st.sampled_from([b"application/json", b"multipart/form-data; boundary=zz", b"text/plain"]))
+    def check(body: bytes, path: str, method: bytes, auth: str, content_type: bytes) -> None:
+        headers = {"bearer": [(b"Authorization", f"Bearer {stack.key}".encode())],
+                   "x-api-key": [(b"x-api-key", stack.key.encode())], "none": [],
+                   "junk": [(b"x-api-key", b"\xff\xfe junk")]}[auth] + [(b"Content-Type", content_type)]
+        reply = _raw_request(stack.url, method, path, headers, body)
+        head, _, payload = reply.partition(b"\r\n\r\n")
+        status = int(head.split(b"\r\n", 1)[0].split()[1])
+        assert status != 500, reply[:500]
+        if status < 400:
+            return
+        if b"transfer-encoding: chunked" in head.lower():
+            payload = dechunk(payload)
+        answer = json.loads(payload)
+        if path.startswith("/v1/messages"):
+            assert answer["type"] == "error" and set(answer["error"]) == {"type", "message"}, answer
+            return
+        error = answer["error"]
+        assert set(error) == {"message", "type", "param", "code"}, error
+        if status >= 500:
+            assert error["code"] in ENGINE_SIDE_CODES, error
+
+    check()
+    assert stack.client().embeddings.create(model=POOL, input="still serving").data
+
+
+def test_tools_response_format_logprobs_n_and_stop_reach_the_engine_unchanged(stack: Stack) -> None:
+    body = (b'{"model": "resp-a", "input": "x", "tools": [{"type": "function", "name": "f", "parameters": {}}], '
+            b'"text": {"format": {"type": "json_schema", "name": "s", "schema": {"type": "object"}}}, '
+            b'"top_logprobs": 2, "n": 2, "stop": ["\\n"], "tool_choice": "auto"}')
+    response = stack.post("/v1/responses", body, **{"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert stack.engine.calls[-1].body == body  # the client's bytes, not a re-encoding
