@@ -326,3 +326,39 @@ def test_tools_response_format_logprobs_n_and_stop_reach_the_engine_unchanged(st
     response = stack.post("/v1/responses", body, **{"Content-Type": "application/json"})
     assert response.status_code == 200, response.text
     assert stack.engine.calls[-1].body == body  # the client's bytes, not a re-encoding
+
+
+# -- spot cost --by endpoint -------------------------------------------------------------------------
+
+def test_spot_cost_by_endpoint_splits_spend_and_tokens_by_route(spot, home: Path) -> None:
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from tests.test_cli_cost import WINDOW
+    from tests.test_cost_queries import Seed, at
+
+    # The fleet bills $0.10 a minute for the hour (6.00); three requests, one logged before the
+    # gateway recorded routes: 1500 + 500 tokens on chat, 300 + 100 on responses, 100 + 0 older.
+    seed = Seed(Store(home))
+    t, k = at(9, 59), 0
+    while t < at(11, 1):
+        seed.sample(seed.run(t), t, "vm-1", str(Decimal("0.1") * k))
+        t, k = t + timedelta(minutes=1), k + 1
+    seed.request(at(10, 10), 1500, 500)
+    seed.request(at(10, 20), 300, 100)
+    seed.request(at(10, 50), 100, 0)
+    store = seed.write()
+    with store.transaction() as con:
+        con.execute("UPDATE requests SET endpoint = '/v1/chat/completions' WHERE request_id = 'req-0'")
+        con.execute("UPDATE requests SET endpoint = '/v1/responses' WHERE request_id = 'req-1'")
+    result = spot("cost", *WINDOW, "--by", "endpoint", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["endpoint"]: r for r in json.loads(result.stdout)["rows"]}
+    assert {e: (r["prompt_tokens"], r["completion_tokens"]) for e, r in rows.items()} == {
+        "/v1/chat/completions": (1500, 500), "/v1/responses": (300, 100), "(not recorded)": (100, 0)}
+    # 6.00 split by tokens: 2000, 400 and 100 of 2500.
+    assert {e: r["spend_usd"] for e, r in rows.items()} == pytest.approx(
+        {"/v1/chat/completions": 4.8, "/v1/responses": 0.96, "(not recorded)": 0.24})
+    table = spot("cost", *WINDOW, "--by", "endpoint")
+    assert table.returncode == 0, table.stderr
+    assert "endpoint" in table.stdout and "/v1/responses" in table.stdout
