@@ -8,6 +8,8 @@ Slow (real vLLM; TEST_VLLM_URL reuses one already running, see tests/conftest.py
 from __future__ import annotations
 
 import json
+import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,3 +197,52 @@ def test_models_retrieve_through_the_openai_sdk(stack: Stack) -> None:
     assert stack.openai().models.retrieve(MODEL).id == MODEL
     with pytest.raises(openai.NotFoundError):
         stack.openai().models.retrieve("gpt-4o")
+
+
+# -- aborted streams: logged as far as the engine said, never a guess -------------------------------------
+
+def hang_up_after(stack: Stack, path: str, body: dict, marker: bytes, count: int) -> str:
+    """Read a stream over a plain socket until ``marker`` has come ``count`` times, then leave."""
+    host, port = stack.url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                     f"Authorization: Bearer {stack.key}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        received = b""
+        while received.count(marker) < count:
+            chunk = sock.recv(65536)
+            assert chunk, f"the stream ended early: {received[-300:]!r}"
+            received += chunk
+    found = re.search(rb"x-request-id: (\S+)", received, re.IGNORECASE)
+    assert found, received[:300]
+    return found[1].decode()
+
+
+def aborted_row(stack: Stack, path: str, body: dict, marker: bytes) -> tuple[dict, float, float]:
+    before = wait_idle(stack.engine_url)
+    request_id = hang_up_after(stack, path, body, marker, 3)
+    prompt, generated = counters_moved(stack, before)
+    return the_row(stack, request_id), prompt, generated
+
+
+def test_an_aborted_messages_stream_logs_its_input_tokens_and_unknown_output(stack: Stack) -> None:
+    body = {"model": MODEL, "max_tokens": 450, "messages": MESSAGES, "stream": True, "ignore_eos": True}
+    for _ in range(3):  # on 2 cores vLLM may finish before the client is scheduled to leave: retried
+        row, prompt, generated = aborted_row(stack, "/v1/messages", body, b"event: content_block_delta")
+        if row["client_aborted"]:
+            break
+    assert row["client_aborted"] and row["http_status"] == 499 and row["endpoint"] == "/v1/messages"
+    assert row["prompt_tokens"] == prompt  # from message_start, as vLLM counted it
+    # The Messages stream carries no running output count: unknown, not a guess.
+    assert row["completion_tokens"] is None and generated < 450
+
+
+def test_an_aborted_responses_stream_logs_unknown_tokens(stack: Stack) -> None:
+    body = {"model": MODEL, "max_output_tokens": 450, "input": "hi", "stream": True, "ignore_eos": True}
+    for _ in range(3):
+        row, _, generated = aborted_row(stack, "/v1/responses", body, b"event: response.output_text.delta")
+        if row["client_aborted"]:
+            break
+    assert row["client_aborted"] and row["http_status"] == 499 and row["endpoint"] == "/v1/responses"
+    # A Responses stream states its usage only in response.completed, which never came.
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (None, None) and generated < 450
