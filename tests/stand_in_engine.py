@@ -36,6 +36,9 @@ openai/responses/protocol.py), for the gateway's tests where the tiny chat model
   are kept by id on this engine only, as vLLM keeps them in memory; an unknown id is vLLM's 404,
   cancelling a finished (synchronous) one vLLM's 400.
 
+* ``POST /v1/messages`` for model ``cut-stream``: a stream that ends after ``message_start``
+  (input_tokens 7), as an engine that dies mid-stream.
+
 Every request (method, path, headers, body) is kept in ``calls``.
 
 Each response closes its connection (``Connection: close``), so nothing carries across requests.
@@ -124,6 +127,15 @@ class StandInEngine:
                 return
             method, path = lines[0].split(" ")[:2]
             self.calls.append(Call(method, path, headers, body))
+            if path == "/v1/messages" and b'"cut-stream"' in body:
+                # A Messages stream whose engine dies after message_start (vLLM's event bytes).
+                start = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"chatcmpl-x","type":'
+                         b'"message","role":"assistant","content":[],"model":"cut-stream","stop_reason":null,'
+                         b'"stop_sequence":null,"usage":{"input_tokens":7,"output_tokens":0}}}\n\n')
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+                             b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n%x\r\n%s\r\n" % (len(start), start))
+                await writer.drain()
+                return
             if not path.startswith(("/v1/completions", "/v1/chat/completions")):
                 status, answer = self._other_route(method, path, body)
                 writer.write(b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"

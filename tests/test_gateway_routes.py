@@ -52,7 +52,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("gateway-routes")
     key = create_key(Store(home), "routes").key
     with StandInEngine() as engine, StandInEngine() as other:
-        gateway, url = start_gateway(home, {POOL: engine.url, "resp-a": engine.url, "resp-b": other.url},
+        gateway, url = start_gateway(home, {POOL: engine.url, "resp-a": engine.url, "resp-b": other.url,
+                                            "cut-stream": engine.url},
                                      extra_env={"SPOT_GATEWAY__MAX_BODY_BYTES": "200000"})
         yield Stack(home, url, key, engine, other, gateway)
         gateway.stop()
@@ -307,6 +308,8 @@ def test_random_requests_on_every_route_never_get_a_500_from_the_gateway(stack: 
         if b"transfer-encoding: chunked" in head.lower():
             payload = dechunk(payload)
         answer = json.loads(payload)
+        if answer == {"detail": "Not Found"}:
+            return  # the stand-in engine's own answer (it serves no Messages API), relayed as it came
         if path.startswith("/v1/messages"):
             assert answer["type"] == "error" and set(answer["error"]) == {"type", "message"}, answer
             return
@@ -362,3 +365,18 @@ def test_spot_cost_by_endpoint_splits_spend_and_tokens_by_route(spot, home: Path
     table = spot("cost", *WINDOW, "--by", "endpoint")
     assert table.returncode == 0, table.stderr
     assert "endpoint" in table.stdout and "/v1/responses" in table.stdout
+
+
+def test_a_messages_stream_whose_engine_dies_ends_with_an_anthropic_error_event(stack: Stack) -> None:
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=stack.url, api_key=stack.key, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        with client.messages.stream(model="cut-stream", max_tokens=5, messages=[{"role": "user", "content": "hi"}]) as s:
+            for _ in s:
+                pass
+    assert "the engine failed mid-stream" in str(caught.value)
+    rows = logged_rows(stack.home, {caught.value.response.headers["x-request-id"]})
+    assert len(rows) == 1 and rows[0]["http_status"] == 502
+    # What the engine said before it died: 7 input tokens; the output is unknown.
+    assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (7, None)

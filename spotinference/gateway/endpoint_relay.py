@@ -252,13 +252,18 @@ class EndpointRelay(Relay):
             self.homes.remember(ResponseHome(response_id, request.model, node.tier, node.name, node.base_url,
                                              exchange.key_id, exchange.started_unix))
 
+    def _error_event(self, status: int, message: str, code: str) -> bytes:
+        if not self.anthropic:
+            return super()._error_event(status, message, code)
+        return b"event: error\ndata: " + anthropic_error_body(status, message) + b"\n\n"
+
     async def _send_error(self, send: Any, error: GatewayError, request_id: str, *, headers_sent: bool = False) -> None:
         if not self.anthropic:
             await super()._send_error(send, error, request_id, headers_sent=headers_sent)
             return
         body = anthropic_error_body(error.status, error.message)
         if headers_sent:
-            await send({"type": "http.response.body", "body": b"event: error\ndata: " + body + b"\n\n",
+            await send({"type": "http.response.body", "body": self._error_event(error.status, error.message, ""),
                         "more_body": False})
             return
         await send({"type": "http.response.start", "status": error.status,

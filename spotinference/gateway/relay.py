@@ -432,7 +432,7 @@ class Relay:
             # A held stream already answered 200: the engine's error travels as an error event.
             exchange.response_complete = True
             event = b"data: " + payload.strip() + b"\n\n" if payload.strip() and b"\n\n" not in payload else (
-                stream_error_event(status if status >= 400 else 502, f"the engine answered {status}", "engine_error"))
+                self._error_event(status if status >= 400 else 502, f"the engine answered {status}", "engine_error"))
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return
         if not exchange.raw_body_started:
@@ -493,7 +493,7 @@ class Relay:
         exchange.response_complete = True
         await send({
             "type": "http.response.body", "more_body": False,
-            "body": state.drain() + stream_error_event(
+            "body": state.drain() + self._error_event(
                 exchange.status, f"the engine failed mid-stream: {exchange.error}",
                 "engine_timeout" if timed_out else "engine_error"),
         })
@@ -644,6 +644,10 @@ class Relay:
                                    headers_sent=exchange.headers_sent)
         except Exception:  # noqa: BLE001 - the client is gone; its row is written
             exchange.aborted = True
+
+    def _error_event(self, status: int, message: str, code: str) -> bytes:
+        """The event that ends a stream that failed (only on failures: not on the hot path)."""
+        return stream_error_event(status, message, code)
 
     async def _send_error(self, send: Any, error: GatewayError, request_id: str, *, headers_sent: bool = False) -> None:
         if headers_sent:
