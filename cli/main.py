@@ -16,7 +16,7 @@ import typer
 
 from spotinference import __version__
 
-from .commands import bench, billing, config, db, fleet, gateway, money, planned, setup, sim
+from .commands import bench, billing, config, db, events, fleet, gateway, money, planned, setup, sim
 from .commands import demo as demo_command
 from .state import CliState
 
@@ -64,6 +64,7 @@ config.register(app)
 app.add_typer(db.app, name="db")
 gateway.register(app)
 fleet.register(app)
+events.register(app)
 money.register(app)
 billing.register(app)  # after money: replaces its `sample` stub
 app.add_typer(sim.app, name="sim")

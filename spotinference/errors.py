@@ -8,6 +8,7 @@ with, so neither layer keeps its own mapping::
     │   └── ConfigError           exit 2   HTTP 500   the configuration file or SPOT_* env is bad
     ├── NotBuiltError             exit 3   HTTP 501   the command exists in the frame, not yet in code
     ├── ReconcileMismatchError    exit 8   HTTP 409   our spend and the provider's history differ
+    ├── PortTakenError            exit 10  HTTP 500   the gateway's port is already in use
     └── StoreError                exit 1   HTTP 500   the database could not do what was asked
         ├── StoreBusyError        exit 4   HTTP 503   another process held the database too long
         └── SchemaTooNewError     exit 2   HTTP 500   the database was migrated by a newer spot
@@ -51,6 +52,12 @@ class ReconcileMismatchError(SpotError):
 
     exit_code = 8
     http_status = 409
+
+
+class PortTakenError(SpotError):
+    """The gateway's port (or its operator port) is already in use by another process."""
+
+    exit_code = 10
 
 
 class StoreError(SpotError):

@@ -77,3 +77,43 @@ def vllm_engine():
     build_tiny_model()
     with VllmServer() as server:
         yield server.base_url
+
+
+@pytest.fixture(scope="session")
+def vllm_pooling_engine():
+    """Real vLLM on the CPU serving the tiny pooling model `tiny-embed` (embeddings, score,
+    rerank; no generation routes). Built on first use (~10 s), then ~2 min to start on 2 cores.
+
+    TEST_VLLM_POOLING_URL reuses one already running (started by hand with
+    `python -m tests.engines.real_vllm serve --embed --port 18001`).
+    """
+    from tests.engines.real_vllm import VllmServer, build_tiny_model, ensure_vllm_installed
+
+    if os.environ.get("TEST_VLLM_POOLING_URL"):
+        yield os.environ["TEST_VLLM_POOLING_URL"].rstrip("/")
+        return
+    ensure_vllm_installed()
+    build_tiny_model(kind="embed")
+    with VllmServer.pooling() as server:
+        yield server.base_url
+
+
+@pytest.fixture(scope="session")
+def sim_pooling_engine(tmp_path_factory: pytest.TempPathFactory):
+    """`spot sim engine` serving tiny-embed as an embedding model (the runner vLLM calls pooling)."""
+    from tests.servers import SPOT, ServerProcess, clean_env, free_port
+
+    workdir = tmp_path_factory.mktemp("sim-pooling")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(
+        [str(SPOT), "sim", "engine", "--port", str(port), "--model", "tiny-embed", "--seed", "7",
+         "--max-model-len", "512"],
+        # `spot sim engine` has no --runner flag: the engine reads the runner from here.
+        env=clean_env(workdir / "sim-home", SPOT_SIM_ENGINE_RUNNER="pooling"),
+        log_path=workdir / f"sim-{port}.log",
+        health_url=f"{url}/health",
+    ).start()
+    yield url
+    server.stop()
+

@@ -17,7 +17,7 @@ from spotinference.bench.metrics import Slo, percentile, summarize
 from spotinference.keys import create_key
 from spotinference.store import Store
 from tests.conftest import run_spot
-from tests.servers import start_gateway, start_sim_engine
+from tests.servers import free_port, start_gateway, start_sim_engine
 from tests.test_fleet import ok
 from tests.test_fleet_ssh import ssh_cloud  # noqa: F401 - the fixture: a fleet on `spot sim cloud` over SSH
 
@@ -153,13 +153,67 @@ def test_both_targets_interleaved_through_a_real_gateway(gateway: tuple[str, str
     assert "gateway's added latency" in table.stdout and "output throughput (tok/s)" in table.stdout
 
 
-def test_a_gateway_that_refuses_the_key_counts_failures_with_their_reason(gateway: tuple[str, str]) -> None:
-    rows = bench("--base-url", gateway[0], "--key", "sk-spot-wrong", "--concurrency", "2", "--requests", "4",
-                 "--output-tokens", "4")
-    [row] = rows
-    assert row["target"] == "gateway" and row["completed"] == 0 and row["failed"] == 4
-    [(reason, count)] = row["failure_reasons"].items()
-    assert reason.startswith("HTTP 401") and count == 4
+def error_lines(stderr: str) -> list[str]:
+    """The error lines of a run (the rest of stderr is one progress line per level)."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_a_gateway_that_refuses_every_request_exits_1_and_saves_nothing(gateway: tuple[str, str]) -> None:
+    for extra in ([], ["--json"]):
+        result = run_spot("bench", "--model", MODEL, "--base-url", gateway[0], "--key", "sk-spot-wrong",
+                          "--concurrency", "2", "--requests", "4", "--output-tokens", "4", *extra)
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        [line] = error_lines(result.stderr)
+        assert "every request failed" in line and "4 of 4" in line, line
+        assert "HTTP 401: incorrect or revoked API key" in line, line
+        assert "saved as run" not in result.stdout and "tok/s" not in result.stdout and result.stdout.strip() == ""
+        assert "sk-spot-wrong" not in result.stdout + result.stderr
+    assert json.loads(run_spot("bench", "list", "--json").stdout) == []
+
+
+def test_some_requests_failed_shows_the_figures_and_exits_1(gateway: tuple[str, str], timed_engine: str) -> None:
+    # The gateway refuses the key, the engine called directly answers: half the requests failed.
+    result = run_spot("bench", "--model", MODEL, "--base-url", gateway[0], "--key", "sk-spot-wrong",
+                      "--direct-url", timed_engine, "--target", "both", "--concurrency", "2", "--requests", "4",
+                      "--output-tokens", "4", env={"COLUMNS": "200"})
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    [line] = error_lines(result.stderr)
+    assert "4 of 8 requests failed" in line and "gateway: 4 of 4" in line and "HTTP 401" in line, line
+    assert "direct" in result.stdout and "failed (gateway, c=2): 4× HTTP 401" in result.stdout
+    [saved] = json.loads(run_spot("bench", "list", "--json").stdout)
+    assert saved["failed"] == 4 and saved["completed"] == 4
+    assert "4 failed" in run_spot("bench", "list", env={"COLUMNS": "200"}).stdout
+
+
+def test_the_gateway_and_key_come_from_openai_env_then_the_config(gateway: tuple[str, str], monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    url, key = gateway
+    args = ["bench", "--model", MODEL, "--concurrency", "1", "--requests", "2", "--output-tokens", "4", "--json"]
+    # Like any OpenAI client: OPENAI_BASE_URL (with its /v1) and OPENAI_API_KEY.
+    result = run_spot(*args, env={"OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": key})
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert row["target"] == "gateway" and row["completed"] == 2
+    # An explicit flag wins over the environment.
+    wrong = run_spot(*args, "--key", "sk-spot-wrong", env={"OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": key})
+    assert wrong.returncode == 1 and "HTTP 401" in error_lines(wrong.stderr)[0]
+    assert key not in wrong.stdout + wrong.stderr
+
+    # Without a URL anywhere, the gateway is the configured one (gateway.host, gateway.port).
+    port = int(url.rsplit(":", 1)[1])
+    Path("spot.toml").write_text(f"[gateway]\nport = {port}\n")
+    result = run_spot(*args, env={"OPENAI_API_KEY": key})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["completed"] == 2
+
+    # ... and when nothing listens there, the one line names that URL and where it came from.
+    idle = free_port()
+    Path("spot.toml").write_text(f"[gateway]\nport = {idle}\n")
+    result = run_spot(*args, env={"OPENAI_API_KEY": key})
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert f"http://127.0.0.1:{idle}" in line and "gateway.port" in line and "OPENAI_BASE_URL" in line, line
 
 
 # -- saved runs ---------------------------------------------------------------------------------
@@ -208,7 +262,6 @@ def test_runs_are_saved_listed_and_compared(timed_engine: str, home: Path) -> No
     ["--concurrency", "2", "--rate", "3", "--base-url", "http://127.0.0.1:9"],
     ["--requests", "3", "--duration", "5", "--base-url", "http://127.0.0.1:9"],
     ["--target", "both", "--base-url", "http://127.0.0.1:9"],
-    ["--target", "gateway"],
     ["--goodput", "latency:5", "--base-url", "http://127.0.0.1:9"],
     ["--spread", "1.5", "--base-url", "http://127.0.0.1:9"],
     ["--prompts", "missing.jsonl", "--base-url", "http://127.0.0.1:9"],
@@ -257,7 +310,9 @@ def test_on_node_runs_the_load_generator_on_the_node_over_ssh(ssh_cloud, home: P
 
     [saved] = json.loads(run_spot("bench", "list", "--json").stdout)
     assert saved["on_node"] == "spot-demo-1" and saved["tier"] == "demo" and saved["targets"] == "on-node"
-    table = run_spot("bench", "--on-node", "spot-demo-1", "--requests", "2", "--output-tokens", "2")
+    # An OPENAI_BASE_URL in the shell names a gateway: --on-node still measures the node's engine.
+    table = run_spot("bench", "--on-node", "spot-demo-1", "--requests", "2", "--output-tokens", "2",
+                     env={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
     assert table.returncode == 0, table.stderr
     assert "PROJECTION AT FULL UTILISATION" in table.stdout and "spot cost" in table.stdout
 

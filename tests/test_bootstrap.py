@@ -175,6 +175,18 @@ def test_without_a_command_the_tier_still_runs_vllm_serve_and_sim_tiers_ignore_v
     assert "A=1" not in sim.env_text().splitlines()
 
 
+def test_a_vllm_node_keeps_responses_so_get_cancel_and_previous_response_id_work() -> None:
+    # vLLM 0.32 answers 404 to GET /v1/responses/{id} unless told to keep responses; a tier may
+    # still turn it off, since its own settings come later in the file.
+    on = EnginePlan(tier=_tier(engine="vllm", model="/m", served_model_name="m"), layout=NodeLayout.for_node(None),
+                    host="0.0.0.0", port=8001, api_key="k").env_text().splitlines()
+    assert "VLLM_ENABLE_RESPONSES_API_STORE=1" in on
+    off = EnginePlan(tier=_tier(engine="vllm", model="/m", served_model_name="m",
+                                vllm=VllmSettings(env={"VLLM_ENABLE_RESPONSES_API_STORE": "0"})),
+                     layout=NodeLayout.for_node(None), host="0.0.0.0", port=8001, api_key="k").env_text().splitlines()
+    assert off.index("VLLM_ENABLE_RESPONSES_API_STORE=0") > off.index("VLLM_ENABLE_RESPONSES_API_STORE=1")
+
+
 @pytest.mark.parametrize("settings", [
     {"env": {"NOT A NAME": "1"}},
     {"env": {"VLLM_API_KEY": "mine"}},  # the per-node key is spot's

@@ -66,7 +66,7 @@ def test_json_headline(spot, seeded: Path) -> None:
     assert "rows" not in data
 
 
-@pytest.mark.parametrize("by", ["day", "tier", "model", "key", "resource", "utilisation"])
+@pytest.mark.parametrize("by", ["day", "tier", "model", "key", "resource", "type", "utilisation"])
 def test_json_breakdowns(spot, seeded: Path, by: str) -> None:
     data = cost_json(spot, *WINDOW, "--by", by)
     assert data["by"] == by and data["rows"]
@@ -74,7 +74,13 @@ def test_json_breakdowns(spot, seeded: Path, by: str) -> None:
     if by == "key":
         assert {r["key_id"]: r["statement_usd"] for r in rows} == pytest.approx({"key-a": 5.28, "key-b": 1.32})
         assert sum(Decimal(str(r["statement_usd"])) for r in rows) == Decimal("6.6")
-    elif by == "resource":
+    elif by == "resource":  # each resource by name, and whether it still bills
+        spends = {(r["resource_type"], r["name"], r["in_fleet"]): r["spend_usd"] for r in rows}
+        assert spends == pytest.approx({("vm", "vm-1", True): 6.0, ("volume", "vol-1", True): 0.6,
+                                        ("vm", "dev-box", False): 60.0})
+        rates = {r["name"]: r["usd_per_hour"] for r in rows}
+        assert rates == pytest.approx({"vm-1": 6.0, "vol-1": 0.6, "dev-box": 60.0})
+    elif by == "type":
         spends = {(r["resource_type"], r["in_fleet"]): r["spend_usd"] for r in rows}
         assert spends == pytest.approx({("vm", True): 6.0, ("volume", True): 0.6, ("vm", False): 60.0})
     elif by == "tier":

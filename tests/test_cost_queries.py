@@ -101,7 +101,8 @@ def spend(store: Store, start: datetime, end: datetime) -> Decimal | None:
 
 
 def params_for(name: str) -> dict:
-    values = {"window_start": at(10, 0), "window_end": at(11, 0), "last": 10}
+    values = {"window_start": at(10, 0), "window_end": at(11, 0), "last": 10, "after": at(10, 0),
+              "since": at(10, 0), "key_name": None, "model": None, "status_min": None, "status_max": None, "tier": None}
     return {p: values[p] for p in query_parameters(name)}
 
 
@@ -146,7 +147,7 @@ def test_resources_created_and_deleted_inside_the_window(seed: Seed) -> None:
     assert spend(store, at(10, 40), at(11, 0)) == D("2.00") + D("0.20")
     assert spend(store, at(10, 41), at(11, 0)) == D("1.90")
     assert spend(store, T0, at(10, 0)) == D("0.90")  # 09:50 is the baseline: 9 increases of 0.10
-    by_resource = q(store, "spend_by_resource", at(10, 0), at(11, 0))
+    by_resource = q(store, "spend_by_type", at(10, 0), at(11, 0))
     assert by_resource == [{"resource_type": "vm", "in_fleet": True, "resources": 2, "spend_usd": D("10.05"), "share": 1.0}]
 
 
@@ -309,9 +310,36 @@ def test_spend_by_tier_and_model(seed: Seed) -> None:
     models = {r["model"]: (r["tiers"], r["spend_usd"]) for r in q(store, "spend_by_model", at(10, 0), at(10, 10))}
     assert models == {"m1": ("t1", D("0.75")), "m1b": ("t1", D("0.25")), None: ("t2", D("3.0"))}
     kinds = {(r["resource_type"], r["in_fleet"]): (r["spend_usd"], r["share"])
-             for r in q(store, "spend_by_resource", at(10, 0), at(10, 10))}
+             for r in q(store, "spend_by_type", at(10, 0), at(10, 10))}
     assert kinds == {("vm", True): (D("4.0"), 1.0), ("volume", False): (D("0.1"), None)}
     assert q(store, "spend", at(10, 0), at(10, 10))[0]["outside_fleet_usd"] == D("0.1")
+
+
+def test_spend_by_resource_names_each_resource_and_whether_it_still_bills(seed: Seed) -> None:
+    # The operator's question after `spot down --terminate`: which resource still bills? The VM
+    # bills 0.10/min until it is deleted at 10:05 (no rate, its total frozen); its weights volume
+    # keeps billing 0.01/min; a dev box outside the fleet bills 1/min.
+    t, k = at(9, 59), 0
+    while t < at(10, 11):
+        run_id = seed.run(t)
+        gone = t >= at(10, 5)
+        seed.sample(run_id, t, "vm-1", str(D("0.1") * min(k, 6)), rate=None if gone else "6", active=not gone)
+        seed.sample(run_id, t, "weights-1", str(D("0.01") * k), kind="volume", rate="0.6")
+        seed.sample(run_id, t, "dev-box", str(D(1) * k), tier=None, rate="60")
+        t, k = t + timedelta(minutes=1), k + 1
+    store = seed.write()
+    rows = q(store, "spend_by_resource", at(10, 0), at(10, 10))
+    assert [(r["resource_type"], r["resource_id"], r["name"], r["tier"], r["in_fleet"], r["spend_usd"], r["usd_per_hour"])
+            for r in rows] == [
+        ("vm", "vm-1", "vm-1", "t1", True, D("0.6"), None),               # its last increase: 10:05
+        ("volume", "weights-1", "weights-1", "t1", True, D("0.10"), D("0.6")),  # still billing
+        ("vm", "dev-box", "dev-box", None, False, D("10"), D("60")),       # the rest of the account
+    ]
+    assert [r["share"] for r in rows] == pytest.approx([0.6 / 0.7, 0.1 / 0.7, None])
+    assert rows[1]["last_sampled_at"] == at(10, 9) + timedelta(seconds=0.5)
+    # The per-type rows are the same money, grouped.
+    by_type = {(r["resource_type"], r["in_fleet"]): r["spend_usd"] for r in q(store, "spend_by_type", at(10, 0), at(10, 10))}
+    assert by_type == {("vm", True): D("0.6"), ("volume", True): D("0.10"), ("vm", False): D("10")}
 
 
 # -- days --------------------------------------------------------------------------------------------

@@ -317,11 +317,15 @@ def test_spot_cost_spend_equals_the_emulators_bill_delta_while_traffic_flows(clo
     assert usd(inclusive["spend_usd"]) == e_last - e_previous
 
     # The two things the band covers: the GPU VM and the weights volume (VM 1 and volume 1).
-    by_resource = {r["resource_type"]: r for r in cost(since, until, "--by", "resource")["rows"]}
+    by_resource = {r["resource_type"]: r for r in cost(since, until, "--by", "type")["rows"]}
     assert set(by_resource) == {"vm", "volume"}
     assert usd(by_resource["vm"]["spend_usd"]) == accrual(VM_RATE, 3 * steps)
     assert usd(by_resource["volume"]["spend_usd"]) == accrual(VOLUME_RATE, 3 * steps)
     assert by_resource["vm"]["resources"] == by_resource["volume"]["resources"] == 1
+    # --by resource names the same two, each with its own bill and the rate it bills at now.
+    named = {r["resource_type"]: r for r in cost(since, until, "--by", "resource")["rows"]}
+    assert set(named) == {"vm", "volume"} and all(r["name"] and r["in_fleet"] for r in named.values())
+    assert {k: usd(r["spend_usd"]) for k, r in named.items()} == {k: usd(r["spend_usd"]) for k, r in by_resource.items()}
 
     # The pass-through statement: one key carried every token, so it owes the whole spend.
     [statement] = cost(since, until, "--by", "key")["rows"]

@@ -66,9 +66,9 @@ def _numbers(option: str, text: str, kind: type) -> list:
 @app.callback()
 def bench(
     ctx: typer.Context,
-    base_url: Annotated[str | None, typer.Option("--base-url", help="The gateway's URL (`spot serve`), or the engine's with --target direct.")] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url", envvar="OPENAI_BASE_URL", help="The gateway's URL (default: the config's gateway.host and gateway.port), or the engine's with --target direct.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="The served model name (default: the tier's).")] = None,
-    key: Annotated[str | None, typer.Option("--key", help="The gateway API key (`spot keys create`).")] = None,
+    key: Annotated[str | None, typer.Option("--key", envvar="OPENAI_API_KEY", help="The gateway API key (`spot keys create`).")] = None,
     direct_url: Annotated[str | None, typer.Option("--direct-url", help="An engine's URL, called directly (--target direct/both).")] = None,
     direct_key: Annotated[str | None, typer.Option("--direct-key", help="The engine's API key, if it demands one.")] = None,
     target: Annotated[str, typer.Option("--target", help="gateway, direct, or both (interleaved, with the gateway's added latency).")] = "gateway",
@@ -123,6 +123,10 @@ def bench(
     facts = None
     fleet = None
     node_bench = None
+    url_from_config = False
+    # By name: Typer ships its own copy of click, whose ParameterSource is not click's.
+    if on_node and getattr(ctx.get_parameter_source("base_url"), "name", None) == "ENVIRONMENT":
+        base_url = None  # OPENAI_BASE_URL names a gateway; --on-node measures the node's own engine
     try:
         if on_node or tier:
             from spotinference.bench.tier import tier_facts
@@ -155,7 +159,9 @@ def bench(
             if target in ("gateway", "both"):
                 url = base_url or (facts.gateway_url if facts else None)
                 if url is None:
-                    raise InputError("--base-url is required: the gateway's URL (e.g. http://127.0.0.1:8080)")
+                    from spotinference.bench.tier import gateway_url
+
+                    url, url_from_config = gateway_url(state.settings), True
                 targets.append(Target("gateway", url, key))
             if target in ("direct", "both"):
                 url = direct_url or (base_url if target == "direct" else None)
@@ -185,6 +191,8 @@ def bench(
         if fleet is not None:
             fleet.close()
     run.meta.update(meta)
+    if run.all_failed:  # nothing was measured: no table, no saved run, just why
+        _raise_failures(run, url_from_config)
     if facts is not None:
         project_cost(run, facts.usd_per_hour)
     if save:
@@ -200,6 +208,19 @@ def bench(
 
         for line in throughput_latency_chart(run.rows):
             sys.stdout.write(line + "\n") if not json else sys.stderr.write(line + "\n")
+    _raise_failures(run, url_from_config)
+
+
+def _raise_failures(run: BenchRun, url_from_config: bool) -> None:
+    from spotinference.bench import BenchFailedError, check_failures
+
+    try:
+        check_failures(run)
+    except BenchFailedError as exc:
+        if url_from_config:
+            exc.hint = ("the gateway's URL came from the config (gateway.host, gateway.port): is `spot serve` "
+                        "running there? --base-url or OPENAI_BASE_URL names another")
+        raise
 
 
 class _progress:
@@ -318,11 +339,12 @@ def list_(ctx: typer.Context, limit: Annotated[int, typer.Option("--limit", help
         typer.echo("no benchmark runs yet (run `spot bench`)")
         return
     print_table("benchmark runs", ["run", "started (UTC)", "model", "targets", "gpu, engine", "load", "prompt shape",
-                                   "levels", "best out tok/s"],
+                                   "levels", "requests", "best out tok/s"],
                 [(r.run_id, r.started_at.strftime("%Y-%m-%d %H:%M"), r.model,
                   r.targets + (f" on {r.on_node}" if r.on_node else f" ({r.tier})" if r.tier else ""),
                   ", ".join(x for x in (r.gpu, r.engine_version) if x), r.load, r.prompt_shape,
                   f"{r.levels}" + (" (stopped)" if r.stopped_reason else ""),
+                  f"{r.completed} ok" + (f", {r.failed} failed" if r.failed else ""),
                   "" if r.best_output_throughput is None else f"{r.best_output_throughput:,.1f}") for r in runs])
 
 

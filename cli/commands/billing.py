@@ -41,8 +41,11 @@ def sample(
     from spotinference.billing.sampler import sample as run_sample
     from spotinference.errors import InputError, SpotError
 
+    from ..fleet_progress import show_provider_retries
+
     state: CliState = ctx.obj
     settings, store = state.settings, state.store()
+    show_provider_retries(ctx, json_lines=json)
     if every is None:
         began = time.monotonic()
         try:

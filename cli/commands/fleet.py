@@ -7,7 +7,6 @@ rendered here, one line per step on stderr (a live view that also reads well in 
 from __future__ import annotations
 
 import sys
-import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,31 +16,34 @@ from ..state import CliState
 from .options import JsonOption
 
 if TYPE_CHECKING:
-    from spotinference.fleet.context import FleetContext, Progress
+    from spotinference.fleet.context import FleetContext
 
 TierArg = Annotated[str, typer.Argument(help="The tier's name, as in [tiers.NAME] of the config.", show_default=False)]
 NodeArg = Annotated[str, typer.Argument(help="The node's name, e.g. spot-demo-1 (see `spot status`).", show_default=False)]
 
 
 @contextmanager
-def _fleet(ctx: typer.Context, *, quiet: bool = False):  # noqa: ANN202
+def _fleet(ctx: typer.Context, *, quiet: bool = False, json: bool = False):  # noqa: ANN202
+    """A FleetContext whose provider retries (and, unless ``quiet``, progress) show on stderr."""
+    with _watched_fleet(ctx, quiet=quiet, json=json) as (fleet_context, _view):
+        yield fleet_context
+
+
+@contextmanager
+def _watched_fleet(ctx: typer.Context, *, quiet: bool = False, json: bool = False):  # noqa: ANN202
+    """A FleetContext and the view that renders its progress (cli/fleet_progress.py): a live view
+    at a terminal, lines in a log, JSON lines with ``json``. Stop the view before the final table."""
     from spotinference.fleet.context import FleetContext
 
+    from ..fleet_progress import FleetProgressView
+
     state: CliState = ctx.obj
-    started = time.monotonic()
-
-    def render(update: Progress) -> None:
-        if quiet:
-            return
-        where = update.node or update.tier
-        sys.stderr.write(f"[{time.monotonic() - started:6.1f}s] {where}: {update.message}\n")
-        sys.stderr.flush()
-
-    fleet_context = FleetContext(state.settings, state.store(), on_progress=render)
-    try:
-        yield fleet_context
-    finally:
-        fleet_context.close()
+    with FleetProgressView(json_lines=json, quiet=quiet) as view:
+        fleet_context = FleetContext(state.settings, state.store(), on_progress=view.progress)
+        try:
+            yield fleet_context, view
+        finally:
+            fleet_context.close()
 
 
 def _show_status(context: FleetContext, tier: str | None, *, json: bool) -> None:
@@ -59,8 +61,9 @@ def up(
     """Create and bootstrap a tier's nodes (or restore hibernated ones) until they serve."""
     from spotinference.fleet.operations import Fleet
 
-    with _fleet(ctx, quiet=json) as context:
+    with _watched_fleet(ctx, json=json) as (context, view):
         Fleet(context).up(tier, nodes=nodes)
+        view.stop()
         _show_status(context, tier, json=json)
 
 
@@ -68,8 +71,9 @@ def wake(ctx: typer.Context, tier: TierArg, json: JsonOption = False) -> None:
     """Restore a hibernated tier and wait until its nodes serve."""
     from spotinference.fleet.operations import Fleet
 
-    with _fleet(ctx, quiet=json) as context:
+    with _watched_fleet(ctx, json=json) as (context, view):
         Fleet(context).wake(tier)
+        view.stop()
         _show_status(context, tier, json=json)
 
 
@@ -77,8 +81,9 @@ def hibernate(ctx: typer.Context, tier: TierArg, json: JsonOption = False) -> No
     """Hibernate a tier: the GPU stops billing, its disk, volumes and IP keep billing."""
     from spotinference.fleet.operations import Fleet
 
-    with _fleet(ctx, quiet=json) as context:
+    with _watched_fleet(ctx, json=json) as (context, view):
         Fleet(context).down(tier, reason="spot hibernate")
+        view.stop()
         _show_status(context, tier, json=json)
 
 
@@ -107,12 +112,13 @@ def down(
             "Their local disks are lost (weights volumes stay, and keep billing)"
         typer.confirm(f"Delete every node of tier {tier}{' and its weights volumes' if volumes else ''}? {lost}",
                       abort=True)
-    with _fleet(ctx, quiet=json) as context:
+    with _watched_fleet(ctx, json=json) as (context, view):
         Fleet(context).down(tier, terminate=terminate)
         if volumes:
             from spotinference.fleet.volumes import delete_tier_volumes
 
             delete_tier_volumes(context, tier, reason="spot down --terminate --volumes")
+        view.stop()
         _show_status(context, tier, json=json)
 
 
@@ -125,7 +131,7 @@ def status(
 ) -> None:
     """One row per node: tier, state, provider id, IP, GPU, current rate, up since, last request;
     then what keeps billing while everything sleeps (volumes, hibernated VMs)."""
-    with _fleet(ctx, quiet=True) as context:
+    with _fleet(ctx, quiet=True, json=json) as context:
         if watch:
             from .status_view import watch_status
 

@@ -36,6 +36,12 @@ def serve(
     with_sampler: Annotated[
         bool, typer.Option("--with-sampler", help="Also run `spot sample --every 60` beside the gateway (cron stays the production setup).")
     ] = False,
+    log_level: Annotated[str | None, typer.Option(
+        "--log-level", metavar="debug|info|warning|error",
+        help="Log decisions (wake, hibernate, failover, gate) and one access line per request (info) on stderr; "
+             "warning: decisions that went wrong only (default: gateway.log_level, info).")] = None,
+    log_format: Annotated[str | None, typer.Option(
+        "--log-format", metavar="text|json", help="text, or one JSON object per line (default: gateway.log_format, text).")] = None,
 ) -> None:
     """Run the OpenAI-compatible gateway in front of the fleet's engines."""
     from spotinference.gateway.routing import parse_upstream_flags
@@ -51,11 +57,16 @@ def serve(
         workers=workers or settings.gateway.workers,
         static_upstreams=parse_upstream_flags(upstream or []),
         with_sampler=with_sampler,
+        log_level=(log_level or settings.gateway.log_level).lower(),
+        log_format=(log_format or settings.gateway.log_format).lower(),
     )
-    for note in startup_notes(settings, spec):
-        typer.echo(note, err=True)
-    typer.echo(f"spot gateway on http://{spec.host}:{spec.port}/v1 ({spec.workers} worker(s))", err=True)
-    run_gateway(spec)
+
+    def notes() -> None:  # once the port is ours: a taken port is one line, nothing before it
+        for note in startup_notes(settings, spec):
+            typer.echo(note, err=True)
+
+    where = f"http://{spec.host}:{spec.port}/v1 ({spec.workers} worker(s))"
+    run_gateway(spec, on_bound=notes, on_listening=lambda: typer.echo(f"spot gateway on {where}", err=True))
 
 
 @keys_app.command("create")

@@ -22,7 +22,7 @@ from .options import JsonOption
 if TYPE_CHECKING:
     from spotinference.costs import CostReport
 
-BY_CHOICES = ("day", "tier", "model", "endpoint", "key", "resource", "utilisation")
+BY_CHOICES = ("day", "tier", "model", "endpoint", "key", "resource", "type", "utilisation")
 INCOMPLETE_EXIT = 9  # `spot cost --strict` on a window that is not complete (3 is "not built yet")
 _FORMATS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (UTC unless an offset is given)"
 
@@ -74,8 +74,8 @@ def cost(
     json: JsonOption = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (the breakdown rows with --by, else the headline).")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a publishable economics page in Markdown.")] = False,
-    plot: Annotated[bool, typer.Option("--plot", help="Plot spend and cost per million output tokens per day in the terminal; `--plot FILE.png` writes a PNG.")] = False,
-    plot_file: Annotated[Path | None, typer.Argument(metavar="[FILE.png]", help="With --plot: the PNG to write.", show_default=False)] = None,
+    plot: Annotated[bool, typer.Option("--plot", help="Plot spend and cost per million output tokens per day in the terminal; `--plot FILE.png` (or .svg, .pdf) writes a chart.")] = False,
+    plot_file: Annotated[Path | None, typer.Argument(metavar="[FILE.png|.svg|.pdf]", help="With --plot: the chart file to write.", show_default=False)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 9 when the window is not complete (unobservable, gaps, or billing behind).")] = False,
 ) -> None:
     """Invoice-true cost per million tokens: billed spend between samples over tokens served."""
@@ -92,6 +92,10 @@ def cost(
         raise InputError(f"{plot_file} is only taken after --plot (spot cost --plot FILE.png)")
     if days is not None and since is not None:
         raise InputError("give either --days or --since/--until, not both")
+    if plot_file is not None:
+        from spotinference.costs.plot import check_target
+
+        check_target(plot_file)  # a bad target is said before the report runs
     now = datetime.now(UTC)
     start, end = _moment("--since", since), _moment("--until", until)
     if start is not None:
@@ -150,6 +154,9 @@ def reconcile(
     if start is not None and end is not None and end <= start:
         raise InputError("--until must be after --since")
     state: CliState = ctx.obj
+    from ..fleet_progress import show_provider_retries
+
+    show_provider_retries(ctx, json_lines=json)
     result = run_reconcile(state.store(), state.settings, since=start, until=end, tolerance_usd=tolerance)
     if json:
         print_json(jsonable(result.to_dict()))
@@ -272,7 +279,12 @@ COLUMN_TITLES = {
     "usd_per_mtok_total": "$/M tokens",
     "coverage": "billing coverage",
     "token_share": "share of tokens",
+    "provider": "account",
     "resource_type": "resource",
+    "resource_id": "id",
+    "name": "name",
+    "usd_per_hour": "$/h now",
+    "last_sampled_at": "last sampled",
     "in_fleet": "in the fleet",
     "resources": "resources",
     "share": "share of fleet spend",
@@ -455,45 +467,30 @@ def _markdown(r: CostReport) -> str:
 
 
 def _plot(r: CostReport, target: Path | None) -> None:
-    days = r.breakdown
+    from datetime import timedelta
+
+    from spotinference.costs.plot import OBSERVED, daily_spend, write_chart
+
     if target is not None:
-        _plot_png(r, target)
+        typer.echo(f"wrote {write_chart(r, target)}")
         return
     for line in _warnings(r):
         typer.echo(line)
-    spends = [row["spend_usd"] for row in days if row["spend_usd"] is not None]
-    rates = [row["usd_per_mtok_output"] for row in days if row["usd_per_mtok_output"] is not None]
-    top_s, top_r = max(spends, default=Decimal(0)), max(rates, default=Decimal(0))
+    days = daily_spend(r)
+    top_s = max((d.spend_usd for d in days if d.spend_usd is not None), default=Decimal(0))
+    top_r = max((d.usd_per_mtok_output for d in days if d.usd_per_mtok_output is not None), default=Decimal(0))
     width = 40
-    typer.echo(f"{'day':<11} {'spend':>12}  {'':<{width}}  {'$/M output':>12}")
-    for row in days:
-        s, rate = row["spend_usd"], row["usd_per_mtok_output"]
+    typer.echo(f"{'UTC day':<22} {'spend':>14}  {'':<{width}}  {'$/M output':>12}")
+    for d in days:
+        s, rate = d.spend_usd, d.usd_per_mtok_output
         bar = "" if s is None or not top_s else "█" * round(width * float(s / top_s))
         rbar = "" if rate is None or not top_r else "▒" * round(20 * float(rate / top_r))
-        typer.echo(f"{row['day'].isoformat():<11} {_usd(s) if s is not None else 'unobserved':>12}  {bar:<{width}}  "
+        # A day without an observed bill says so in words: never a $0 or an empty bar alone.
+        spend = _usd(s) if d.status == OBSERVED and s is not None else d.status
+        # A part of a day (the window's ends, the last sample) shows the hours it covers.
+        until = d.billed_until or d.end
+        hours = "" if (d.start.time(), until - d.start) == (datetime.min.time(), timedelta(days=1)) else (
+            f" {d.start:%H:%M}-{'24:00' if until.date() > d.day else format(until, '%H:%M')}")
+        typer.echo(f"{d.day.isoformat() + hours:<22} {spend:>14}  {bar:<{width}}  "
                    f"{_usd(rate) if rate is not None else '-':>12} {rbar}")
     typer.echo(r.scope)
-
-
-def _plot_png(r: CostReport, path: Path) -> None:
-    from spotinference.errors import InputError
-
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("--plot FILE.png needs matplotlib, which is not installed",
-                         hint="pip install 'spotinference[plot]', or use --plot alone for a terminal chart") from None
-    days = [row["day"] for row in r.breakdown]
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
-    # An unobserved day is a gap in the chart, never a $0 bar.
-    top.bar(days, [float(row["spend_usd"]) if row["spend_usd"] is not None else float("nan") for row in r.breakdown])
-    top.set_ylabel("spend (USD)")
-    bottom.plot(days, [float(row["usd_per_mtok_output"]) if row["usd_per_mtok_output"] is not None else float("nan")
-                       for row in r.breakdown], marker="o")
-    bottom.set_ylabel("USD / M output tokens")
-    fig.suptitle("spot cost: invoice-true spend and cost per million output tokens (UTC days)")
-    fig.savefig(path)
-    typer.echo(f"wrote {path}")

@@ -60,6 +60,10 @@ def engine(
         int, typer.Option("--kv-cache-tokens", help="KV-cache size behind vllm:kv_cache_usage_perc.")
     ] = 65536,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "warning",
+    runner: Annotated[str | None, typer.Option(
+        "--runner", help="What the model is, as vLLM's --runner: generate (chat), pooling (embeddings, "
+        "score, rerank) or transcription (audio); default $SPOT_SIM_ENGINE_RUNNER, else generate.",
+        show_default=False)] = None,
 ) -> None:
     """A vLLM-compatible OpenAI server that generates deterministic tokens on a timing model."""
     from spotinference.sim.engine import EngineConfig, run
@@ -82,6 +86,7 @@ def engine(
         reply_tokens_max=reply_tokens_max,
         max_num_seqs=max_num_seqs,
         kv_cache_tokens=kv_cache_tokens,
+        **({"runner": runner} if runner is not None else {}),
     )
     if load_seconds > 0:
         typer.echo(f"spot sim engine: loading {model} for {load_seconds:g} s (port closed)", err=True)

@@ -28,7 +28,10 @@ def volumes(ctx: typer.Context, json: JsonOption = False) -> None:
     from spotinference.fleet.context import FleetContext
     from spotinference.fleet.volumes import list_volumes
 
+    from ..fleet_progress import show_provider_retries
+
     state: CliState = ctx.obj
+    show_provider_retries(ctx, json_lines=json)
     context = FleetContext(state.settings, state.store())
     try:
         listing = list_volumes(context)

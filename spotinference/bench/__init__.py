@@ -24,7 +24,8 @@ issue 7), reproduced by hand::
 
 from .metrics import Slo
 from .prompts import PromptShape
-from .runner import BenchProgress, BenchRun, BenchSpec, Saturation, Target, project_cost, run_bench
+from .runner import (BenchFailedError, BenchProgress, BenchRun, BenchSpec, Saturation, Target, check_failures,
+                     project_cost, run_bench)
 
-__all__ = ["BenchProgress", "BenchRun", "BenchSpec", "PromptShape", "Saturation", "Slo", "Target",
-           "project_cost", "run_bench"]
+__all__ = ["BenchFailedError", "BenchProgress", "BenchRun", "BenchSpec", "PromptShape", "Saturation", "Slo",
+           "Target", "check_failures", "project_cost", "run_bench"]

@@ -107,6 +107,7 @@ def summarize(records: list[dict[str, Any]], *, target: str, duration_s: float, 
         "completed": len(ok),
         "failed": len(failed),
         "failure_reasons": dict(Counter(reason_of(r["error"]) for r in failed).most_common()),
+        "first_error": failed[0]["error"][:200] if failed else None,  # records come in finishing order
         "duration": duration_s,
         "total_input_tokens": input_tokens,
         "total_output_tokens": output_tokens,

@@ -35,6 +35,8 @@ class RunSummary:
     stopped_reason: str | None
     levels: int
     best_output_throughput: float | None
+    completed: int = 0  # counted requests over every target and level
+    failed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in self.__dict__.items()}
@@ -66,7 +68,9 @@ def list_runs(store: Store, limit: int = 50) -> list[RunSummary]:
         results = json.loads(row[11])
         levels = len({(r.get("concurrency"), r.get("request_rate")) for r in results})
         best = max((r.get("output_throughput") or 0.0 for r in results), default=None)
-        out.append(RunSummary(*row[:11], levels=levels, best_output_throughput=best))
+        out.append(RunSummary(*row[:11], levels=levels, best_output_throughput=best,
+                              completed=sum(r.get("completed") or 0 for r in results),
+                              failed=sum(r.get("failed") or 0 for r in results)))
     return out
 
 

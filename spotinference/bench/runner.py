@@ -9,6 +9,9 @@ Saturation stop (GuideLLM users burned GPUs past the knee, guidellm #242): a lev
 when its median TTFT rose by at least ``ttft_rise`` over the previous level while the level's
 output throughput grew by less than ``min_gain`` over the best level so far; after ``levels``
 saturated levels in a row the sweep ends. A level where every request failed also ends it.
+
+A run where requests failed is not a clean measurement: ``check_failures`` raises
+``BenchFailedError`` (exit 1) saying how many failed, per target, with the first error.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, SpotError
 from . import loadgen
 from .metrics import Slo, added_latency, engine_view, summarize
 from .prompts import PromptShape, build_bodies
@@ -130,6 +133,47 @@ class BenchRun:
     warmup_output_tokens: int = 0
     run_id: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # tier, gpu, engine_version, usd_per_hour, on_node
+
+    @property
+    def requests(self) -> int:
+        return sum(r["completed"] + r["failed"] for r in self.rows)
+
+    @property
+    def failed(self) -> int:
+        return sum(r["failed"] for r in self.rows)
+
+    @property
+    def all_failed(self) -> bool:
+        """No counted request completed: there is nothing measured to show or save."""
+        return self.requests > 0 and self.failed == self.requests
+
+    def failures(self) -> str | None:
+        """Which targets had failed requests, each with its first error; None when none failed."""
+        if not self.failed:
+            return None
+        urls = self.parameters.get("urls") or {}
+        parts = []
+        for name in dict.fromkeys(r["target"] for r in self.rows):
+            mine = [r for r in self.rows if r["target"] == name]
+            failed = sum(r["failed"] for r in mine)
+            if failed:
+                total = sum(r["completed"] + r["failed"] for r in mine)
+                first = next((r["first_error"] for r in mine if r.get("first_error")), "unknown")
+                parts.append(f"{name}: {failed} of {total} failed at {urls.get(name, '?')}, first: {first}")
+        return "; ".join(parts)
+
+
+class BenchFailedError(SpotError):
+    """Requests of a benchmark failed: the run is not a clean measurement (exit 1)."""
+
+
+def check_failures(run: BenchRun) -> None:
+    """Raise ``BenchFailedError`` saying how many requests failed and the first error of each target."""
+    if run.all_failed:
+        raise BenchFailedError(f"every request failed ({run.failed} of {run.requests}), nothing measured: {run.failures()}")
+    if run.failed:
+        raise BenchFailedError(f"{run.failed} of {run.requests} requests failed ({run.failures()}); "
+                               "the figures count only the completed ones")
 
 
 Executor = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], dict[str, Any]]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from ..config import Settings
 from ..fleet.context import FleetContext
 from ..fleet.engine_keys import engine_key
 from ..fleet.states import NodeState
@@ -48,14 +49,21 @@ def tier_facts(ctx: FleetContext, tier_name: str, node: str | None = None) -> Ti
         rate = float(sum(r.usd_per_hour for r in serving))  # type: ignore[misc]
         names = ", ".join(r.name for r in serving)
         note = f"current rate of {names}" if len(serving) == 1 else f"current rate of {len(serving)} nodes ({names})"
-    host = ctx.settings.gateway.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return TierFacts(
         tier=tier_name, model=tier.model_name, gpu=gpu, usd_per_hour=rate, rate_note=note,
         engine_url=serving[0].engine_url if serving else None,
         engine_key=engine_key(ctx.settings.home, serving[0].name) if serving else None,
-        gateway_url=f"http://{host}:{ctx.settings.gateway.port}",
+        gateway_url=gateway_url(ctx.settings),
     )
+
+
+def gateway_url(settings: Settings) -> str:
+    """Where `spot serve` listens by the config (gateway.host, gateway.port); a wildcard bind
+    address is reached on loopback."""
+    host = settings.gateway.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.gateway.port}"
 
 
 def engine_version(url: str | None, key: str | None = None) -> str | None:

@@ -34,10 +34,16 @@ Definitions:
 
 It reopens by itself: a fresh sample ends ``billing_unobservable``; midnight ends
 ``budget_exhausted`` (today's spend starts again from the first sample after it).
+
+Each change of the gate (open, reason, clock fault) is an event in ``gate_events`` (migration
+0010), for `spot events`: ``record_gate_state`` writes it only when the state differs from the
+last one recorded, in one transaction under the store's exclusive lock, so that several gateway
+workers, each with its own ``BudgetGate`` seeing the same change, record it once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -92,6 +98,22 @@ class GateState:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def change_key(self) -> tuple[bool, str, bool]:
+        """What makes two states a different gate (the figures inside one state move all the time)."""
+        return self.open, self.reason, self.clock_fault
+
+    @property
+    def why(self) -> str:
+        """The reason in words: "over budget", "billing unobservable", "clock fault", ..."""
+        if self.clock_fault:
+            return "clock fault"
+        return _WHY.get(self.reason, self.reason.replace("_", " "))
+
+
+_WHY = {"ok": "under budget", "no_budget": "billing observed, no daily budget", "gate_off": "gate turned off",
+        "billing_unobservable": "billing unobservable", "budget_exhausted": "over budget"}
 
 
 @dataclass(frozen=True)
@@ -230,6 +252,28 @@ def evaluate(snapshot: Snapshot | None, settings: Settings, now: datetime, *, er
                      message=f"today's spend ${spend:.2f} of ${budget:.2f}", **figures)
 
 
+_LAST_RECORDED = "SELECT open, reason, clock_fault FROM gate_events ORDER BY event_at DESC LIMIT 1"
+
+
+def record_gate_state(store: Store, state: GateState) -> bool:
+    """Record ``state`` in ``gate_events`` unless it is already the last state recorded (another
+    gateway worker saw the same change first). Returns whether a row was written."""
+    detail = {k: (str(v) if v is not None else None) for k, v in (
+        ("spend_today_usd", state.spend_today_usd), ("budget_usd", state.budget_usd),
+        ("projected_spend_usd", state.projected_spend_usd), ("burn_usd_per_hour", state.burn_usd_per_hour),
+        ("last_good_sample_at", state.last_good_sample_at))}
+    detail["sample_age_s"] = None if state.sample_age_s is None else round(state.sample_age_s, 1)
+    detail["closes_early"] = state.closes_early
+    with store.transaction() as con:
+        last = con.execute(_LAST_RECORDED).fetchone()
+        if last is not None and tuple(last) == state.change_key:
+            return False
+        con.execute("INSERT INTO gate_events VALUES (?, ?, ?, ?, ?, ?)",
+                    [state.checked_at or _utc_now(), state.open, state.reason, state.clock_fault, state.message,
+                     json.dumps(detail)])
+    return True
+
+
 def gate_state(store: Store, settings: Settings, now: datetime) -> GateState:
     """The gate's state at ``now``, read from the store (the pure form of ``BudgetGate``)."""
     return evaluate(read_snapshot(store, settings, now), settings, now)
@@ -241,11 +285,14 @@ class BudgetGate:
     Before the first refresh the gate is closed (fail closed). When a refresh cannot read the
     store, the last snapshot is re-evaluated at the new time, so the gate still closes once its
     samples grow stale. ``on_change(old, new)`` is called (from the refreshing thread) whenever
-    ``open`` or ``reason`` changes, e.g. to hibernate the fleet when the budget is spent.
+    ``open``, ``reason`` or ``clock_fault`` changes, e.g. to hibernate the fleet when the budget
+    is spent. With ``record_changes`` (the gateway's), the first state read and each change are
+    also recorded in ``gate_events`` (``record_gate_state``), from the refreshing thread.
     """
 
     def __init__(self, store: Store, settings: Settings, *, clock: Clock = _utc_now,
-                 on_change: OnChange | None = None, refresh_s: float | None = None) -> None:
+                 on_change: OnChange | None = None, refresh_s: float | None = None,
+                 record_changes: bool = False) -> None:
         self.store = store
         self.settings = settings
         self.refresh_s = refresh_s if refresh_s is not None else settings.budget.refresh_s
@@ -258,6 +305,7 @@ class BudgetGate:
         self._refresh_lock = threading.Lock()
         self.refreshes = 0  # completed refreshes, for tests and metrics
         self.last_error: str | None = None
+        self.record_changes = record_changes
 
     @property
     def state(self) -> GateState:
@@ -276,7 +324,14 @@ class BudgetGate:
             old, new = self._state, evaluate(self._snapshot, self.settings, now, error=error)
             self._state, self.last_error = new, error
             self.refreshes += 1
-        if self.on_change is not None and (old.open, old.reason) != (new.open, new.reason):
+            first = self.refreshes == 1
+        changed = old.change_key != new.change_key
+        if self.record_changes and (changed or first):
+            try:
+                record_gate_state(self.store, new)
+            except Exception:  # noqa: BLE001 - an event lost to a busy store must not stop the gate
+                log.exception("budget gate: could not record the change to %s", new.reason)
+        if self.on_change is not None and changed:
             try:
                 self.on_change(old, new)
             except Exception:  # noqa: BLE001 - the caller's hook must not stop the refreshes

@@ -87,6 +87,10 @@ class GatewaySettings(_Section):
     operator_token_file: Path | None = None
     operator_host: str = "127.0.0.1"
     operator_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # `spot serve`'s log on stderr: the fleet's decisions and one access line per request (info),
+    # as text or one JSON object per line; `--log-level` / `--log-format` override these.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _operator_port_is_its_own(self) -> GatewaySettings:

@@ -26,6 +26,7 @@ BREAKDOWNS = {
     "endpoint": "spend_by_endpoint",
     "key": "spend_by_key",
     "resource": "spend_by_resource",
+    "type": "spend_by_type",
     "utilisation": "utilisation",
 }
 # Money columns of breakdown rows that mean nothing when the window is unobservable.

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -25,12 +26,23 @@ from .states import NodeState
 
 @dataclass(frozen=True)
 class Progress:
-    """One step of an operation, for the CLI to render (the library never prints)."""
+    """One step of an operation, for the CLI to render (the library never prints).
+
+    Reported when something changes (the step, the node's state or the provider's status), never
+    on a timer: keeping a live line's clock ticking between reports is the renderer's job."""
 
     tier: str
     node: str | None
     state: NodeState | None
     message: str
+    provider_status: str | None = None  # the VM's status in the provider's own words (ACTIVE, RESTORING, ...)
+    elapsed_s: float | None = None  # since the operation on this node began
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": "progress", "tier": self.tier, "node": self.node,
+                "state": self.state.value if self.state else None, "provider_status": self.provider_status,
+                "message": self.message,
+                "elapsed_s": round(self.elapsed_s, 1) if self.elapsed_s is not None else None}
 
 
 ProviderFactory = Callable[[Settings, str], Provider]
@@ -103,8 +115,10 @@ class FleetContext:
 
     # -- reporting ---------------------------------------------------------------------------
 
-    def progress(self, tier: str, node: str | None, message: str, state: NodeState | None = None) -> None:
-        self._on_progress(Progress(tier=tier, node=node, state=state, message=message))
+    def progress(self, tier: str, node: str | None, message: str, state: NodeState | None = None, *,
+                 provider_status: str | None = None, elapsed_s: float | None = None) -> None:
+        self._on_progress(Progress(tier=tier, node=node, state=state, message=message,
+                                   provider_status=provider_status, elapsed_s=elapsed_s))
 
     def note(self, tier: Tier, name: str, vm: Vm | None, state: NodeState, reason: str) -> NodeState | None:
         """Record the node's state (an event when it changed) and report a change as progress."""
@@ -113,7 +127,7 @@ class FleetContext:
             engine_url=engine_url(vm, tier) if vm else None,
         )
         if previous is not state:
-            self.progress(tier.name, name, f"{state.value} ({reason})", state)
+            self.progress(tier.name, name, f"{state.value} ({reason})", state, provider_status=vm.status if vm else None)
         return previous
 
     def close(self) -> None:

@@ -15,7 +15,8 @@ from ..nodes.bootstrap import Bootstrap
 from ..nodes.engine_unit import EnginePlan
 from ..nodes.errors import NodeError
 from ..providers import InsufficientCapacityError, Provider, Vm, VmPhase
-from .connect import engine_bind_host, engine_port, layout_for
+from ..providers.errors import ProviderUnreachableError
+from .connect import engine_bind_host, engine_port, engine_url, layout_for
 from .context import FleetContext
 from .engine_keys import engine_key
 from .locks import tier_lock
@@ -24,6 +25,10 @@ from .preflight import check_tier, firewall_rules, prepare
 from .states import NodeState, node_state
 
 UP_DEADLINE_S = 3600.0  # a fresh node: create, boot, install vLLM, load weights
+#: how long an operation under way keeps polling a provider that refuses connections. One call
+#: gives up after a few seconds (a command that cannot start should say so at once), but a
+#: restart of the provider's API must not abort a wake or a create already in progress.
+OUTAGE_GRACE_S = 30.0
 
 
 class FleetTimeoutError(SpotError):
@@ -82,33 +87,44 @@ class Fleet:
     def _bring_up(self, tier: Tier, provider: Provider, index: int, deadline_s: float, reason: str) -> str:
         ctx = self.ctx
         name = node_name(tier.name, index)
-        started = ctx.monotonic()
+        steps = _NodeSteps(ctx, tier, name)
         vm = provider.find_vm(name)
-        state = node_state(vm, engine_healthy=ctx.engine_healthy(vm, tier) if vm else False)
-        ctx.note(tier, name, vm, state, f"{reason}: found")
-        recreated = bootstrapped = restore_called = restore_seen = False
+        last = ctx.records.nodes().get(name)
+        if vm is None:
+            state = NodeState.TERMINATED
+            if last is not None and last.state is not NodeState.TERMINATED:
+                steps.note(None, state, f"{reason}: VM gone at the provider")
+        else:
+            state = node_state(vm, engine_healthy=ctx.engine_healthy(vm, tier), last_state=last.state if last else None)
+            steps.note(vm, state, f"{reason}: found", message=f"found {state.value}")
+        was_serving = state is NodeState.SERVING
+        recreated = bootstrapped = engine_started = restore_called = restore_seen = False
         while True:
             if vm is None:
                 def own(resource_type: str, resource_id: str, resource_name: str | None) -> None:
                     ctx.records.own(provider=tier.provider, resource_type=resource_type, resource_id=resource_id,
                                     name=resource_name, tier=tier.name)
 
-                spec = prepare(ctx.settings, tier, provider, index, own)
                 with tier_lock(ctx.settings.home, tier.name):
+                    # Under the lock too: the tier's nodes share its key pair and volumes, and two
+                    # threads that both look first and find nothing would both create them.
+                    spec = prepare(ctx.settings, tier, provider, index, own)
                     # create_vm looks the name up first: a second process finds the first's VM.
-                    ctx.progress(tier.name, name, f"creating {tier.flavor} in {tier.environment}")
+                    steps.say(f"creating a {tier.flavor} VM in {tier.environment}")
                     vm = provider.create_vm(spec)
                 own("vm", vm.provider_id, vm.name)
-                ctx.note(tier, name, vm, NodeState.PROVISIONING, reason)
+                state = NodeState.PROVISIONING
+                steps.note(vm, state, f"{reason}: created VM {vm.provider_id}")
             elif vm.phase is VmPhase.ERROR:
                 if recreated:
                     raise NodeError(f"node {name} went to ERROR again after being recreated ({vm.status})", node=name,
                                     hint="check the provider's console; `spot down --terminate` cleans up")
-                ctx.note(tier, name, vm, NodeState.FAILED, f"VM in {vm.status} (reclaimed?): replacing it")
+                steps.note(vm, NodeState.FAILED, f"VM in {vm.status} (reclaimed?): replacing it")
                 provider.delete_vm(vm.provider_id)
                 recreated = True
             elif vm.phase is VmPhase.HIBERNATED and restore_called and not restore_seen:
-                pass  # the provider has not started our restore yet: wait, never restore twice
+                # The provider has not started our restore yet: wait, never restore twice.
+                steps.say("waking: restore accepted, waiting for the provider to start it", NodeState.WAKING, vm)
             elif vm.phase is VmPhase.HIBERNATED:
                 if restore_called:
                     # Accepted, then back to HIBERNATED: the provider could not place it.
@@ -120,55 +136,75 @@ class Fleet:
                     # Single flight across processes: restore only a VM still HIBERNATED under the lock.
                     current = provider.get_vm(vm.provider_id)
                     if current is not None and current.phase is VmPhase.HIBERNATED:
-                        ctx.progress(tier.name, name, "restoring from hibernation")
+                        steps.say("restoring from hibernation", NodeState.HIBERNATED, vm)
                         provider.restore_vm(vm.provider_id)
                         restore_called = True
-                ctx.note(tier, name, vm, NodeState.WAKING, reason)
+                state = NodeState.WAKING
+                steps.note(vm, state, f"{reason}: restore requested")
             elif vm.phase is VmPhase.STOPPED:
                 raise NodeError(f"node {name} is shut off ({vm.status}) and bills in full", node=name,
                                 hint=f"`spot down {tier.name} --terminate` then `spot up {tier.name}`")
             elif vm.phase is VmPhase.RUNNING and vm.ready:
                 if not bootstrapped:
-                    self._bootstrap(tier, provider, vm)
+                    engine_started = self._bootstrap(tier, provider, vm, steps, reason, was_serving=was_serving)
                     bootstrapped = True
+                    state = ctx.records.nodes()[name].state
                 if ctx.engine_healthy(vm, tier):
-                    ctx.note(tier, name, vm, NodeState.SERVING, reason)
+                    if was_serving and not engine_started:
+                        steps.note(vm, NodeState.SERVING, f"{reason}: already serving", message="already serving")
+                    else:
+                        steps.note(vm, NodeState.SERVING, f"{reason}: engine healthy")
                     return name
-            elapsed = ctx.monotonic() - started
-            if elapsed > deadline_s:
+                steps.say(f"{state.value}: the engine is loading (waiting for its /health)", state, vm)
+            else:
+                steps.say(_waiting_for(vm), state, vm)
+            if steps.elapsed_s > deadline_s:
                 current = node_state(vm, engine_healthy=False, last_state=state)
                 raise FleetTimeoutError(
-                    f"node {name} is still {current.value} ({vm.status if vm else 'gone'}) after {elapsed:.0f} s",
+                    f"node {name} is still {current.value} ({vm.status if vm else 'gone'}) after {steps.elapsed_s:.0f} s",
                     hint=f"run the command again to keep waiting, or `spot logs {name}`",
                 )
             ctx.sleep(ctx.poll_interval_s)
-            vm = provider.get_vm(vm.provider_id) if vm is not None else None
+            vm = self._poll(provider, vm, steps) if vm is not None else None
             restore_seen = restore_seen or (vm is not None and vm.phase is VmPhase.RESTORING)
-            if vm is not None:
+            restore_pending = restore_called and not restore_seen and vm is not None and vm.phase is VmPhase.HIBERNATED
+            if vm is not None and (vm.phase is not VmPhase.RUNNING or not vm.ready) and not restore_pending:
                 last = ctx.records.nodes().get(name)
                 state = node_state(vm, engine_healthy=False, last_state=last.state if last else None)
-                if vm.phase is not VmPhase.RUNNING or not vm.ready:
-                    ctx.note(tier, name, vm, state, reason)
+                steps.note(vm, state, reason, message=_waiting_for(vm))
 
-    def _bootstrap(self, tier: Tier, provider: Provider, vm: Vm) -> None:
+    def _bootstrap(self, tier: Tier, provider: Provider, vm: Vm, steps: _NodeSteps, reason: str, *,
+                   was_serving: bool) -> bool:
+        """Make the node run its engine; whether the engine was (re)started (else it was left alone)."""
         ctx = self.ctx
         for rule in firewall_rules(ctx.settings, tier, vm):
             provider.add_firewall_rule(vm.provider_id, rule)
         last = ctx.records.nodes().get(vm.name)
         waking = last is not None and last.state in (NodeState.WAKING, NodeState.HIBERNATED)
-        if waking:
+        if was_serving:
+            steps.say("serving: checking the engine's set-up", NodeState.SERVING, vm)
+        elif waking:
             # Splits a wake into the provider's restore and the engine's start in the event log.
             ctx.records.decision(tier=tier.name, node=vm.name, reason="VM restored: engine starting")
+            steps.say("VM restored: starting the engine", NodeState.WAKING, vm)
         else:
-            ctx.note(tier, vm.name, vm, NodeState.BOOTSTRAPPING, "VM ready: starting the engine")
+            steps.note(vm, NodeState.BOOTSTRAPPING, f"{reason}: VM ready, starting the engine")
         plan = EnginePlan(
             tier=tier, layout=layout_for(vm), host=engine_bind_host(vm), port=engine_port(vm, tier),
             api_key=engine_key(ctx.settings.home, vm.name),
         )
         with ctx.transport(vm, tier) as transport:
-            result = Bootstrap(transport, plan, progress=lambda m: ctx.progress(tier.name, vm.name, m)).run()
-        if result.changed_anything:
-            ctx.progress(tier.name, vm.name, "bootstrap: " + "; ".join(result.changed))
+            result = Bootstrap(transport, plan, progress=lambda m: steps.say(m, None, vm)).run()
+        started = result.restarted or any(change.startswith(("started", "restarted")) for change in result.changed)
+        changes = "bootstrap: " + "; ".join(_short(change) for change in result.changed)
+        if started:
+            # A new engine process: "up since" starts again when it answers.
+            state = NodeState.WAKING if waking else NodeState.BOOTSTRAPPING
+            steps.note(vm, state, f"{reason}: engine {'restarted' if was_serving else 'started'}",
+                       engine_started=True, message=changes)
+        elif result.changed_anything:
+            steps.say(changes, None, vm)
+        return started
 
     # -- down --------------------------------------------------------------------------------
 
@@ -189,43 +225,77 @@ class Fleet:
     def _hibernate(self, tier: Tier, provider: Provider, index: int, reason: str) -> str:
         ctx = self.ctx
         name = node_name(tier.name, index)
-        started = ctx.monotonic()
+        steps = _NodeSteps(ctx, tier, name)
         vm = provider.find_vm(name)
+        asked = False
         while vm is not None:
             if vm.phase is VmPhase.HIBERNATED:
-                ctx.note(tier, name, vm, NodeState.HIBERNATED, reason)
+                steps.note(vm, NodeState.HIBERNATED, reason, message=None if asked else "already hibernated")
                 return name
             if vm.phase is VmPhase.ERROR:
-                ctx.note(tier, name, vm, NodeState.FAILED, f"{reason}: VM in {vm.status}, nothing to hibernate")
+                steps.note(vm, NodeState.FAILED, f"{reason}: VM in {vm.status}, nothing to hibernate")
                 return name
             if vm.phase is VmPhase.RUNNING:
                 provider.hibernate_vm(vm.provider_id)
-                ctx.note(tier, name, vm, NodeState.HIBERNATING, reason)
-            # CREATING, RESTORING, HIBERNATING, STOPPED, DELETING: wait for a state we can act on.
-            if ctx.monotonic() - started > float(tier.wake_timeout_s):
-                raise FleetTimeoutError(f"node {name} is still {vm.status} after {ctx.monotonic() - started:.0f} s",
+                asked = True
+                steps.note(vm, NodeState.HIBERNATING, f"{reason}: hibernation requested",
+                           message="hibernating: waiting for the provider")
+            else:
+                # CREATING, RESTORING, HIBERNATING, STOPPED, DELETING: wait for a state we can act on.
+                last = ctx.records.nodes().get(name)
+                state = node_state(vm, engine_healthy=False, last_state=last.state if last else None)
+                steps.note(vm, state, reason, message=_waiting_for(vm))
+            if steps.elapsed_s > float(tier.wake_timeout_s):
+                raise FleetTimeoutError(f"node {name} is still {vm.status} after {steps.elapsed_s:.0f} s",
                                         hint="run the command again to keep waiting")
             ctx.sleep(ctx.poll_interval_s)
-            vm = provider.get_vm(vm.provider_id)
-        ctx.note(tier, name, None, NodeState.TERMINATED, f"{reason}: VM gone")
+            vm = self._poll(provider, vm, steps)
+        steps.note(None, NodeState.TERMINATED, f"{reason}: VM gone")
         return name
 
     def _terminate(self, tier: Tier, provider: Provider, index: int, reason: str) -> str:
         ctx = self.ctx
         name = node_name(tier.name, index)
-        started = ctx.monotonic()
+        steps = _NodeSteps(ctx, tier, name)
         vm = provider.find_vm(name)
         while vm is not None:
             if vm.phase is not VmPhase.DELETING:
                 provider.delete_vm(vm.provider_id)  # retried by the provider while still creating
-                ctx.progress(tier.name, name, "deleting")
-            if ctx.monotonic() - started > UP_DEADLINE_S:
-                raise FleetTimeoutError(f"node {name} is still {vm.status} after {ctx.monotonic() - started:.0f} s",
+            steps.say("deleting: waiting for the provider", None, vm)
+            if steps.elapsed_s > UP_DEADLINE_S:
+                raise FleetTimeoutError(f"node {name} is still {vm.status} after {steps.elapsed_s:.0f} s",
                                         hint="run the command again to keep waiting")
             ctx.sleep(ctx.poll_interval_s)
-            vm = provider.get_vm(vm.provider_id)
-        ctx.note(tier, name, None, NodeState.TERMINATED, reason)
+            vm = self._poll(provider, vm, steps)
+        steps.note(None, NodeState.TERMINATED, reason)
         return name
+
+    def _poll(self, provider: Provider, vm: Vm, steps: _NodeSteps) -> Vm | None:
+        """The VM as the provider has it now; refused connections are tried again for
+        OUTAGE_GRACE_S (each failed try already took one call's grace), then the operation stops."""
+        ctx = self.ctx
+        outage_began: float | None = None
+        while True:
+            asked_at = ctx.monotonic()
+            try:
+                vm_now = provider.get_vm(vm.provider_id)
+            except ProviderUnreachableError as exc:
+                outage_began = asked_at if outage_began is None else outage_began
+                down_s = ctx.monotonic() - outage_began
+                if down_s >= OUTAGE_GRACE_S:
+                    raise ProviderUnreachableError(
+                        f"{exc.message}; no answer for {down_s:.0f} s during the operation on node {vm.name}"
+                        f" (last seen {vm.status})",
+                        provider=exc.provider,
+                        hint="the node is left as the provider has it: run the same command again to resume",
+                    ) from None
+                steps.say(f"provider unreachable for {down_s:.0f} s: still trying for up to {OUTAGE_GRACE_S:.0f} s",
+                          None, vm)
+                ctx.sleep(ctx.poll_interval_s)
+                continue
+            if outage_began is not None:
+                steps.say("provider reachable again", None, vm_now)
+            return vm_now
 
     # -- shared ------------------------------------------------------------------------------
 
@@ -238,3 +308,57 @@ class Fleet:
             return [work(i) for i in indexes]
         with ThreadPoolExecutor(max_workers=len(indexes), thread_name_prefix=f"fleet-{tier.name}") as pool:
             return list(pool.map(work, indexes))
+
+
+class _NodeSteps:
+    """What one node's operation reports: each change of step, state or provider status once,
+    with the seconds since the operation on the node began."""
+
+    def __init__(self, ctx: FleetContext, tier: Tier, name: str) -> None:
+        self.ctx, self.tier, self.name = ctx, tier, name
+        self.started = ctx.monotonic()
+        self._last: tuple[str, NodeState | None, str | None] | None = None
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.ctx.monotonic() - self.started
+
+    def say(self, message: str, state: NodeState | None = None, vm: Vm | None = None) -> None:
+        status = vm.status if vm else None
+        if (message, state, status) == self._last:
+            return
+        self._last = (message, state, status)
+        self.ctx.progress(self.tier.name, self.name, message, state, provider_status=status, elapsed_s=self.elapsed_s)
+
+    def note(self, vm: Vm | None, state: NodeState, reason: str, *, message: str | None = None,
+             engine_started: bool = False) -> NodeState | None:
+        """Record the node's state (an event when it changed); say ``message``, or the change."""
+        previous = self.ctx.records.record(
+            name=self.name, tier=self.tier.name, provider=self.tier.provider, vm=vm, state=state, reason=reason,
+            engine_url=engine_url(vm, self.tier) if vm else None, engine_started=engine_started,
+        )
+        if message is not None:
+            self.say(message, state, vm)
+        elif previous is not state:
+            self.say(f"{state.value} ({reason})", state, vm)
+        return previous
+
+
+def _short(change: str) -> str:
+    """'wrote /long/path/etc/spot/engine.env' → 'wrote engine.env': a progress line, not a listing."""
+    verb, _, what = change.partition(" ")
+    return f"{verb} {what.rsplit('/', 1)[-1]}" if verb == "wrote" else change
+
+
+def _waiting_for(vm: Vm) -> str:
+    """What the node is waiting for while the provider works on its VM."""
+    return {
+        VmPhase.CREATING: "provisioning: waiting for the VM to boot",
+        VmPhase.RUNNING: "booting: waiting for the VM to be reachable",
+        VmPhase.RESTORING: "waking: waiting for the provider to restore the VM",
+        VmPhase.HIBERNATING: "hibernating: waiting for the provider",
+        VmPhase.DELETING: "waiting for the provider to delete the VM",
+        VmPhase.HIBERNATED: "hibernated",
+        VmPhase.STOPPED: "stopped",
+        VmPhase.ERROR: "failed",
+    }[vm.phase]

@@ -15,6 +15,12 @@ from .states import NodeState
 
 Clock = Callable[[], datetime]
 
+#: states in which no engine of ours runs on the node (its VM is not running, or is a new one)
+_ENGINE_STOPPED = frozenset({
+    NodeState.PROVISIONING, NodeState.HIBERNATING, NodeState.HIBERNATED, NodeState.WAKING,
+    NodeState.STOPPED, NodeState.FAILED, NodeState.TERMINATED,
+})
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -64,17 +70,25 @@ class FleetRecords:
         reason: str,
         engine_url: str | None = None,
         detail: dict[str, Any] | None = None,
+        engine_started: bool = False,
     ) -> NodeState | None:
-        """Save the node's state; a change of state is also an event. Returns the previous state."""
+        """Save the node's state; a change of state is also an event. Returns the previous state.
+
+        "Up since" is when the engine last started: it is cleared when the engine is known to have
+        stopped (the VM left RUNNING, another VM took the name) or was just (re)started
+        (``engine_started``), and set at the next SERVING. A serving node seen serving again, or
+        briefly unhealthy (bootstrapping) and back, keeps it."""
         now = self.clock()
+        vm_id = vm.provider_id if vm else None
         with self.store.transaction() as con:
-            row = con.execute("SELECT state, up_since FROM nodes WHERE name = ?", [name]).fetchone()
+            row = con.execute("SELECT state, up_since, provider_id FROM nodes WHERE name = ?", [name]).fetchone()
             previous = NodeState(row[0]) if row else None
             up_since = row[1] if row else None
-            if state is NodeState.SERVING and previous is not NodeState.SERVING:
-                up_since = now
-            elif state is not NodeState.SERVING:
+            another_vm = row is not None and row[2] is not None and vm_id is not None and row[2] != vm_id
+            if engine_started or another_vm or state in _ENGINE_STOPPED:
                 up_since = None
+            if state is NodeState.SERVING and up_since is None:
+                up_since = now
             con.execute(
                 "INSERT OR REPLACE INTO nodes (name, tier, provider, provider_id, state, ip, engine_url, flavor,"
                 " gpu, gpu_count, up_since, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -126,10 +140,16 @@ class FleetRecords:
             ).fetchall()
         return [FleetEvent(*r[:7], json.loads(r[7]) if r[7] else None) for r in rows]
 
-    def last_requests(self) -> dict[str, datetime]:
-        """The newest finished request per node, from the token log."""
+    def last_requests(self) -> dict[tuple[str, str], datetime]:
+        """The newest finished request per VM, keyed by (node name, provider id): a VM's requests
+        are those on its node name since the fleet first recorded that VM, so a new VM that
+        reuses a name starts without the old one's."""
         with self.store.reading() as con:
             rows = con.execute(
-                "SELECT node, max(finished_at) FROM requests WHERE node IS NOT NULL GROUP BY node"
+                "WITH vms AS (SELECT node, provider_id, min(event_at) AS first_seen FROM fleet_events"
+                "  WHERE node IS NOT NULL AND provider_id IS NOT NULL GROUP BY node, provider_id)"
+                " SELECT vms.node, vms.provider_id, max(r.finished_at) FROM vms"
+                " JOIN requests r ON r.node = vms.node AND r.finished_at >= vms.first_seen"
+                " GROUP BY vms.node, vms.provider_id"
             ).fetchall()
-        return {node: at for node, at in rows}
+        return {(node, provider_id): at for node, provider_id, at in rows}

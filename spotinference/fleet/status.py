@@ -78,7 +78,7 @@ def fleet_status(ctx: FleetContext, tier_name: str | None = None) -> list[NodeSt
             tier=tier_key, name=name, state=state, provider=provider_name, provider_id=vm.provider_id,
             provider_status=vm.status, ip=vm.ip, flavor=vm.flavor, gpu=vm.gpu, gpu_count=vm.gpu_count,
             usd_per_hour=rates.get(vm.provider_id), up_since=record.up_since if record else None,
-            last_request=last_requests.get(name), engine_url=engine_url(vm, tier) if tier else None,
+            last_request=last_requests.get((name, vm.provider_id)), engine_url=engine_url(vm, tier) if tier else None,
             configured=tier is not None,
         )
 

@@ -18,8 +18,10 @@ from ..config import Settings
 from ..keys import KeyRing
 from ..store.flush_process import SpoolFlushProcess
 from ..store import Store
+from .access_log import AccessLoggingRecorder, KeyNames
 from .errors import GatewayError, error_body
 from .http_limits import ClientLimits
+from .logs import fields
 from .metrics import GatewayMetrics
 from .operator import OperatorAccess, operator_token
 from . import endpoints
@@ -101,7 +103,8 @@ def create_app(
         metrics.track_gate(lambda: gate.state)
     keys = KeyRing(store) if options.require_keys else None
     writer = store.spool_writer("requests")
-    recorder = UsageRecorder(writer)
+    key_names = KeyNames(store)
+    recorder = AccessLoggingRecorder(UsageRecorder(writer), key_names)  # the access line after each row
     relay = Relay(
         router, keys, recorder, metrics,
         max_body_bytes=options.max_body_bytes, connect_timeout_s=options.connect_timeout_s,
@@ -182,14 +185,17 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         flusher.start()
         sealer = asyncio.create_task(_seal_segments(writer, options.flush_interval_s))
-        refresher = asyncio.create_task(_refresh_keys(keys)) if keys else None
+        await asyncio.to_thread(key_names.load)
+        refresher = asyncio.create_task(_refresh_keys(keys, key_names)) if keys else None
         if runtime is not None:
             runtime.start()
         if gate is not None:
             loop = asyncio.get_running_loop()
 
             def on_change(old: GateState, new: GateState) -> None:
-                log.warning("budget gate %s: %s", "open" if new.open else f"closed ({new.reason})", new.message)
+                said = "gate opened" if new.open else "gate closed"
+                log.log(logging.INFO if new.open else logging.WARNING, "%s: %s: %s", said, new.why, new.message,
+                        extra=fields(event=said.replace(" ", "_"), reason=new.reason, why=new.why))
                 if new.reason == "budget_exhausted" and runtime is not None:
                     loop.call_soon_threadsafe(runtime.hibernate_all, f"budget exhausted: {new.message}")
 
@@ -237,12 +243,13 @@ async def _seal_segments(writer: SpoolWriter, interval_s: float) -> None:
         writer.rotate_if_due()
 
 
-async def _refresh_keys(keys: KeyRing) -> None:
+async def _refresh_keys(keys: KeyRing, names: KeyNames) -> None:
     # A revoked key stops working within KEY_REFRESH_S plus one database read.
     while True:
         await asyncio.sleep(KEY_REFRESH_S)
         try:
-            await asyncio.to_thread(keys.refresh)
+            if await asyncio.to_thread(keys.refresh):
+                await asyncio.to_thread(names.load)  # the access log's names of new keys
         except Exception:  # noqa: BLE001 - keep serving with the last known keys
             log.exception("API key refresh failed; keeping the previous keys")
 

@@ -30,6 +30,7 @@ from ..fleet.operations import Fleet
 from ..fleet.states import NodeState
 from ..providers import ProviderError, Vm, VmPhase
 from ..store import Store
+from .logs import fields
 from .routing import Node, Route, Router
 from .tiers import TierController
 
@@ -85,9 +86,11 @@ class FleetRuntime:
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
 
-    async def record(self, *, tier: str, reason: str, node: str | None = None) -> None:
+    async def record(self, *, tier: str, reason: str, node: str | None = None,
+                     detail: dict[str, Any] | None = None) -> None:
+        """Keep a decision in ``fleet_events`` (for `spot events`), off the event loop."""
         try:
-            await self.call(self.context.records.decision, tier=tier, reason=reason, node=node)
+            await self.call(self.context.records.decision, tier=tier, reason=reason, node=node, detail=detail)
         except Exception:  # noqa: BLE001 - an event lost to a busy database must not stop serving
             log.exception("could not record fleet event for tier %s", tier)
 
@@ -135,6 +138,8 @@ class FleetRuntime:
             for node, why in _lost(previous.get(name, {}), by_tier[name]):
                 if await self._ended_on_purpose(node):
                     continue
+                log.warning("node lost: %s of tier %s: %s", node, name, why,
+                            extra=fields(event="node_lost", tier=name, node=node, why=why))
                 await self.record(tier=name, node=node, reason=f"node lost: {why}")
                 controller.set_nodes([n for n in controller.route.nodes if n.name != node])
                 controller.lost(why)

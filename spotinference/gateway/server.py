@@ -1,23 +1,33 @@
 """Running the gateway under uvicorn, with one or more worker processes.
 
 Workers are separate processes, so each builds its own app from a spec passed in the
-environment (uvicorn's factory mode): its own upstream clients, spool writer and flusher.
+environment (uvicorn's factory mode): its own upstream clients, spool writer and flusher, and
+its own log writer (``logs.configure``): each worker writes its own lines to the same stderr.
+
+The listening sockets are bound here, before any worker starts: a port already taken is one
+``PortTakenError`` (exit 10) naming it and what holds it, and ``on_listening`` is called only
+once the gateway answers on it.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
 import resource
 import socket
 import subprocess
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..child import python_module
 from ..config import Settings, load_settings
+from ..errors import InputError, PortTakenError, SpotError
 from ..store import Store
+from . import logs
 from .app import GatewayApp, create_app, options_from_settings
 from .operator import operator_token, token_path
 from .routing import build_router
@@ -47,9 +57,12 @@ class GatewaySpec:
     static_upstreams: dict[str, list[str]] = field(default_factory=dict)
     # Run `spot sample --every SAMPLER_EVERY_S` beside the gateway (cron stays the production setup).
     with_sampler: bool = False
+    log_level: str = "info"  # logs.LEVELS
+    log_format: str = "text"  # logs.FORMATS
 
 
 SAMPLER_EVERY_S = 60
+STARTUP_FAILURE = 3  # uvicorn's exit code when the app's startup fails
 
 
 def startup_notes(settings: Settings, spec: GatewaySpec) -> list[str]:
@@ -134,13 +147,15 @@ def build_app(spec: GatewaySpec) -> GatewayApp:
         from .fleet_runtime import FleetRuntime
 
         runtime = FleetRuntime(settings, store, router)
-        gate = BudgetGate(store, settings)
+        gate = BudgetGate(store, settings, record_changes=True)  # each change is a row for `spot events`
     return create_app(store, router, options_from_settings(settings), runtime, gate)
 
 
 def app_from_environment() -> GatewayApp:
     """uvicorn's factory entry point in each worker."""
-    app = build_app(GatewaySpec(**json.loads(os.environ[SPEC_ENV])))
+    spec = GatewaySpec(**json.loads(os.environ[SPEC_ENV]))
+    logs.configure(spec.log_level, spec.log_format)
+    app = build_app(spec)
     # Everything loaded so far (Litestar, pydantic, DuckDB, the config: ~70,000 objects) lives as
     # long as the process. Frozen out of the collector, a full collection walks only what requests
     # allocated (~9,000 objects at 64 streams) instead of stalling every stream for ~20-40 ms.
@@ -149,13 +164,26 @@ def app_from_environment() -> GatewayApp:
     return app
 
 
-def serve(spec: GatewaySpec) -> None:
+def serve(spec: GatewaySpec, *, on_bound: Callable[[], None] | None = None,
+          on_listening: Callable[[], None] | None = None) -> None:
+    """Run the gateway until stopped: ``on_bound()`` once its ports are bound (before any worker
+    starts), ``on_listening()`` once it answers on its port."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    if spec.log_level not in logs.LEVELS or spec.log_format not in logs.FORMATS:
+        raise InputError(f"--log-level {spec.log_level!r} / --log-format {spec.log_format!r}: expected "
+                         f"one of {', '.join(logs.LEVELS)} / one of {', '.join(logs.FORMATS)}")
     os.environ[SPEC_ENV] = json.dumps(asdict(spec))
     settings, _ = load_settings(Path(spec.config_path) if spec.config_path else None)
     gateway = settings.gateway
+    if gateway.operator_port is not None and gateway.operator_port == spec.port:
+        raise InputError(f"gateway.operator_port ({gateway.operator_port}) must differ from the API port (--port)")
+    sockets = [bind_listener(spec.host, spec.port, "--port")]
+    if gateway.operator_port is not None:
+        sockets.append(bind_listener(gateway.operator_host, gateway.operator_port, "gateway.operator_port"))
+    if on_bound is not None:
+        on_bound()
     operator_token(settings, create=True)  # before any worker starts, so that all read one token
     raise_open_files_limit(open_files_needed(gateway.max_connections))  # workers inherit it
     config = uvicorn.Config(
@@ -166,27 +194,97 @@ def serve(spec: GatewaySpec) -> None:
         workers=spec.workers if spec.workers > 1 else None,
         timeout_graceful_shutdown=30,
         timeout_keep_alive=gateway.client_keepalive_timeout_s,
-        **UVICORN_HOT_PATH,  # type: ignore[arg-type]
+        **{**UVICORN_HOT_PATH, "log_level": "debug" if spec.log_level == "debug" else "warning"},  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
-    sockets = [config.bind_socket()]
-    if gateway.operator_port is not None:
-        if gateway.operator_port == spec.port:
-            raise SystemExit(f"gateway.operator_port ({gateway.operator_port}) must differ from the API port")
-        sockets.append(_bind(gateway.operator_host, gateway.operator_port))
     sampler = _start_sampler(spec) if spec.with_sampler else None
+    stopped = threading.Event()
+    if on_listening is not None:
+        threading.Thread(target=_call_when_answering, args=(spec.host, spec.port, on_listening, stopped),
+                         name="listening", daemon=True).start()
     try:
         if config.workers > 1:
             Multiprocess(config, sockets=sockets).run()
         else:
             server.run(sockets=sockets)
     except KeyboardInterrupt:
-        pass
+        return  # stopped before (or while) it started: nothing failed
+    except SystemExit as exc:
+        if exc.code != STARTUP_FAILURE:
+            raise
+        failed = True
+    else:
+        failed = config.workers == 1 and not server.started and not server.should_exit
     finally:
+        stopped.set()
         if sampler is not None:
             _stop(sampler)
-    if config.workers == 1 and not server.started:
-        raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the app could not start
+    if failed:
+        # uvicorn's STARTUP_FAILURE is exit code 3, which means "not built yet" to spot: the
+        # app's own lines above say why it could not start.
+        raise SpotError("the gateway could not start: see the lines above")
+
+
+def bind_listener(host: str, port: int, option: str) -> socket.socket:
+    """A listening socket bound the way uvicorn binds its own, or one line saying why not."""
+    try:
+        return _bind(host, port)
+    except OSError as exc:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            holder = port_holder(port)
+            held = f" (held by {holder})" if holder else ""
+            raise PortTakenError(f"{where} is already in use{held}: stop what holds it, or choose another port "
+                                 f"with {option}") from None
+        if exc.errno == errno.EACCES:
+            raise InputError(f"{where}: permission denied (ports below 1024 need privileges): choose another "
+                             f"port with {option}") from None
+        raise InputError(f"cannot listen on {where}: {exc.strerror}: check the address, or choose another "
+                         f"with {option}") from None
+
+
+def port_holder(port: int) -> str | None:
+    """'pid N (command)' of a process of this user listening on ``port``, if /proc tells cheaply."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{parts[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                command = " ".join(Path(a.decode(errors="replace")).name if i == 0 else a.decode(errors="replace")
+                                   for i, a in enumerate(argv) if a)
+                return f"pid {proc.name}: {command[:80]}"
+        except OSError:  # another user's process, or gone
+            continue
+    return None
+
+
+def _call_when_answering(host: str, port: int, callback: Callable[[], None], stopped: threading.Event) -> None:
+    """Call ``callback`` once the gateway answers /health on ``host:port`` (a worker's app is up)."""
+    import httpx
+
+    probe = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    url = f"http://[{probe}]:{port}/health" if ":" in probe else f"http://{probe}:{port}/health"
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while not stopped.wait(0.1):
+            try:
+                if client.get(url).status_code == 200:
+                    callback()
+                    return
+            except httpx.HTTPError:
+                continue
 
 
 def open_files_needed(max_connections: int) -> int:

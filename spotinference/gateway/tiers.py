@@ -5,6 +5,10 @@ Everything here runs on the gateway's event loop; the fleet's blocking operation
 hibernate, replace) run in the ``FleetRuntime``'s threads. Held requests wait on futures that
 are resolved in arrival order as soon as a node serves; the relay owns the wait cap and the
 keep-alive comments.
+
+Each decision is logged as it happens (``logs.fields(event=...)``: wake_started, wake_finished,
+wake_failed, failover, recovered, hibernate_started, hibernated) and, where the fleet's own
+operations do not already record it, kept in ``fleet_events`` with ``detail.kind`` for `spot events`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ..config import Tier
 from ..errors import SpotError
 from ..fleet.operations import NodeLostError
 from .errors import GatewayError
+from .logs import fields
 from .routing import Node, Route
 
 if TYPE_CHECKING:
@@ -87,7 +92,7 @@ class TierController:
         self.held.append(future)
         self.dispatch()
         if not future.done():
-            self.ensure_wake("request held")
+            self.ensure_wake(f"request for {self.route.model} held")
         return future
 
     def _prune_held(self) -> int:
@@ -150,26 +155,47 @@ class TierController:
             self.wake_task = asyncio.ensure_future(self._wake(why))
 
     async def _wake(self, why: str) -> None:
+        name = self.tier.name
+        if self.wake_started is None:  # a retry after failover starts its wake here
+            self.wake_started = self.clock()
+        started = self.wake_started
+        log.info("wake started: tier %s (%s)", name, why, extra=fields(event="wake_started", tier=name, why=why))
         try:
             if self.hibernate_task is not None:
                 await asyncio.shield(self.hibernate_task)  # wake what is going to sleep, once it has
-            await self.runtime.call(self.runtime.fleet.wake, self.tier.name, reason=f"gateway: {why}",
+            await self.runtime.call(self.runtime.fleet.wake, name, reason=f"gateway: {why}",
                                     replace_lost=self.fallback is None)
             await self.runtime.refresh_now()
+            took_s = round(self.clock() - started, 1)
+            log.info("wake finished: tier %s serving after %.1f s (%s)", name, took_s, why,
+                     extra=fields(event="wake_finished", tier=name, why=why, wake_s=took_s))
+            await self.runtime.record(tier=name, reason=f"woke in {took_s:.1f} s (gateway: {why})",
+                                      detail={"kind": "woke", "wake_s": took_s, "why": why})
         except NodeLostError as exc:
             # Replacing a reclaimed VM takes a whole create; the fallback serves meanwhile.
-            await self.runtime.record(tier=self.tier.name, node=exc.node, reason=f"node lost: {exc.message}")
+            log.warning("wake failed: tier %s lost a node: %s", name, exc.message,
+                        extra=fields(event="node_lost", tier=name, node=exc.node, why=exc.message))
+            await self.runtime.record(tier=name, node=exc.node, reason=f"node lost: {exc.message}")
             self.lost(exc.message)
         except SpotError as exc:
-            log.warning("waking tier %s failed: %s", self.tier.name, exc)
-            await self.runtime.record(tier=self.tier.name, reason=f"wake failed: {exc.message}")
+            self._wake_failed(exc.message, started)
+            await self.runtime.record(tier=name, reason=f"wake failed: {exc.message}",
+                                      detail={"kind": "wake_failed", "after_s": round(self.clock() - started, 1)})
             self._degrade(f"wake failed: {exc.message}")
         except Exception as exc:  # noqa: BLE001 - held requests must get an answer, never hang
-            log.exception("waking tier %s failed", self.tier.name)
+            log.exception("waking tier %s failed", name)
+            self._wake_failed(type(exc).__name__, started)
+            await self.runtime.record(tier=name, reason=f"wake failed: {type(exc).__name__}: {exc}",
+                                      detail={"kind": "wake_failed", "after_s": round(self.clock() - started, 1)})
             self._degrade(f"wake failed: {type(exc).__name__}")
         finally:
             self.wake_task = None
             self.wake_started = None
+
+    def _wake_failed(self, why: str, started: float) -> None:
+        after_s = round(self.clock() - started, 1)
+        log.warning("wake failed: tier %s after %.1f s: %s", self.tier.name, after_s, why,
+                    extra=fields(event="wake_failed", tier=self.tier.name, why=why, after_s=after_s))
 
     async def _replace(self, reason: str) -> None:
         try:
@@ -184,6 +210,7 @@ class TierController:
     def _degrade(self, reason: str) -> None:
         if self.degraded_since is None:
             self.degraded_since = self.clock()
+            self._failed_over(reason)
         self.degraded_reason = reason
         held, self.held = list(self.held), deque()
         if self.fallback is not None:
@@ -200,12 +227,22 @@ class TierController:
             if not future.done():
                 future.set_exception(error)
 
+    def _failed_over(self, reason: str) -> None:
+        name, to = self.tier.name, self.fallback.tier.name if self.fallback else None
+        said = f"failover: tier {name} to {to} ({reason})" if to else f"tier {name} cannot serve, no fallback ({reason})"
+        log.warning(said, extra=fields(event="failover", tier=name, to_tier=to, why=reason))
+        asyncio.ensure_future(self.runtime.record(
+            tier=name, reason=f"failover to {to}: {reason}" if to else f"cannot serve (no fallback tier): {reason}",
+            detail={"kind": "failover", "to_tier": to}))
+
     def _adopt(self, future: asyncio.Future[Node]) -> None:
         self.held.append(future)
 
     def _recovered(self) -> None:
         reason = self.degraded_reason
         self.degraded_since = self.degraded_reason = None
+        log.info("tier %s serving again after: %s", self.tier.name, reason,
+                 extra=fields(event="recovered", tier=self.tier.name, why=reason))
         asyncio.ensure_future(self.runtime.record(tier=self.tier.name, reason=f"serving again after: {reason}"))
 
     def retry_if_degraded(self) -> None:
@@ -247,7 +284,10 @@ class TierController:
         if any(n.in_flight for n in nodes):
             self.route.nodes = nodes  # one slipped in: not idle after all
             return
-        self.hibernate_task = asyncio.ensure_future(self._hibernate(f"idle {idle:.0f} s (idle_timeout_s {self.tier.idle_timeout_s})"))
+        why = f"idle {idle:.0f} s (idle_timeout_s {self.tier.idle_timeout_s})"
+        log.info("hibernate started: tier %s, %s", self.tier.name, why,
+                 extra=fields(event="hibernate_started", tier=self.tier.name, why=why, idle_s=round(idle, 1)))
+        self.hibernate_task = asyncio.ensure_future(self._hibernate(why))
 
     def hibernate_now(self, reason: str) -> None:
         """Hibernate whatever the traffic (a spent budget): out of rotation at once, then once
@@ -255,6 +295,8 @@ class TierController:
         if self.hibernate_task is not None:
             return
         nodes, self.route.nodes = self.route.nodes, []
+        log.warning("hibernate started: tier %s, %s", self.tier.name, reason,
+                    extra=fields(event="hibernate_started", tier=self.tier.name, why=reason))
         self.hibernate_task = asyncio.ensure_future(self._drain_then_hibernate(nodes, reason))
 
     async def _drain_then_hibernate(self, nodes: list[Node], reason: str) -> None:
@@ -263,10 +305,15 @@ class TierController:
         await self._hibernate(reason)
 
     async def _hibernate(self, reason: str) -> None:
+        started = self.clock()
         try:
             await self.runtime.call(self.runtime.fleet.down, self.tier.name, reason=f"gateway: {reason}")
+            took_s = round(self.clock() - started, 1)
+            log.info("hibernated: tier %s in %.1f s (%s)", self.tier.name, took_s, reason,
+                     extra=fields(event="hibernated", tier=self.tier.name, why=reason, hibernate_s=took_s))
         except SpotError as exc:
-            log.warning("hibernating idle tier %s failed: %s", self.tier.name, exc)
+            log.warning("hibernate failed: tier %s: %s", self.tier.name, exc,
+                        extra=fields(event="hibernate_failed", tier=self.tier.name, why=exc.message))
             await self.runtime.record(tier=self.tier.name, reason=f"idle hibernation failed: {exc.message}")
         finally:
             self.hibernate_task = None

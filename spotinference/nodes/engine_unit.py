@@ -133,6 +133,9 @@ class EnginePlan:
             f"HF_HOME={self.layout.weights_dir}/hf-cache",
         ]
         if self.tier.engine == "vllm":
+            # The Responses API's GET, cancel and previous_response_id need vLLM to keep responses
+            # (off by default in vLLM 0.32); a tier's vllm.env may turn it off again below.
+            lines.append("VLLM_ENABLE_RESPONSES_API_STORE=1")
             # The tier's own settings (e.g. VLLM_CPU_KVCACHE_SPACE), quoted: the file is sourced by sh.
             lines += [f"{name}={shlex.quote(value)}" for name, value in self.tier.vllm.env.items()]
         return "\n".join(lines) + "\n"

@@ -5,7 +5,8 @@
         ├── ProviderAuthError         exit 2   HTTP 502   the API key is missing, wrong or lacks rights
         ├── ProviderNotFoundError     exit 1   HTTP 502   the resource does not exist (any more)
         ├── ProviderRateLimitedError  exit 4   HTTP 503   still rate limited when the deadline ran out
-        ├── ProviderUnavailableError  exit 4   HTTP 503   5xx, timeouts, refused connections past the deadline
+        ├── ProviderUnavailableError  exit 4   HTTP 503   5xx, timeouts, dropped connections past the deadline
+        │   └── ProviderUnreachableError exit 4 HTTP 503  no connection at all (refused, DNS) for a few seconds
         ├── InsufficientCapacityError exit 5   HTTP 503   no GPU capacity for a create or a restore
         └── ProviderNotSupportedError exit 1   HTTP 501   this provider does not offer what was asked
 
@@ -51,6 +52,10 @@ class ProviderRateLimitedError(ProviderError):
 class ProviderUnavailableError(ProviderError):
     exit_code = 4
     http_status = 503
+
+
+class ProviderUnreachableError(ProviderUnavailableError):
+    """Not even a connection (refused, DNS failure): fails in seconds, not after the retry deadline."""
 
 
 class InsufficientCapacityError(ProviderError):

@@ -30,6 +30,7 @@ from .errors import (
     ProviderNotFoundError,
     ProviderRateLimitedError,
     ProviderUnavailableError,
+    ProviderUnreachableError,
 )
 from .hyperstack_api import Deadline, HyperstackApi, payload, says_no_capacity
 from .hyperstack_mapping import (
@@ -304,6 +305,8 @@ class HyperstackProvider(Provider):
                 return found
             try:
                 return post()
+            except ProviderUnreachableError:
+                raise  # no connection at all: the POST never left, and looking again cannot work either
             except _AMBIGUOUS as exc:
                 # No answer at all (a timeout, a dropped connection): the server may still be
                 # working on the POST, so give it a request timeout's worth before looking again.

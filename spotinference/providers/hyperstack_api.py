@@ -6,6 +6,15 @@ error answers onto ``providers.errors``, and retries. 429, 5xx, timeouts and dro
 connections are retried with exponential backoff and equal jitter (the n-th wait lies in
 ``[base·2ⁿ, 2·base·2ⁿ]``) until the call's deadline would pass; other 4xx are final.
 
+A connection that cannot even be opened (refused, DNS failure) is not a slow provider but an
+absent one: it is retried every half second for a short grace (``connect_grace_s``, a few seconds:
+enough to ride out a restart or a blip in the middle of a long wake), then the call fails with
+``ProviderUnreachableError`` rather than backing off for the whole deadline. Nothing was sent on
+such a connection, so it is retried even for calls made with ``retry=False``.
+
+Each retry after an answer (or a timeout) is logged at INFO on this module's logger with ``extra={"spot_retry": RetryNotice}``:
+the library never prints; the CLI shows these records on stderr.
+
 The API key lives only in the request headers: no message, repr or log line carries it, and any
 text echoed back by the server is scrubbed of it before it reaches an exception. The HTTP
 transport, the clock, the sleep and the jitter source are injected so tests can run fast.
@@ -18,6 +27,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -30,13 +40,38 @@ from .errors import (
     ProviderNotFoundError,
     ProviderRateLimitedError,
     ProviderUnavailableError,
+    ProviderUnreachableError,
 )
 
 log = logging.getLogger(__name__)
 
 #: the longest single wait between retries: Hyperstack's rate limit resets each minute
 MAX_WAIT_S = 60.0
+#: how long refused connections are retried before the provider counts as unreachable
+CONNECT_GRACE_S = 3.0
+#: the wait between attempts while connections are refused
+CONNECT_RETRY_S = 0.5
 _MESSAGE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class RetryNotice:
+    """One retry about to happen, for whoever shows the operator what the client is doing."""
+
+    provider: str
+    method: str
+    path: str
+    answer: str  # what the failed attempt got: "503 Service Unavailable", "connection refused", ...
+    attempt: int  # the attempt that failed, from 1
+    wait_s: float  # the sleep before the next attempt
+    elapsed_s: float  # since the call began
+
+    def describe(self) -> str:
+        return (f"Hyperstack {self.method} {self.path}: {self.answer}; retry {self.attempt} in {self.wait_s:.1f} s"
+                f" ({self.elapsed_s:.1f} s into the call)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": "retry", **asdict(self)}
 
 
 class Deadline:
@@ -82,6 +117,10 @@ class _Retryable(Exception):
         self.reason = reason
 
 
+class _Unreachable(_Retryable):
+    """The connection could not be opened (refused, DNS failure): nothing reached the provider."""
+
+
 class HyperstackApi:
     """Calls to one Hyperstack account (or the emulator), with retries inside a deadline."""
 
@@ -94,6 +133,7 @@ class HyperstackApi:
         request_timeout_s: float = 30.0,
         retry_deadline_s: float = 120.0,
         retry_base_s: float = 1.0,
+        connect_grace_s: float = CONNECT_GRACE_S,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -106,6 +146,7 @@ class HyperstackApi:
         self.request_timeout_s = request_timeout_s
         self.retry_deadline_s = retry_deadline_s
         self.retry_base_s = retry_base_s
+        self.connect_grace_s = connect_grace_s
         self.clock = clock
         self.sleep = sleep
         self._jitter = jitter
@@ -158,20 +199,44 @@ class HyperstackApi:
     ) -> Any:
         """The decoded JSON answer (envelope included) of one logical call.
 
-        ``retry=False`` makes exactly one attempt: for calls that must not be repeated blindly
-        (a POST that may have taken effect); the caller decides what to check before trying again.
+        ``retry=False`` makes one attempt that reaches the provider: for calls that must not be
+        repeated blindly (a POST that may have taken effect); the caller decides what to check
+        before trying again. Refused connections are still retried (nothing was sent).
         """
         deadline = deadline or self.deadline()
         attempt = 0
+        refused_since: float | None = None  # when the current run of refused connections began
         while True:
             try:
                 return self._once(method, path, params, json, deadline)
+            except _Unreachable as failure:
+                refused_since = self.clock() if refused_since is None else refused_since
+                if self._refused_too_long(refused_since, deadline):
+                    raise self._unreachable(method, path, failure, attempt + 1, deadline) from None
+                # Nothing was sent, so even a retry=False call may try again: quickly, and without a
+                # notice each time (the grace is short; its outcome is the one line that matters).
+                log.debug("%s %s: %s, trying again", method, path, failure.message)
+                self.sleep(CONNECT_RETRY_S)
+                attempt += 1
+                continue
             except _Retryable as failure:
                 last = failure
-            if not retry or not self.wait(attempt, deadline):
+                refused_since = None
+            wait_s = self.backoff_s(attempt) if retry else 0.0
+            if not retry or wait_s >= deadline.remaining():
                 raise self._gave_up(method, path, last, attempt + 1, deadline)
-            log.debug("%s %s: retry %d after %s", method, path, attempt + 1, last.status_code or last.message)
+            self._report(method, path, last, attempt, wait_s, deadline)
+            self.sleep(wait_s)
             attempt += 1
+
+    def _refused_too_long(self, refused_since: float, deadline: Deadline) -> bool:
+        now = self.clock()
+        return now - refused_since >= self.connect_grace_s or now + CONNECT_RETRY_S >= deadline.at
+
+    def _report(self, method: str, path: str, failure: _Retryable, attempt: int, wait_s: float, deadline: Deadline) -> None:
+        answer = f"{failure.status_code} {failure.message}" if failure.status_code else failure.message
+        notice = RetryNotice(self.provider, method, path, answer, attempt + 1, wait_s, deadline.elapsed())
+        log.info("%s", notice.describe(), extra={"spot_retry": notice})
 
     def _once(self, method: str, path: str, params: Any, json: Any, deadline: Deadline) -> Any:
         # Each attempt may take request_timeout_s, but not much past the call's deadline.
@@ -180,6 +245,8 @@ class HyperstackApi:
             response = self._client.request(method, path, params=params, json=json, timeout=timeout)
         except httpx.TimeoutException:
             raise _Retryable(None, f"no answer within {timeout:g} s") from None
+        except httpx.ConnectError as exc:
+            raise _Unreachable(None, _connect_failure(exc)) from None
         except httpx.TransportError as exc:
             raise _Retryable(None, f"connection failed ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
@@ -241,6 +308,14 @@ class HyperstackApi:
             hint="the provider is down, slow or unreachable: try again later, or raise retry_deadline_s",
         )
 
+    def _unreachable(self, method: str, path: str, last: _Retryable, attempts: int, deadline: Deadline) -> ProviderError:
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''} in {deadline.elapsed():.1f} s"
+        return ProviderUnreachableError(
+            f"cannot reach {self.provider} at {self.base_url} ({self._scrub(last.message)}, {tries})",
+            provider=self.provider,
+            hint=f"is the provider (or `spot sim cloud`) running? check base_url in [providers.{self.provider}]",
+        )
+
     def _message_of(self, body: Any, response: httpx.Response) -> tuple[str, str | None]:
         """The provider's own message and error_reason, one line, without the API key."""
         reason = None
@@ -255,6 +330,16 @@ class HyperstackApi:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "[api key]") if self._key in text else text
+
+
+def _connect_failure(exc: httpx.ConnectError) -> str:
+    """'connection refused', 'name not resolved', ...: the OS's reason, short and lower case."""
+    text = str(exc) or type(exc).__name__
+    if "refused" in text.lower():
+        return "connection refused"
+    if "name" in text.lower() and ("resol" in text.lower() or "known" in text.lower()):
+        return "host name not resolved"
+    return " ".join(text.split())[:_MESSAGE_CHARS]
 
 
 def _json_or_none(response: httpx.Response) -> Any:

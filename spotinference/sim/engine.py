@@ -1,9 +1,21 @@
 """The simulated engine: a raw ASGI app that answers like vLLM's OpenAI server, and its runner.
 
-Routes: ``GET /health``, ``GET /metrics``, ``GET /version``, ``GET /v1/models``,
-``POST /v1/chat/completions``, ``POST /v1/completions``. Tokens come from ``text``, their
-timing from ``timing``, their bytes from ``wire``; ``protocol`` reads requests and
-``validation`` refuses bad ones.
+Routes, as vLLM 0.32 serves them for the engine's runner (``EngineConfig.runner``):
+
+* every runner: ``GET /health``, ``/metrics``, ``/version``, ``/v1/models``; ``POST /tokenize``,
+  ``/detokenize``;
+* ``generate``: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/responses`` (and
+  ``GET /v1/responses/{id}``, ``POST /v1/responses/{id}/cancel``), ``/v1/messages``,
+  ``/v1/messages/count_tokens``;
+* ``pooling`` (an embedding model): ``POST /v1/embeddings``, ``/score``, ``/v1/score``,
+  ``/rerank``, ``/v1/rerank``, ``/v2/rerank``;
+* ``transcription`` (a speech model): ``POST /v1/audio/transcriptions``, ``/translations``.
+
+A route the runner does not serve is a plain 404, as in vLLM (whose router never mounts it).
+Tokens come from ``text``, their timing from ``timing``, their bytes from ``wire`` (and
+``responses``, ``anthropic``, ``pooling``, ``audio`` for those APIs); ``protocol`` reads
+requests and ``validation`` refuses bad ones. The routes without a token stream (tokenizer,
+pooling, audio) are in ``oneshot_routes``; ``asgi`` holds the HTTP plumbing they share.
 
 Raw ASGI rather than a framework because the engine must never be what a gateway benchmark
 measures: per token, the work is one sleep, one f-string and one ``send``.
@@ -19,32 +31,62 @@ import hmac
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError, SpotError
-from . import protocol, text, wire
+from . import anthropic, protocol, responses, text, wire
+from .asgi import JSON as _JSON
+from .asgi import METHOD_NOT_ALLOWED as _METHOD_NOT_ALLOWED
+from .asgi import NOT_FOUND as _NOT_FOUND
+from .asgi import SSE as _SSE
+from .asgi import UNAUTHORIZED as _UNAUTHORIZED
+from .asgi import Receive, Scope, Send
+from .asgi import abort_on_disconnect as _abort_on_disconnect
+from .asgi import random_id as _random_id
+from .asgi import read_body as _read_body
+from .asgi import read_json
+from .asgi import respond as _respond
+from .asgi import send_chunk as _send_chunk
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import EngineMetrics
+from .oneshot_routes import OneShotRoutes
 from .scheduler import Scheduler
 from .timing import Timebase, TimingModel
 from .validation import ApiError, not_found_model, parse_json_body
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 VLLM_VERSION = "0.32.0"  # the vLLM whose server this one imitates
 
-# vLLM's CORS middleware adds "vary: Origin" to every response.
-_VARY = (b"vary", b"Origin")
-_JSON = (b"content-type", b"application/json")
-_SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), _VARY]
-_NOT_FOUND = b'{"detail":"Not Found"}'
-_UNAUTHORIZED = b'{"error":"Unauthorized"}'
-_METHOD_NOT_ALLOWED = b'{"detail":"Method Not Allowed"}'
+RUNNERS = ("generate", "pooling", "transcription")
+# The path prefixes vLLM's --api-key middleware guards (entrypoints/serve/middleware/authenticate.py).
+GUARDED_PATHS = ("/v1", "/v2", "/inference", "/cohere")
+
+# POST routes by runner; the handler's name on SimEngine.
+_COMMON_POSTS = {"/tokenize": "_tokenize", "/detokenize": "_detokenize"}
+_RUNNER_POSTS = {
+    "generate": {
+        "/v1/chat/completions": "_chat",
+        "/v1/completions": "_completion",
+        "/v1/responses": "_responses",
+        "/v1/messages": "_messages",
+        "/v1/messages/count_tokens": "_count_tokens",
+    },
+    "pooling": {
+        "/v1/embeddings": "_embeddings",
+        "/score": "_score",
+        "/v1/score": "_score",
+        "/rerank": "_rerank",
+        "/v1/rerank": "_rerank",
+        "/v2/rerank": "_rerank",
+    },
+    "transcription": {
+        "/v1/audio/transcriptions": "_transcription",
+        "/v1/audio/translations": "_translation",
+    },
+}
+_RESPONSES_PREFIX = "/v1/responses/"
+MAX_STORED_RESPONSES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +102,22 @@ class EngineConfig:
     reply_tokens_max: int = 128
     max_num_seqs: int = 256
     kv_cache_tokens: int = 65536
-    # Like `vllm serve --api-key` (which also reads VLLM_API_KEY): /v1 routes then need
-    # "Authorization: Bearer <key>"; /health and /metrics stay open.
+    # Like `vllm serve --api-key` (which also reads VLLM_API_KEY): requests then need
+    # "Authorization: Bearer <key>" on the paths vLLM guards (GUARDED_PATHS); /health, /metrics,
+    # /tokenize, /score and /rerank stay open, as in vLLM.
     api_key: str | None = field(default_factory=lambda: os.environ.get("VLLM_API_KEY") or None)
+    # What the served model is, as vLLM's --runner says: "generate" (a chat model), "pooling"
+    # (an embedding model: embeddings, score, rerank) or "transcription" (a speech model).
+    # SPOT_SIM_ENGINE_RUNNER sets it where the command line has no flag for it.
+    runner: str = field(default_factory=lambda: os.environ.get("SPOT_SIM_ENGINE_RUNNER") or "generate")
 
     def __post_init__(self) -> None:
         if not self.model:
             raise InputError("the model name must not be empty")
+        if self.runner not in RUNNERS:
+            raise InputError(
+                f"the engine runner (--runner, or SPOT_SIM_ENGINE_RUNNER) must be one of {', '.join(RUNNERS)}, got {self.runner!r}"
+            )
         if self.max_model_len < 1:
             raise InputError(f"max_model_len must be 1 or more, got {self.max_model_len}")
         if not 1 <= self.reply_tokens_min <= self.reply_tokens_max:
@@ -88,7 +139,7 @@ class _Sequence:
     queued_s: float = 0.0
 
 
-class SimEngine:
+class SimEngine(OneShotRoutes):
     """The ASGI application. One instance holds the engine's whole state."""
 
     def __init__(self, config: EngineConfig, timebase: Timebase | None = None) -> None:
@@ -102,6 +153,10 @@ class SimEngine:
         self.fingerprint = f"vllm-{VLLM_VERSION}-{text.stable_hash(config.model, config.seed) >> 32:08x}"
         self._models_permission_id = f"modelperm-{_random_id()}"
         self._bearer = f"Bearer {config.api_key}".encode() if config.api_key else None
+        self._posts = {**_RUNNER_POSTS[config.runner], **_COMMON_POSTS}
+        # Responses this engine made, by id: only it can GET, cancel or continue them.
+        self.responses: dict[str, responses.StoredResponse] = {}
+        self._background: dict[str, asyncio.Task[None]] = {}  # background responses still running
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
@@ -113,14 +168,18 @@ class SimEngine:
         if scope["type"] != "http":
             return  # no lifespan work: the engine is ready once it exists
         path, method = scope["path"], scope["method"]
-        if self._bearer is not None and path.startswith("/v1") and not self._authorized(scope):
+        if self._bearer is not None and path.startswith(GUARDED_PATHS) and not self._authorized(scope):
             await _respond(send, 401, _UNAUTHORIZED, _JSON)
             return
-        if path in ("/v1/chat/completions", "/v1/completions"):
+        post = self._posts.get(path)
+        if post is not None:
             if method != "POST":
                 await _respond(send, 405, _METHOD_NOT_ALLOWED, _JSON, allow=b"POST")
                 return
-            await self._generate(scope, receive, send, chat=path == "/v1/chat/completions")
+            await getattr(self, post)(scope, receive, send)
+            return
+        if path.startswith(_RESPONSES_PREFIX) and self.config.runner == "generate":
+            await self._stored_response(path[len(_RESPONSES_PREFIX):], method, send)
             return
         handler = self._gets.get(path)
         if handler is None:
@@ -157,6 +216,12 @@ class SimEngine:
 
     # --- generation ---------------------------------------------------------------------
 
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._generate(scope, receive, send, chat=True)
+
+    async def _completion(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._generate(scope, receive, send, chat=False)
+
     async def _generate(self, scope: Scope, receive: Receive, send: Send, *, chat: bool) -> None:
         arrived = self.timebase.clock()
         body = await _read_body(receive)
@@ -177,29 +242,13 @@ class SimEngine:
         sequences = self._plan(request, budgets)
         created = int(self.timebase.wall())
 
-        # Like vLLM, a client that goes away cancels its request, streamed or not.
-        task = asyncio.current_task()
-        state = {"finished": False, "disconnected": False}
-
-        async def watch_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not state["finished"] and task is not None:
-                state["disconnected"] = True
-                task.cancel()
-
-        watcher = asyncio.create_task(watch_disconnect())
-        try:
+        async def work(state: dict[str, bool]) -> None:
             if request.stream:
                 await self._stream(send, request, request_id, created, sequences, arrived, state)
             else:
                 await self._complete(send, request, request_id, created, sequences, arrived, state)
-        except asyncio.CancelledError:
-            if not state["disconnected"]:
-                raise
-            # The client left: the abort is this request's normal end, not an error.
-        finally:
-            watcher.cancel()
+
+        await _abort_on_disconnect(receive, work)
 
     def _plan(self, request: protocol.GenerationRequest, budgets: list[int]) -> list[_Sequence]:
         sequences = []
@@ -364,34 +413,226 @@ class SimEngine:
         state["finished"] = True
         await _respond(send, 200, body, _JSON)
 
+    # --- the other APIs: shared steps -----------------------------------------------------
 
-def _random_id() -> str:
-    return os.urandom(8).hex()  # vLLM's random_uuid(): 16 hex digits
+    def _one_sequence(
+        self, prompt: protocol.Prompt, max_tokens: int | None, param: str, *, stream: bool,
+        temperature: float | None, top_p: float | None,
+    ) -> _Sequence:  # fmt: skip
+        """vLLM turns Responses and Messages requests into one chat sequence; its checks apply."""
+        request = protocol.GenerationRequest(
+            chat=True, model=None, prompts=[prompt], n=1, max_tokens=max_tokens, max_tokens_param=param,
+            stream=stream, include_usage=False, continuous_usage=False, ignore_eos=False, seed=None,
+            temperature=temperature, top_p=top_p,
+        )  # fmt: skip
+        budgets = protocol.check_sampling(request, self.config.max_model_len)
+        return self._plan(request, budgets)[0]
+
+    def _reply_text(self, seq: _Sequence) -> str:
+        words = seq.length - 1 if seq.finish_reason == "stop" and seq.generated == seq.length else seq.generated
+        return seq.reply.text(self.vocab, words, strip_first=True)
+
+    # --- Responses ----------------------------------------------------------------------
+
+    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        arrived = self.timebase.clock()
+        try:
+            request = responses.parse(await read_json(scope, receive))
+            self._check_model(request.model)
+            conversation = list(request.messages)
+            if request.previous_response_id is not None:
+                previous = self.responses.get(request.previous_response_id)
+                if previous is None:
+                    raise responses.not_found(request.previous_response_id)
+                conversation = previous.conversation + conversation
+            seq = self._one_sequence(
+                responses.prompt_of(conversation), request.max_output_tokens, "max_output_tokens",
+                stream=request.stream, temperature=request.temperature, top_p=request.top_p,
+            )  # fmt: skip
+        except ApiError as exc:
+            await _respond(send, exc.status, exc.body(), _JSON)
+            return
+        response_id, item_id = f"resp_{_random_id()}", f"msg_{_random_id()}"
+        created = int(self.timebase.wall())
+
+        def final() -> dict[str, Any]:
+            content = self._reply_text(seq)
+            body = responses.response_object(
+                request, response_id=response_id, created_at=created, model=self.config.model,
+                status="completed" if seq.finish_reason == "stop" else "incomplete",
+                output=[responses.message_item(item_id, content, "completed")],
+                usage_body=responses.usage(seq.prompt_tokens, seq.generated),
+                incomplete=seq.finish_reason == "length",
+            )  # fmt: skip
+            if request.store:
+                self._store(response_id, responses.StoredResponse(body, [*conversation, ("assistant", content)]))
+            return body
+
+        async def whole(state: dict[str, bool]) -> None:
+            await self._run([seq], arrived, None, _ignore_token)
+            body = final()
+            state["finished"] = True
+            await _respond(send, 200, wire.dumps(body).encode(), _JSON)
+
+        async def stream(state: dict[str, bool]) -> None:
+            events = responses.EventWriter(item_id)
+            initial = responses.response_object(
+                request, response_id=response_id, created_at=created, model=self.config.model,
+                status="in_progress", output=[], usage_body=None,
+            )  # fmt: skip
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+            await _send_chunk(send, events.response("response.created", initial))
+            await _send_chunk(send, events.response("response.in_progress", initial))
+            opened = False
+
+            async def on_token(seq: _Sequence, step: int, last: bool) -> None:
+                nonlocal opened
+                token_json = self._token_json(True, seq, step)
+                if token_json == '""':
+                    return  # vLLM sends no event for a token without text
+                if not opened:
+                    opened = True
+                    item = responses.message_item(item_id, None, "in_progress")
+                    await _send_chunk(send, events.item("response.output_item.added", item))
+                    await _send_chunk(send, events.part("response.content_part.added", None))
+                await _send_chunk(send, events.delta(token_json))
+
+            await self._run([seq], arrived, None, on_token)
+            body = final()
+            if opened:
+                content = body["output"][0]["content"][0]["text"]
+                await _send_chunk(send, events.text_done(content))
+                await _send_chunk(send, events.part("response.content_part.done", content))
+                await _send_chunk(send, events.item("response.output_item.done", body["output"][0]))
+            state["finished"] = True
+            tail = events.response("response.completed", body)
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+        if request.background and not request.stream:
+            await self._background_response(request, response_id, created, seq, arrived, final, send)
+            return
+        await _abort_on_disconnect(receive, stream if request.stream else whole)
+
+    async def _background_response(
+        self, request: responses.ResponsesRequest, response_id: str, created: int, seq: _Sequence, arrived: float,
+        final: Callable[[], dict[str, Any]], send: Send,
+    ) -> None:  # fmt: skip
+        """Answer "queued" at once and generate in a task; GET shows its progress, cancel stops it."""
+        queued = responses.response_object(
+            request, response_id=response_id, created_at=created, model=self.config.model,
+            status="queued", output=[], usage_body=None,
+        )  # fmt: skip
+        self._store(response_id, responses.StoredResponse(queued))
+
+        async def generate() -> None:
+            queued["status"] = "in_progress"
+            try:
+                await self._run([seq], arrived, None, _ignore_token)
+                final()
+            finally:
+                self._background.pop(response_id, None)
+
+        self._background[response_id] = asyncio.create_task(generate())
+        await _respond(send, 200, wire.dumps(queued).encode(), _JSON)
+
+    def _store(self, response_id: str, stored: responses.StoredResponse) -> None:
+        # vLLM keeps every response until it restarts; a benchmark against the simulator could
+        # make millions, so the oldest are forgotten past a bound no test or demo reaches.
+        self.responses[response_id] = stored
+        if len(self.responses) > MAX_STORED_RESPONSES:
+            del self.responses[next(iter(self.responses))]
+
+    async def _stored_response(self, rest: str, method: str, send: Send) -> None:
+        """``GET /v1/responses/{id}`` and ``POST /v1/responses/{id}/cancel``."""
+        response_id, _, action = rest.partition("/")
+        if action not in ("", "cancel") or not response_id:
+            await _respond(send, 404, _NOT_FOUND, _JSON)
+            return
+        wanted = "POST" if action == "cancel" else "GET"
+        if method != wanted:
+            await _respond(send, 405, _METHOD_NOT_ALLOWED, _JSON, allow=wanted.encode())
+            return
+        stored = self.responses.get(response_id)
+        if stored is None:
+            error = responses.not_found(response_id)
+        elif action == "cancel" and stored.body["status"] in ("queued", "in_progress"):
+            stored.body["status"] = "cancelled"
+            task = self._background.pop(response_id, None)
+            if task is not None:
+                task.cancel()
+            await _respond(send, 200, wire.dumps(stored.body).encode(), _JSON)
+            return
+        elif action == "cancel":
+            error = responses.cannot_cancel()  # vLLM's words for any response already finished
+        else:
+            await _respond(send, 200, wire.dumps(stored.body).encode(), _JSON)
+            return
+        await _respond(send, error.status, error.body(), _JSON)
+
+    # --- Anthropic Messages ---------------------------------------------------------------
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        arrived = self.timebase.clock()
+        try:
+            request = anthropic.parse(await read_json(scope, receive))
+            self._check_model(request.model)
+            seq = self._one_sequence(
+                request.prompt, request.max_tokens, "max_completion_tokens",
+                stream=request.stream, temperature=request.temperature, top_p=request.top_p,
+            )  # fmt: skip
+        except ApiError as exc:
+            await _respond(send, exc.status, exc.anthropic_body(), _JSON)
+            return
+        message_id = f"chatcmpl-{_random_id()}"
+        model = self.config.model
+
+        async def whole(state: dict[str, bool]) -> None:
+            await self._run([seq], arrived, None, _ignore_token)
+            body = anthropic.message_body(
+                message_id=message_id, model=model, content=self._reply_text(seq), finish_reason=seq.finish_reason,
+                input_tokens=seq.prompt_tokens, output_tokens=seq.generated,
+            )  # fmt: skip
+            state["finished"] = True
+            await _respond(send, 200, body, _JSON)
+
+        async def stream(state: dict[str, bool]) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+            opened = False
+
+            async def on_first() -> None:  # vLLM's first chat chunk comes with the first token
+                await _send_chunk(send, anthropic.message_start(message_id, model, seq.prompt_tokens))
+
+            async def on_token(seq: _Sequence, step: int, last: bool) -> None:
+                nonlocal opened
+                token_json = self._token_json(True, seq, step)
+                if token_json == '""':
+                    return
+                if not opened:
+                    opened = True
+                    await _send_chunk(send, anthropic.BLOCK_START)
+                await _send_chunk(send, anthropic.block_delta(token_json))
+
+            await self._run([seq], arrived, on_first, on_token)
+            if opened:
+                await _send_chunk(send, anthropic.BLOCK_STOP)
+            await _send_chunk(send, anthropic.message_delta(seq.finish_reason, seq.prompt_tokens, seq.generated))
+            state["finished"] = True
+            await send({"type": "http.response.body", "body": anthropic.MESSAGE_STOP, "more_body": False})
+
+        await _abort_on_disconnect(receive, stream if request.stream else whole)
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            model, prompt = anthropic.parse_count(await read_json(scope, receive))
+            self._check_model(model)
+        except ApiError as exc:
+            await _respond(send, exc.status, exc.anthropic_body(), _JSON)
+            return
+        await _respond(send, 200, anthropic.count_tokens_body(prompt.tokens), _JSON)
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, content_type: tuple[bytes, bytes] | None, *, allow: bytes | None = None
-) -> None:
-    # Starlette's order: allow (on a 405), content-length, content-type; then CORS's vary.
-    headers = [(b"allow", allow)] if allow is not None else []
-    headers.append((b"content-length", str(len(body)).encode()))
-    if content_type is not None:
-        headers.append(content_type)
-    headers.append(_VARY)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+async def _ignore_token(seq: _Sequence, step: int, last: bool) -> None:
+    return None
 
 
 # --- the server -------------------------------------------------------------------------

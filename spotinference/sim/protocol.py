@@ -340,3 +340,48 @@ def check_sampling(request: GenerationRequest, max_model_len: int) -> list[int]:
         if budget < 1:
             raise vllm_error(f"max_tokens must be at least 1, got {budget}.", "max_tokens", budget)
     return budgets
+
+
+def _token_list(value: Any) -> list[int]:
+    if not isinstance(value, list):
+        raise FieldError("list_type", "Input should be a valid list")
+    errors = []
+    for i, item in enumerate(value):
+        try:
+            as_int(item)
+        except FieldError as err:
+            errors.append(FieldError(err.kind, err.msg, (i,), item))
+    if errors:
+        raise UnionError(errors)
+    return [as_int(item) for item in value]
+
+
+def parse_tokenize(data: Any) -> tuple[str | None, list[int]]:
+    """``POST /tokenize``: a ``prompt`` (special tokens added) or chat ``messages`` (templated)."""
+    if not isinstance(data, dict):
+        raise validation_error([FieldError("model_attributes_type", NOT_A_DICT, (), data)])
+    if "prompt" not in data and "messages" not in data:
+        # A union of the completion and chat request types: each reports its missing field.
+        missing = [FieldError("missing", "Field required", (name,), data) for name in ("prompt", "messages")]
+        raise validation_error(missing)
+    fields = Fields(data)
+    model = fields.get("model", as_str)
+    if "prompt" in data:
+        prompt = fields.get("prompt", as_str, "", nullable=False)
+        add_special = fields.get("add_special_tokens", as_bool, True, nullable=False)
+        fields.raise_if_any()
+        return model, ([text.BOS_ID] * text.BOS_TOKENS if add_special else []) + text.token_ids(prompt)
+    messages = fields.get("messages", _messages, [], nullable=False)
+    add_generation_prompt = fields.get("add_generation_prompt", as_bool, True, nullable=False)
+    fields.raise_if_any()
+    return model, text.chat_token_ids(messages, add_generation_prompt)
+
+
+def parse_detokenize(data: Any) -> tuple[str | None, list[int]]:
+    if not isinstance(data, dict):
+        raise validation_error([FieldError("model_attributes_type", NOT_A_DICT, (), data)])
+    fields = Fields(data)
+    model = fields.get("model", as_str)
+    tokens = fields.get("tokens", _token_list, [], nullable=False, required=True)
+    fields.raise_if_any()
+    return model, tokens

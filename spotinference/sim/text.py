@@ -36,6 +36,26 @@ def count_tokens(text: str) -> int:
     return len(_TOKEN_RE.findall(text))
 
 
+# Token ids below this are the special tokens (BOS, EOS, role markers), as in the tiny model.
+SPECIAL_IDS = 8
+BOS_ID = 0
+
+
+def token_ids(text: str) -> list[int]:
+    """The ids of ``count_tokens(text)`` pieces: each piece always gets the same id."""
+    return [SPECIAL_IDS + stable_hash(piece) % (_VOCAB_SIZE - SPECIAL_IDS) for piece in _TOKEN_RE.findall(text)]
+
+
+def chat_token_ids(messages: Iterable[tuple[str, str]], add_generation_prompt: bool = True) -> list[int]:
+    """As many ids as ``count_chat_tokens``: the template's special tokens around each message."""
+    ids = []
+    for role, text in messages:
+        ids += [1, 2, *token_ids(role), 3, *token_ids(text), 4]  # MESSAGE_OVERHEAD_TOKENS == 4
+    if add_generation_prompt:
+        ids += [1, 5, 3]  # GENERATION_PROMPT_TOKENS == 3
+    return ids
+
+
 def count_chat_tokens(messages: Iterable[tuple[str, str]], add_generation_prompt: bool = True) -> int:
     """Tokens of a rendered chat prompt, from (role, text) pairs."""
     total = 0
@@ -84,6 +104,10 @@ class Vocabulary:
         tokens_json = tuple(f'"{t}"' for t in tokens)
         first_json = tuple(f'"{t.lstrip()}"' for t in tokens)
         return cls(tuple(tokens), tokens_json, first_json)
+
+    def detokenize(self, ids: Iterable[int]) -> str:
+        """Ids outside the vocabulary decode to nothing, as vLLM's tokenizer skips them."""
+        return "".join(self.tokens[i] for i in ids if SPECIAL_IDS <= i < _VOCAB_SIZE)
 
 
 @dataclass(frozen=True, slots=True)

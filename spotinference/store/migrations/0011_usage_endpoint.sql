@@ -1,5 +1,3 @@
--- Numbered 0010 on branch i17-gw only because migrations must be gapless; it follows
--- 0010_gate_events.sql (issue 22) and becomes 0011_usage_endpoint.sql at the merge.
 -- Which route each request came in on (issue 17): /v1/chat/completions, /v1/responses,
 -- /v1/messages, /v1/embeddings, ... (ids in a path are logged as {id}). Rows written before
 -- this column existed came from /v1/chat/completions or /v1/completions, but nothing in them
