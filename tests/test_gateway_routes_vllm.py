@@ -111,13 +111,23 @@ def test_responses_streamed_are_the_engines_events_and_the_completed_usage_is_lo
     assert (prompt, generated) == (2 * row["prompt_tokens"], 2 * row["completion_tokens"])  # the two streams
 
 
-def test_a_response_id_from_vllm_is_routed_back_to_it(stack: Stack) -> None:
-    # The pinned vLLM keeps no responses unless VLLM_ENABLE_RESPONSES_API_STORE is set: its own
-    # 404 must come back, which shows the request reached the engine that served the id.
-    created = stack.openai().responses.create(model=MODEL, input="hi", **SAME)
-    with pytest.raises(openai.NotFoundError) as caught:
-        stack.openai().responses.retrieve(created.id)
-    assert f"Response with id '{created.id}' not found" in str(caught.value)
+def test_a_stored_response_is_retrieved_continued_and_cancelled_on_the_engine_that_holds_it(stack: Stack) -> None:
+    # The fixture's vLLM keeps responses (VLLM_ENABLE_RESPONSES_API_STORE=1), in its memory only.
+    client = stack.openai()
+    created = client.responses.create(model=MODEL, input="Name a GPU.", **SAME)
+    raw = client.responses.with_raw_response.retrieve(created.id)
+    fetched = raw.parse()
+    direct = stack.openai(direct=True).responses.retrieve(created.id)
+    assert fetched.id == direct.id == created.id and fetched.output_text == direct.output_text == created.output_text
+    row = the_row(stack, raw.headers["x-request-id"])
+    assert (row["endpoint"], row["model"], row["prompt_tokens"], row["completion_tokens"]) == (
+        "/v1/responses/{id}", MODEL, 0, 0)  # read back, not generated again: not billed twice
+    follow_up = client.responses.create(model=MODEL, input="And another?", previous_response_id=created.id, **SAME)
+    assert follow_up.previous_response_id == created.id
+    assert follow_up.usage.input_tokens > created.usage.input_tokens  # vLLM put the earlier turn in the prompt
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.cancel(created.id)
+    assert "Cannot cancel a synchronous response" in str(caught.value)  # vLLM's own answer
 
 
 # -- Anthropic Messages -------------------------------------------------------------------------------
