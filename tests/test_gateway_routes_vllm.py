@@ -256,3 +256,52 @@ def test_an_aborted_responses_stream_logs_unknown_tokens(stack: Stack) -> None:
     assert row["client_aborted"] and row["http_status"] == 499 and row["endpoint"] == "/v1/responses"
     # A Responses stream states its usage only in response.completed, which never came.
     assert (row["prompt_tokens"], row["completion_tokens"]) == (None, None) and generated < 450
+
+
+# -- embeddings, score, rerank against real vLLM serving the tiny pooling model ---------------------------
+
+EMBED = "tiny-embed"
+
+
+@pytest.fixture(scope="module")
+def pooling(vllm_pooling_engine: str, tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("gateway-routes-pooling")
+    key = create_key(Store(home), "routes-pooling").key
+    gateway, url = start_gateway(home, {EMBED: vllm_pooling_engine})
+    yield Stack(vllm_pooling_engine, url, key, home, gateway)
+    gateway.stop()
+
+
+@pytest.mark.parametrize("inputs", ["rented GPUs", ["one", "two three"], [11, 12, 13]], ids=["string", "list", "token-ids"])
+def test_embeddings_through_the_openai_sdk_against_real_vllm(pooling: Stack, inputs: object) -> None:
+    direct = pooling.openai(direct=True).embeddings.create(model=EMBED, input=inputs)  # type: ignore[arg-type]
+    before = wait_idle(pooling.engine_url)
+    raw = pooling.openai().embeddings.with_raw_response.create(model=EMBED, input=inputs)  # type: ignore[arg-type]
+    via = raw.parse()
+    assert len(via.data) == len(direct.data)
+    for mine, theirs in zip(via.data, direct.data, strict=True):
+        assert mine.embedding == pytest.approx(theirs.embedding, abs=1e-4)
+    assert via.usage.prompt_tokens == direct.usage.prompt_tokens > 0
+    row = the_row(pooling, raw.headers["x-request-id"])
+    assert (row["endpoint"], row["prompt_tokens"], row["completion_tokens"]) == (
+        "/v1/embeddings", via.usage.prompt_tokens, 0)
+    assert counters_moved(pooling, before)[0] == via.usage.prompt_tokens
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/score", {"text_1": "what is a GPU", "text_2": ["a graphics card", "a fruit"]}),
+    ("/v1/rerank", {"query": "what is a GPU", "documents": ["a graphics card", "a fruit"]}),
+    ("/rerank", {"query": "what is a GPU", "documents": ["a graphics card"]}),
+    ("/v2/rerank", {"query": "what is a GPU", "documents": ["a graphics card", "a fruit"], "top_n": 1}),
+])
+def test_score_and_rerank_against_real_vllm(pooling: Stack, path: str, body: dict) -> None:
+    body = {"model": EMBED, **body}
+    direct = httpx.post(f"{pooling.engine_url}{path}", json=body, timeout=60)
+    assert direct.status_code == 200, direct.text
+    via = httpx.post(f"{pooling.url}{path}", json=body, headers={"Authorization": f"Bearer {pooling.key}"}, timeout=60)
+    assert via.status_code == 200, via.text
+    strip = lambda answer: {k: v for k, v in answer.items() if k not in ("id", "created")}  # noqa: E731
+    assert strip(via.json()) == strip(direct.json())
+    row = the_row(pooling, via.headers["x-request-id"])
+    assert (row["endpoint"], row["prompt_tokens"], row["completion_tokens"]) == (
+        path, via.json()["usage"]["prompt_tokens"], 0)
