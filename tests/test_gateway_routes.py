@@ -380,3 +380,30 @@ def test_a_messages_stream_whose_engine_dies_ends_with_an_anthropic_error_event(
     assert len(rows) == 1 and rows[0]["http_status"] == 502
     # What the engine said before it died: 7 input tokens; the output is unknown.
     assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (7, None)
+
+
+def test_a_transcription_through_the_gateway_matches_spot_sim_engine_direct(tmp_path_factory: pytest.TempPathFactory,
+                                                                          stack: Stack) -> None:
+    import wave
+
+    from tests.servers import start_sim_engine
+
+    engine, engine_url = start_sim_engine(tmp_path_factory.mktemp("sim-whisper"), model="tiny-whisper",
+                                          extra=["--runner", "transcription"])
+    gateway, url = start_gateway(stack.home, {"tiny-whisper": engine_url})
+    try:
+        clip = io.BytesIO()
+        with wave.open(clip, "wb") as out:  # 2.5 s of 16 kHz mono silence: vLLM rounds up to 3 s
+            out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
+            out.writeframes(b"\0\0" * 40000)
+        audio = clip.getvalue()
+        direct = openai.OpenAI(base_url=f"{engine_url}/v1", api_key="unused", max_retries=0)
+        via = openai.OpenAI(base_url=f"{url}/v1", api_key=stack.key, max_retries=0)
+        expected = direct.audio.transcriptions.create(model="tiny-whisper", file=("a.wav", audio, "audio/wav"))
+        raw = via.audio.transcriptions.with_raw_response.create(model="tiny-whisper", file=("a.wav", audio, "audio/wav"))
+        assert raw.parse().text == expected.text
+        row = row_of(stack, raw)
+        assert json.loads(row["extra"]) == {"audio_seconds": 3} == {"audio_seconds": engine_usage(raw.content)["seconds"]}
+    finally:
+        gateway.stop()
+        engine.stop()
