@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -72,8 +73,15 @@ def test_db_help_lists_flush_with_its_whole_sentence(spot) -> None:
 
 # -- shell completion ---------------------------------------------------------------------------
 
-def test_show_completion_prints_a_bash_completion_script(spot) -> None:
-    result = spot("--show-completion", "bash", env={"SHELL": "/bin/bash"})
+def in_bash(command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `spot ...` from bash, as a user does: Typer finds the shell among spot's parent processes
+    (`; true` keeps bash from exec-ing spot in its own place, which would hide it)."""
+    return subprocess.run(["bash", "--norc", "-c", f"{SPOT} {command}; status=$?; true; exit $status"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_show_completion_prints_a_bash_completion_script() -> None:
+    result = in_bash("--show-completion", env={"SHELL": "/bin/bash"})
     assert result.returncode == 0, result.stderr
     assert "complete -o default -F _spot_completion spot" in result.stdout
     assert "_SPOT_COMPLETE=complete_bash" in result.stdout
@@ -109,7 +117,7 @@ def test_completion_offers_values(spot) -> None:
 def test_install_completion_makes_bash_complete_spot(spot, tmp_path: Path) -> None:
     home = tmp_path / "user"
     home.mkdir()
-    installed = spot("--install-completion", "bash", env={"HOME": str(home), "SHELL": "/bin/bash"})
+    installed = in_bash("--install-completion", env={"HOME": str(home), "SHELL": "/bin/bash"})
     assert installed.returncode == 0, installed.stderr
     script = home / ".bash_completions" / "spot.sh"
     assert f"source '{script}'" in (home / ".bashrc").read_text()

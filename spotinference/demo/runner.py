@@ -377,7 +377,7 @@ class Demo:
 
     def _report(self, began: datetime) -> tuple[CostReport, Window]:
         from ..billing.sampler import sample
-        from ..reports import run_query
+        from ..request_log import RequestFilter, newest_requests
 
         assert self.settings is not None and self.store is not None
         self.step("closing the window: every request in the token log, one last billing sample, the cost report")
@@ -385,7 +385,7 @@ class Demo:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the gateway seals its spool segment every second
             self.store.flush()
-            if len(run_query(self.store, "requests_recent", last=10_000).records()) >= expected:
+            if len(newest_requests(self.store, RequestFilter(), last=10_000)) >= expected:
                 break
             time.sleep(0.5)
         for _ in range(20):  # the sampler child may be mid-run: then ours is skipped, so retry
