@@ -7,6 +7,7 @@
 SELECT
     r.request_id        AS id,
     r.model,
+    r.endpoint,                             -- the route; NULL for rows logged before it was recorded
     r.tier,
     r.node,
     k.name              AS key_name,

@@ -21,6 +21,26 @@ Models (what the engine does with a request for them):
 * ``no-usage``: a 200 answer without ``usage`` (streamed: no usage in any chunk).
 * ``huge``: a non-streamed 200 answer of ``body_bytes`` bytes (``declare_length`` false: chunked).
 
+The other routes vLLM serves, in the shapes of vLLM 0.32's own response models
+(vllm/entrypoints/pooling/*/protocol.py, speech_to_text/transcription/protocol.py,
+openai/responses/protocol.py), for the gateway's tests where the tiny chat model cannot answer
+(it is no pooling or speech model):
+
+* ``POST /v1/embeddings``: one vector per input (a string, a list of strings, a list of token
+  ids or a list of those), ``usage.prompt_tokens`` = the words (or ids) per input + 1.
+* ``POST /v1/score``, ``/v1/rerank``, ``/rerank``, ``/v2/rerank``: one score per document.
+* ``POST /v1/audio/transcriptions`` and ``/translations``: the form's bytes are kept; the answer
+  is ``{"text", "usage": {"type": "duration", "seconds": N}}`` (transcriptions; translations carry
+  no usage, as in vLLM).
+* ``POST /v1/responses`` (not streamed), ``GET /v1/responses/{id}`` and ``POST .../cancel``: answers
+  are kept by id on this engine only, as vLLM keeps them in memory; an unknown id is vLLM's 404,
+  cancelling a finished (synchronous) one vLLM's 400.
+
+* ``POST /v1/messages`` for model ``cut-stream``: a stream that ends after ``message_start``
+  (input_tokens 7), as an engine that dies mid-stream.
+
+Every request (method, path, headers, body) is kept in ``calls``.
+
 Each response closes its connection (``Connection: close``), so nothing carries across requests.
 """
 
@@ -55,9 +75,19 @@ class Served:
         return sum(self.running.values())
 
 
+@dataclass
+class Call:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
 class StandInEngine:
     def __init__(self) -> None:
         self.served: dict[str, Served] = {}
+        self.calls: list[Call] = []
+        self.responses: dict[str, bytes] = {}  # Responses API answers kept by id, as vLLM does
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -95,6 +125,23 @@ class StandInEngine:
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                 await writer.drain()
                 return
+            method, path = lines[0].split(" ")[:2]
+            self.calls.append(Call(method, path, headers, body))
+            if path == "/v1/messages" and b'"cut-stream"' in body:
+                # A Messages stream whose engine dies after message_start (vLLM's event bytes).
+                start = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"chatcmpl-x","type":'
+                         b'"message","role":"assistant","content":[],"model":"cut-stream","stop_reason":null,'
+                         b'"stop_sequence":null,"usage":{"input_tokens":7,"output_tokens":0}}}\n\n')
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+                             b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n%x\r\n%s\r\n" % (len(start), start))
+                await writer.drain()
+                return
+            if not path.startswith(("/v1/completions", "/v1/chat/completions")):
+                status, answer = self._other_route(method, path, body)
+                writer.write(b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n\r\n%s" % (status, len(answer), answer))
+                await writer.drain()
+                return
             request = json.loads(body)
             served = self.served.setdefault(headers.get("x-request-id", ""), Served())
             try:
@@ -105,6 +152,70 @@ class StandInEngine:
             pass
         finally:
             writer.close()
+
+    def _other_route(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if path.startswith("/v1/responses/") and method == "GET":
+            found = self.responses.get(path.removeprefix("/v1/responses/").partition("?")[0])
+            if found is None:
+                rid = path.removeprefix("/v1/responses/")
+                return 404, json.dumps({"error": {"message": f"Response with id '{rid}' not found.",
+                                                  "type": "invalid_request_error", "param": "response_id",
+                                                  "code": 404}}).encode()
+            return 200, found
+        if path.startswith("/v1/responses/") and path.endswith("/cancel"):
+            # vLLM 0.32 (serving.py cancel_responses): a synchronous response cannot be cancelled.
+            rid = path.removeprefix("/v1/responses/").removesuffix("/cancel")
+            if rid not in self.responses:
+                return 404, json.dumps({"error": {"message": f"Response with id '{rid}' not found.",
+                                                  "type": "invalid_request_error", "param": "response_id",
+                                                  "code": 404}}).encode()
+            return 400, json.dumps({"error": {"message": "Cannot cancel a synchronous response.",
+                                              "type": "invalid_request_error", "param": "response_id",
+                                              "code": 400}}).encode()
+        if path.startswith("/v1/audio/"):
+            if path.endswith("/translations"):
+                return 200, b'{"text":"hello"}'
+            return 200, b'{"text":"hello","usage":{"type":"duration","seconds":%d}}' % (len(body) // 1000 + 1)
+        request = json.loads(body)
+        model = request.get("model", "")
+        if path == "/v1/embeddings":
+            inputs = request["input"]
+            if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+                inputs = [inputs]
+            counts = [len(i.split()) + 1 if isinstance(i, str) else len(i) for i in inputs]
+            data = ",".join(f'{{"index":{i},"object":"embedding","embedding":[0.25,-0.5,{n}.0]}}'
+                            for i, n in enumerate(counts))
+            return 200, (f'{{"id":"embd-x","object":"list","created":1,"model":"{model}","data":[{data}],'
+                         f'"usage":{{"prompt_tokens":{sum(counts)},"total_tokens":{sum(counts)},"completion_tokens":0,'
+                         f'"prompt_tokens_details":null}}}}').encode()
+        if path in ("/v1/rerank", "/rerank", "/v2/rerank", "/v1/score"):
+            documents = request.get("documents") or request.get("queries") or request.get("text_2") or []
+            documents = [documents] if isinstance(documents, str) else documents
+            tokens = sum(len(str(d).split()) + 2 for d in documents)
+            if path == "/v1/score":
+                data = ",".join(f'{{"index":{i},"object":"score","score":0.5}}' for i in range(len(documents)))
+                return 200, (f'{{"id":"score-x","object":"list","created":1,"model":"{model}","data":[{data}],'
+                             f'"usage":{{"prompt_tokens":{tokens},"total_tokens":{tokens},"completion_tokens":0,'
+                             f'"prompt_tokens_details":null}}}}').encode()
+            results = ",".join(f'{{"index":{i},"document":{{"text":{json.dumps(d)}}},"relevance_score":0.5}}'
+                               for i, d in enumerate(documents))
+            return 200, (f'{{"id":"rerank-x","model":"{model}","usage":{{"prompt_tokens":{tokens},'
+                         f'"total_tokens":{tokens}}},"results":[{results}]}}').encode()
+        if path == "/v1/responses":
+            rid = f"resp_{self.port:x}{len(self.responses):08x}"
+            prompt = len(str(request.get("input", "")).split()) + 1
+            output = int(request.get("max_output_tokens") or 4)
+            answer = (f'{{"id":"{rid}","created_at":1,"incomplete_details":null,"instructions":null,"metadata":null,'
+                      f'"model":"{model}","object":"response","output":[{{"id":"msg_x","content":[{{"annotations":[],'
+                      f'"text":"tok","type":"output_text","logprobs":null}}],"role":"assistant","status":"completed",'
+                      f'"type":"message","phase":null}}],"previous_response_id":'
+                      f'{json.dumps(request.get("previous_response_id"))},"status":"completed","usage":{{'
+                      f'"input_tokens":{prompt},"input_tokens_details":{{"cached_tokens":0}},"output_tokens":{output},'
+                      f'"output_tokens_details":{{"reasoning_tokens":0}},"total_tokens":{prompt + output}}},'
+                      f'"user":null}}').encode()
+            self.responses[rid] = answer
+            return 200, answer
+        return 404, b'{"detail":"Not Found"}'
 
     async def _answer(self, request: dict[str, Any], served: Served, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:

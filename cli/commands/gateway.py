@@ -208,8 +208,29 @@ def _no_requests_hint(filters: RequestFilter) -> str:
 
 def _request_cells(r: dict) -> list:
     ttft = None if r["ttft_ms"] is None else f"{r['ttft_ms']:,.0f}"
-    return [_when(r["started_at"]), r["model"], r["key_name"] or "", r["status"], ttft, _tokens(r["prompt_tokens"]),
-            _tokens(r["completion_tokens"]), r["finish_reason"], "yes" if r["aborted"] else ""]
+    return [_when(r["started_at"]), _model_and_endpoint(r), r["key_name"] or "", r["status"], ttft,
+            _tokens(r["prompt_tokens"]), _tokens(r["completion_tokens"]), r["finish_reason"],
+            "yes" if r["aborted"] else ""]
+
+
+def _model_and_endpoint(r: dict) -> str:
+    # 80 columns have no room for an endpoint column: a request on another route than chat
+    # shows it on a second line under its model (the table's caption says so).
+    label = _endpoint(r.get("endpoint"))
+    return r["model"] if label in ("", "chat") else f"{r['model']}\n{label}"
+
+
+def _endpoint(route: str | None) -> str:
+    # Short for 80 columns: "chat", "completions", "responses", "messages", "/tokenize" (--json
+    # has the route itself). Rows logged before the gateway recorded the route show nothing.
+    if route is None:
+        return ""
+    short = route.removeprefix("/v1/")
+    return _SHORT_ENDPOINTS.get(short, short)
+
+
+_SHORT_ENDPOINTS = {"chat/completions": "chat", "audio/transcriptions": "transcribe", "audio/translations": "translate",
+                    "messages/count_tokens": "count_tokens"}
 
 
 def _requests_table(rows: list[dict]) -> None:
@@ -227,6 +248,8 @@ def _requests_table(rows: list[dict]) -> None:
         table.add_column(title, no_wrap=title in _WHOLE, justify="right" if i in (3, 4, 5, 6) else "left")
     for row in cells:
         table.add_row(*(row[i] for i in keep))
+    if any("\n" in row[1] for row in cells):
+        table.caption = "under a model: the endpoint of a request not on chat/completions"
     console().print(table)
 
 

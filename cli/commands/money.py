@@ -22,7 +22,7 @@ from .options import JsonOption
 if TYPE_CHECKING:
     from spotinference.costs import CostReport
 
-BY_CHOICES = ("day", "tier", "model", "key", "resource", "type", "utilisation")
+BY_CHOICES = ("day", "tier", "model", "endpoint", "key", "resource", "type", "utilisation")
 INCOMPLETE_EXIT = 9  # `spot cost --strict` on a window that is not complete (3 is "not built yet")
 _FORMATS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (UTC unless an offset is given)"
 
@@ -267,6 +267,7 @@ COLUMN_TITLES = {
     "tier": "tier",
     "tiers": "tiers",
     "model": "model",
+    "endpoint": "endpoint",
     "key_id": "key id",
     "key_name": "key",
     "requests": "requests",
@@ -304,6 +305,7 @@ def column_title(key: str) -> str:
 
 def _empty_breakdown(r: CostReport) -> str:
     what = {"key": "no requests and no spend to put on a key", "model": "no requests and no spend to put on a model",
+            "endpoint": "no requests and no spend to put on an endpoint",
             "utilisation": "no GPU VM billed"}.get(r.by or "", "nothing billed or served")
     return (f"by {r.by}: no rows: {what} in this window; widen it (--days, --since) or check that "
             "`spot sample` runs (spot cron)")

@@ -23,6 +23,7 @@ BREAKDOWNS = {
     "day": "spend_by_day",
     "tier": "spend_by_tier",
     "model": "spend_by_model",
+    "endpoint": "spend_by_endpoint",
     "key": "spend_by_key",
     "resource": "spend_by_resource",
     "type": "spend_by_type",

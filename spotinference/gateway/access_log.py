@@ -62,7 +62,7 @@ class AccessLoggingRecorder(UsageRecorder):
 def access_fields(row: UsageRow, key_name: str | None) -> dict:
     """The access line's fields for ``row`` (``extra=`` of the log call)."""
     return fields(
-        event="request", key=key_name, model=row.model, tier=row.tier, status=row.http_status,
+        event="request", key=key_name, model=row.model, endpoint=row.endpoint, tier=row.tier, status=row.http_status,
         prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
         ttft_ms=None if row.ttft_ms is None else round(row.ttft_ms, 1),
         wake_wait_ms=None if row.wake_wait_ms is None else round(row.wake_wait_ms, 1),

@@ -24,7 +24,10 @@ from .http_limits import ClientLimits
 from .logs import fields
 from .metrics import GatewayMetrics
 from .operator import OperatorAccess, operator_token
+from . import endpoints
+from .endpoint_relay import EndpointRelay
 from .relay import Relay
+from .response_homes import ResponseHomes
 from .requests import CHAT, COMPLETIONS
 from .routing import Router
 from .usage import UsageRecorder
@@ -64,9 +67,14 @@ class GatewayApp:
 
     HOT_PATHS = frozenset({CHAT, COMPLETIONS})
 
-    def __init__(self, litestar: Litestar, relay: Relay, client_limits: ClientLimits | None = None) -> None:
+    def __init__(self, litestar: Litestar, relay: Relay, client_limits: ClientLimits | None = None,
+                 openai_relay: EndpointRelay | None = None, anthropic_relay: EndpointRelay | None = None) -> None:
         self.litestar = litestar
         self.relay = relay
+        # The other routes vLLM serves (endpoints.py), also past Litestar; checked only after the
+        # two hot paths, so they add nothing to them.
+        self.openai_relay = openai_relay
+        self.anthropic_relay = anthropic_relay
         # Read by the server's protocol (http_limits.LimitedHttpToolsProtocol) for each connection.
         self.client_limits = client_limits or ClientLimits()
 
@@ -74,6 +82,13 @@ class GatewayApp:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.HOT_PATHS:
             await self.relay.handle(scope, receive, send)  # type: ignore[arg-type]
             return
+        if scope["type"] == "http" and self.openai_relay is not None:
+            found = endpoints.match(scope["path"])
+            if found is not None:
+                spec, response_id = found
+                relay = self.anthropic_relay if spec.anthropic else self.openai_relay
+                await relay.handle_endpoint(scope, receive, send, spec, response_id)  # type: ignore[union-attr, arg-type]
+                return
         await self.litestar(scope, receive, send)
 
 
@@ -98,6 +113,18 @@ def create_app(
     )
     relay.max_response_body_bytes = options.max_response_body_bytes
     relay.gate = gate
+    homes = ResponseHomes(store.home / "gateway" / "responses")
+    endpoint_relays = []
+    for anthropic in (False, True):
+        endpoint_relay = EndpointRelay(
+            router, keys, recorder, metrics, homes=homes, anthropic=anthropic,
+            max_body_bytes=options.max_body_bytes, connect_timeout_s=options.connect_timeout_s,
+            read_timeout_s=options.read_timeout_s, total_timeout_s=options.total_timeout_s,
+            keepalive_s=options.keepalive_s,
+        )
+        endpoint_relay.max_response_body_bytes = options.max_response_body_bytes
+        endpoint_relay.gate = gate
+        endpoint_relays.append(endpoint_relay)
     flusher = SpoolFlushProcess(store, writer, interval_s=options.flush_interval_s)
     created = int(time.time())
 
@@ -117,6 +144,21 @@ def create_app(
             return Response(exc.body(), status_code=exc.status, media_type="application/json")
         data = [{"id": m, "object": "model", "created": created, "owned_by": "spotinference"} for m in router.models()]
         return Response({"object": "list", "data": data})
+
+    @get("/v1/models/{model_id:path}", sync_to_thread=False)
+    def model(request: Request, model_id: str) -> Response[bytes]:
+        # vLLM serves no /v1/models/{id}: the gateway answers from its routes, as for /v1/models.
+        try:
+            relay.authenticate(request.scope)  # type: ignore[arg-type]
+        except GatewayError as exc:
+            return Response(exc.body(), status_code=exc.status, media_type="application/json")
+        model_id = model_id.lstrip("/")
+        if router.route(model_id) is None:
+            known = ", ".join(router.models()) or "none"
+            return Response(error_body(404, f"The model '{model_id}' does not exist (known models: {known})",
+                                       param="model", code="model_not_found"),
+                            status_code=404, media_type="application/json")
+        return Response({"id": model_id, "object": "model", "created": created, "owned_by": "spotinference"})
 
     operator = OperatorAccess(options.operator_token, options.operator_port)
 
@@ -170,17 +212,19 @@ def create_app(
             if gate is not None:
                 await asyncio.to_thread(gate.stop)
             await relay.close()
+            for endpoint_relay in endpoint_relays:
+                await endpoint_relay.close()
             # Seal this worker's segment and copy what remains, in a thread: it touches DuckDB.
             await asyncio.to_thread(flusher.stop)
 
     litestar = Litestar(
-        route_handlers=[chat_completions, completions, models, health, prometheus],
+        route_handlers=[chat_completions, completions, models, model, health, prometheus],
         lifespan=[lifespan],
         exception_handlers={HTTPException: _openai_shaped},
         openapi_config=None,
         logging_config=None,
     )
-    return GatewayApp(litestar, relay, options.client_limits)
+    return GatewayApp(litestar, relay, options.client_limits, *endpoint_relays)
 
 
 async def _post_only(scope: Scope, receive: Receive, send: Send, relay: Relay) -> None:

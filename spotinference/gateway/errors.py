@@ -66,3 +66,24 @@ def error_body(status: int, message: str, *, param: str | None = None, code: str
 def stream_error_event(status: int, message: str, code: str) -> bytes:
     """The event that ends a stream whose upstream failed; OpenAI's SDK raises APIError on it."""
     return b"data: " + error_body(status, message, code=code) + b"\n\n"
+
+
+# Anthropic's error types by status (https://docs.anthropic.com/en/api/errors); its SDK maps the
+# status to an exception class and shows the message.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_body(status: int, message: str) -> bytes:
+    """``{"type": "error", "error": {"type", "message"}}``, as the Messages API answers errors."""
+    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()

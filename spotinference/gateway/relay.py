@@ -77,6 +77,10 @@ class Exchange:
     raw_body_started: bool = False  # a non-streamed answer has begun: a failure now can only cut it
     engine_answered: bool = False  # the engine's status line arrived: a fault now is the engine's
     wake_wait_s: float | None = None  # time held while the tier woke
+    # Class attributes, not fields: set only off the hot path (an error before the request was
+    # read, and the other endpoints), so chat's Exchange is built as before.
+    endpoint = None  # the route, for a row whose request could not be read
+    response_id = None  # a Responses answer's id, for routing what refers to it
 
 
 class Relay:
@@ -199,12 +203,14 @@ class Relay:
             return
         except GatewayError as exc:
             exchange.status, exchange.error = exc.status, exc.message
+            exchange.endpoint = scope["path"]  # type: ignore[misc]
             if exc.status == 400:
                 self.metrics.failed("client")
             self._record(exchange)
             await self._send_error(send, exc, exchange.request_id)
             return
         except Exception as exc:  # noqa: BLE001 - the last resort before the engine: never a bare 500
+            exchange.endpoint = scope["path"]  # type: ignore[misc]
             await self._last_resort(exchange, send, exc)
             return
         await self._relay_watching_client(exchange, route, receive, send)
@@ -426,7 +432,7 @@ class Relay:
             # A held stream already answered 200: the engine's error travels as an error event.
             exchange.response_complete = True
             event = b"data: " + payload.strip() + b"\n\n" if payload.strip() and b"\n\n" not in payload else (
-                stream_error_event(status if status >= 400 else 502, f"the engine answered {status}", "engine_error"))
+                self._error_event(status if status >= 400 else 502, f"the engine answered {status}", "engine_error"))
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return
         if not exchange.raw_body_started:
@@ -487,7 +493,7 @@ class Relay:
         exchange.response_complete = True
         await send({
             "type": "http.response.body", "more_body": False,
-            "body": state.drain() + stream_error_event(
+            "body": state.drain() + self._error_event(
                 exchange.status, f"the engine failed mid-stream: {exchange.error}",
                 "engine_timeout" if timed_out else "engine_error"),
         })
@@ -574,6 +580,7 @@ class Relay:
             request_id=exchange.request_id,
             gateway_id=self.recorder.gateway_id,
             model=model,
+            endpoint=request.endpoint if request else exchange.endpoint,
             started_at=started_at,
             finished_at=started_at + timedelta(seconds=elapsed_s),
             http_status=exchange.status,
@@ -637,6 +644,10 @@ class Relay:
                                    headers_sent=exchange.headers_sent)
         except Exception:  # noqa: BLE001 - the client is gone; its row is written
             exchange.aborted = True
+
+    def _error_event(self, status: int, message: str, code: str) -> bytes:
+        """The event that ends a stream that failed (only on failures: not on the hot path)."""
+        return stream_error_event(status, message, code)
 
     async def _send_error(self, send: Any, error: GatewayError, request_id: str, *, headers_sent: bool = False) -> None:
         if headers_sent:

@@ -131,7 +131,20 @@ def parse_request(endpoint: str, body: bytes) -> ClientRequest:
         raise GatewayError(400, "request body is nested too deeply to parse", code="invalid_json") from None
 
 
-def _parse(endpoint: str, body: bytes) -> ClientRequest:
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The request's JSON object with a non-empty string ``model``, or a 400 GatewayError that
+    says what is wrong (never another exception: each would be a bare 500)."""
+    try:
+        payload = _json_object(body)
+    except RecursionError:
+        raise GatewayError(400, "request body is nested too deeply to parse", code="invalid_json") from None
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise GatewayError(400, "you must provide a model parameter (a string)", param="model")
+    return payload
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         # Decoded strictly: json.loads would let UTF-8-encoded surrogates through ("surrogatepass").
         utf8 = body[:1] == b"{" and body[1:2] != b"\x00"  # what SDKs send; else UTF-16/32 or a BOM
@@ -146,6 +159,11 @@ def _parse(endpoint: str, body: bytes) -> ClientRequest:
                                "character", param=_ascii(where), code="invalid_json")
     if not isinstance(payload, dict):
         raise GatewayError(400, "request body must be a JSON object")
+    return payload
+
+
+def _parse(endpoint: str, body: bytes) -> ClientRequest:
+    payload = _json_object(body)
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise GatewayError(400, "you must provide a model parameter (a string)", param="model")

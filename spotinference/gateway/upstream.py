@@ -578,6 +578,9 @@ def encode_headers(headers: list[tuple[str, str]]) -> bytes:
     return b"".join(lines)
 
 
+MAX_CACHED_STARTS = 64  # request lines kept per pool: the fixed routes, not one per response id
+
+
 class UpstreamPool:
     """Keep-alive connections to one engine (``http://host:port``), opened as needed, unbounded."""
 
@@ -622,9 +625,11 @@ class UpstreamPool:
     def _head(self, method: str, path: str, headers: bytes, length: int) -> bytes:
         start = self._starts.get((method, path))
         if start is None:
-            start = self._starts[(method, path)] = (
+            start = (
                 f"{method} {self.base_path}{path} HTTP/1.1\r\n".encode() + b"Host: " + self.host_header + b"\r\n"
                 b"Accept-Encoding: identity\r\n")
+            if len(self._starts) < MAX_CACHED_STARTS:  # paths with ids in them (/v1/responses/ID) vary
+                self._starts[(method, path)] = start
         return b"%s%sContent-Length: %d\r\n\r\n" % (start, headers, length)
 
     def _take_idle(self) -> _Connection | None:

@@ -21,6 +21,7 @@ class UsageRow:
     request_id: str
     gateway_id: str
     model: str
+    endpoint: str | None  # the route, e.g. /v1/chat/completions or /v1/responses/{id}
     started_at: datetime
     finished_at: datetime
     http_status: int
