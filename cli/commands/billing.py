@@ -45,7 +45,8 @@ def sample(
 
     state: CliState = ctx.obj
     settings, store = state.settings, state.store()
-    show_provider_retries(ctx, json_lines=json)
+    if sys.stderr.isatty():  # cron's log keeps its one line per failed run
+        show_provider_retries(ctx, json_lines=json)
     if every is None:
         began = time.monotonic()
         try:
