@@ -15,7 +15,6 @@ import pty
 import re
 import select
 import shlex
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 
 from tests.conftest import SPOT, run_spot
 from tests.servers import start_sim_cloud
+from tests.system_packages import ensure_program
 from tests.test_fleet import Cloud, ok, status_json, write_config
 from tests.token_log import logged_rows
 
@@ -197,13 +197,13 @@ def run_with_stderr_on_a_terminal(argv: list[str]) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 def test_up_in_tmux_at_80_columns_keeps_node_names_and_states_whole(cloud: Cloud, home: Path) -> None:
     """What an operator sees in an 80-column tmux pane while two nodes come up: one live line
     per node that never wraps, the node's name, clock and provider status first and whole."""
+    tmux_program = ensure_program("tmux", "tmux")  # a fresh machine gets it from apt, never a skip
     write_config(cloud.base_url, sim={"load_seconds": 3})  # an engine load long enough to be seen
     socket = f"spot-test-{os.getpid()}"
-    tmux = ["tmux", "-L", socket]
+    tmux = [str(tmux_program), "-L", socket]
     command = f"cd {shlex.quote(os.getcwd())} && {SPOT} up demo --nodes 2; echo EXIT=$?; sleep 60"
     subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "40", "env", f"SPOT_HOME={home}", "sh", "-c", command],
                    check=True, env={**os.environ, "TERM": "xterm-256color"})
