@@ -203,10 +203,16 @@ def test_a_bad_target_is_one_line_and_exit_2(spot, year: Path, tmp_path: Path, n
     assert result.stdout == ""
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any directory")
 def test_an_unwritable_directory_is_one_line_and_exit_2(spot, year: Path, tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    result = spot("cost", "--days", "7", "--plot", str(locked / "cost.png"))
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "not writable" in result.stderr
+    if os.geteuid() == 0:
+        # Root may write into any directory it can chmod, but sysfs refuses new files to anyone:
+        # the refusal then comes from the write itself, not from the check before it.
+        target, why = Path("/sys/cost.png"), "Permission denied"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target, why = locked / "cost.png", "not writable"
+    result = spot("cost", "--days", "7", "--plot", str(target))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert why in result.stderr and str(target) in result.stderr and "internal error" not in result.stderr
+    assert not target.exists()
