@@ -155,8 +155,11 @@ def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
 
 
 def message_item(item_id: str, content: str | None, status: str) -> dict[str, Any]:
-    """An assistant message output item; ``content`` None: just opened (no parts yet)."""
-    parts = [] if content is None else [
+    """An assistant message output item; ``content`` None: just opened (no parts yet).
+
+    An empty reply has no parts either, as vLLM writes it (``[...] if final_output.text else []``).
+    """
+    parts = [] if not content else [
         {"annotations": [], "text": content, "type": "output_text", "logprobs": None}
     ]  # fmt: skip
     return {"id": item_id, "content": parts, "role": "assistant", "status": status, "type": "message", "phase": None}

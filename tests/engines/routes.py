@@ -38,13 +38,22 @@ def _j(value: Any) -> str:
     return json.dumps(value)
 
 
+# vLLM answers an empty reply with no content parts at all, so a Responses answer's shape
+# depends on the random model's text: an EOS first (or only special tokens) leaves it empty.
+# A fixed seed and ignore_eos make real vLLM write the same non-empty text on every run. A
+# streamed Messages answer likewise has no content block when the text is empty; that API takes
+# neither seed nor ignore_eos, so it is pinned by greedy sampling (temperature 0) of a prompt
+# whose greedy reply is visible text ("hello"'s greedy reply is four special tokens: empty).
+STORY = [{"role": "user", "content": "tell me a story"}]
+PINNED = {"seed": 7, "ignore_eos": True}
+
 ROUTES = [
     # --- Responses
-    Route("responses", "generate", "POST", "/v1/responses", _j({"model": "tiny-chat", "input": "hello", "max_output_tokens": 4})),
+    Route("responses", "generate", "POST", "/v1/responses", _j({"model": "tiny-chat", "input": "hello", "max_output_tokens": 4, **PINNED})),
     Route("responses_stream", "generate", "POST", "/v1/responses",
-          _j({"model": "tiny-chat", "input": "hello", "max_output_tokens": 4, "stream": True})),
+          _j({"model": "tiny-chat", "input": "hello", "max_output_tokens": 4, "stream": True, **PINNED})),
     Route("responses_instructions", "generate", "POST", "/v1/responses",
-          _j({"model": "tiny-chat", "input": HELLO, "instructions": "be brief", "max_output_tokens": 2})),
+          _j({"model": "tiny-chat", "input": HELLO, "instructions": "be brief", "max_output_tokens": 2, **PINNED})),
     Route("responses_missing_input", "generate", "POST", "/v1/responses", _j({"model": "tiny-chat"}), exact=True),
     Route("responses_bad_json", "generate", "POST", "/v1/responses", '{"model":', exact=True),
     Route("responses_unknown_model", "generate", "POST", "/v1/responses",
@@ -61,7 +70,7 @@ ROUTES = [
     # --- Anthropic Messages
     Route("messages", "generate", "POST", "/v1/messages", _j({"model": "tiny-chat", "max_tokens": 4, "messages": HELLO})),
     Route("messages_stream", "generate", "POST", "/v1/messages",
-          _j({"model": "tiny-chat", "max_tokens": 4, "messages": HELLO, "stream": True})),
+          _j({"model": "tiny-chat", "max_tokens": 4, "messages": STORY, "stream": True, "temperature": 0})),
     Route("messages_system", "generate", "POST", "/v1/messages",
           _j({"model": "tiny-chat", "max_tokens": 2, "system": "be brief", "messages": HELLO})),
     Route("messages_count_tokens", "generate", "POST", "/v1/messages/count_tokens",
