@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.benchmarks.gateway_overhead [--rounds N] [--levels 1,16,64]
     .venv/bin/python -m tests.benchmarks.gateway_overhead --engine-url http://127.0.0.1:18000 --throughput
+    .venv/bin/python -m tests.benchmarks.gateway_overhead --levels 1,64 --baseline 0c292d6
 
 Starts `spot sim engine` (32 tokens, one every 5 ms, as in shared/reference/gateway-performance.md)
 and `spot serve` in front of it, nginx as a plain reverse proxy when it is installed (the
@@ -9,7 +10,8 @@ practical floor), tcp_relay.py (the floor of a proxy on Python's event loop) and
 (the floor of a proxy on uvicorn: the gateway's streaming path without its work), then at each
 concurrency level sends streamed chat requests from that many concurrent clients, each client
 alternating direct / gateway / nginx / py-relay / asgi-relay requests so all targets share the
-same load.
+same load. With --baseline REF that commit's gateway runs too, as one more target in the same
+rotation (tests/benchmarks/baseline.py): a before/after comparison measured in one run.
 Prints time to first token and end-to-end latency at P50 and P95 per target, and the gateway's
 added latency (gateway − direct at the same percentile).
 
@@ -35,6 +37,7 @@ import aiohttp
 
 from spotinference.keys import create_key
 from spotinference.store import Store
+from tests.benchmarks.baseline import BaselineGateway
 from tests.servers import ServerProcess, free_port, start_gateway, start_sim_engine
 
 MODEL = "tiny-chat"
@@ -160,10 +163,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds of throughput load not counted")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="the gateway's --log-level: info writes an access line per request, warning none")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also run this git commit's gateway as target gw@COMMIT, in the same rotation")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.baseline:  # before any server starts, so a failed install leaves none behind
+            old = BaselineGateway(args.baseline, work)
+            old.install()
+            old_key = old.create_key()
         engine = None
         if args.engine_url:
             engine_url = args.engine_url
@@ -173,12 +182,17 @@ def main() -> None:
         key = create_key(Store(home), "bench").key
         gateway, gateway_url = start_gateway(home, {MODEL: engine_url},
                                              extra_env={"SPOT_GATEWAY__LOG_LEVEL": args.log_level})
+        baseline = None
+        if args.baseline:
+            baseline = old.start({MODEL: engine_url}, extra_env={"SPOT_GATEWAY__LOG_LEVEL": args.log_level})
         nginx = start_nginx(work, engine_url)
         relay, relay_url = start_relay(work, "tcp_relay", engine_url)
         asgi_relay, asgi_relay_url = start_relay(work, "asgi_relay", engine_url)
         auth = {"Authorization": f"Bearer {key}"}
         targets = {"direct": (f"{engine_url}/v1/chat/completions", {}),
                    "gateway": (f"{gateway_url}/v1/chat/completions", auth)}
+        if baseline:
+            targets[f"gw@{old.commit}"] = (f"{baseline[1]}/v1/chat/completions", {"Authorization": f"Bearer {old_key}"})
         if nginx:
             targets["nginx"] = (f"{nginx[1]}/v1/chat/completions", {})
         targets["py-relay"] = (f"{relay_url}/v1/chat/completions", {})
@@ -190,6 +204,8 @@ def main() -> None:
                 run_latency(targets, [int(x) for x in args.levels.split(",")], args.rounds)
         finally:
             gateway.stop()
+            if baseline:
+                baseline[0].stop()
             if engine:
                 engine.stop()
             if nginx:
@@ -223,7 +239,7 @@ def run_latency(targets: dict, levels: list[int], rounds: int) -> None:
 def run_throughput(targets: dict, seconds: float, warmup_s: float) -> None:
     # nginx, when installed, runs in the same rotation: the floor of any proxy process sharing
     # the engine's two cores.
-    names = [name for name in ("direct", "gateway", "nginx") if name in targets]
+    names = [name for name in targets if name in ("direct", "gateway", "nginx") or name.startswith("gw@")]
     print(f"output tokens/s per stream at 64 streams, 128-token replies, {seconds:g} s after {warmup_s:g} s of "
           f"warm-up, each client alternating {', '.join(names)} requests (tokens from the server's usage; "
           "a failed request is time that delivered none)")
@@ -236,9 +252,9 @@ def run_throughput(targets: dict, seconds: float, warmup_s: float) -> None:
         failed = failures[name]
         print(f"{name:<8} {rate[name]:8.1f} tok/s per stream  x64 = {rate[name] * 64:8.0f} tok/s  "
               f"({len(runs)} requests, {len(failed)} failed{': ' + failed[0] if failed else ''})")
-    print(f"gateway / direct = {rate['gateway'] / rate['direct']:.1%}")
-    if "nginx" in rate:
-        print(f"nginx / direct = {rate['nginx'] / rate['direct']:.1%}")
+    for name in rate:
+        if name != "direct":
+            print(f"{name} / direct = {rate[name] / rate['direct']:.1%}")
 
 
 if __name__ == "__main__":
