@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from spotinference.bench.apis import APIS, DONE, TOKEN, error_message
 from spotinference.bench.loadgen import parse_metrics
 from spotinference.bench.metrics import Slo, percentile, summarize
 from spotinference.keys import create_key
@@ -492,6 +493,72 @@ def test_against_real_vllm_the_token_totals_match_its_generation_counter(vllm_en
         assert row["median_ttft_ms"] > 0 and row["median_itl_ms"] > 0
     assert sum(r["total_output_tokens"] for r in rows) == after["generation_tokens"] - before["generation_tokens"]
     assert sum(r["total_input_tokens"] for r in rows) == after["prompt_tokens"] - before["prompt_tokens"]
+
+
+@pytest.mark.slow
+def test_against_real_vllm_responses_and_messages_count_what_vllm_and_the_ledger_count(
+        vllm_engine: str, tmp_path: Path) -> None:
+    gw_home = tmp_path / "gw"
+    key = create_key(Store(gw_home), "bench").key
+    server, gateway_url = start_gateway(gw_home, {MODEL: vllm_engine})
+    try:
+        for api in ("responses", "messages"):
+            before = settled_counters(vllm_engine)
+            rows = bench("--api", api, "--base-url", gateway_url, "--key", key, "--direct-url", vllm_engine,
+                         "--target", "both", "--concurrency", "2", "--requests", "4", "--output-tokens", "16",
+                         "--input-tokens", "32")
+            after = settled_counters(vllm_engine)
+            assert [(r["api"], r["target"], r["completed"], r["failed"]) for r in rows] == [
+                (api, "gateway", 4, 0), (api, "direct", 4, 0)], [r["failure_reasons"] for r in rows]
+            for row in rows:
+                assert row["median_ttft_ms"] > 0 and row["total_output_tokens"] > 0
+                if api == "responses":  # vLLM's Responses API takes ignore_eos; its Messages API does not
+                    assert row["total_output_tokens"] == 4 * 16
+            assert sum(r["total_output_tokens"] for r in rows) == after["generation_tokens"] - before["generation_tokens"]
+            assert sum(r["total_input_tokens"] for r in rows) == after["prompt_tokens"] - before["prompt_tokens"]
+            ledger = [r for r in logged_rows(gw_home, expect=4 if api == "responses" else 8)
+                      if r["endpoint"] == ROUTES[api]]
+            assert len(ledger) == 4 and {r["http_status"] for r in ledger} == {200}
+            assert sum(r["completion_tokens"] for r in ledger) == rows[0]["total_output_tokens"]
+            assert sum(r["prompt_tokens"] for r in ledger) == rows[0]["total_input_tokens"]
+    finally:
+        server.stop()
+
+
+# -- each API's reader, on real vLLM's own bytes ------------------------------------------------
+
+CAPTURED = json.loads((Path(__file__).parent / "engines" / "vllm_routes.json").read_text())
+
+
+def sse_data(body: str) -> list[dict]:
+    return [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:")]
+
+
+@pytest.mark.parametrize("api, capture", [("responses", "responses_stream"), ("messages", "messages_stream")])
+def test_each_reader_finds_the_text_and_usage_in_real_vllms_stream(api: str, capture: str) -> None:
+    events = sse_data(CAPTURED[capture]["body"])
+    reader = APIS[api].reader()
+    seen = [reader.read(event) for event in events]
+    # One token event per text delta vLLM sent; the stream ends on its last event.
+    texts = [e for e in events if e["type"] in ("response.output_text.delta", "content_block_delta")]
+    assert seen.count(TOKEN) == len(texts) > 0 and seen[-1] == DONE
+    final = events[-1]["response"]["usage"] if api == "responses" else next(
+        e["usage"] for e in events if e["type"] == "message_delta")
+    assert (reader.input_tokens, reader.output_tokens) == (final["input_tokens"], final["output_tokens"])
+    assert reader.output_tokens > 0 and reader.input_tokens > 0
+
+
+def test_the_embeddings_reader_and_every_apis_error_shape_on_real_vllms_answers() -> None:
+    answer = json.loads(CAPTURED["embeddings"]["body"])
+    reader = APIS["embeddings"].reader()
+    reader.read_whole(answer)
+    assert (reader.input_tokens, reader.output_tokens) == (answer["usage"]["prompt_tokens"], 0)
+    for capture, message in [
+        ("messages_unknown_model", "The model `nope` does not exist. Valid aliases: tiny-chat."),  # Anthropic's shape
+        ("responses_unknown_model", "The model `nope` does not exist. Valid aliases: tiny-chat."),
+        ("embeddings_unknown_model", "The model `nope` does not exist."),
+    ]:
+        assert error_message(json.loads(CAPTURED[capture]["body"])) == message
 
 
 # -- the arithmetic -------------------------------------------------------------------------------

@@ -359,7 +359,7 @@ def _show_run(run: BenchRun) -> None:
     for r in run.rows:
         for reason, count in r["failure_reasons"].items():
             typer.echo(f"failed ({r['target']}, {_level(r)}): {count}× {reason}")
-    if cost or meta.get("tier"):
+    if cost or (meta.get("tier") and generating):  # the projection is per output token
         rate = meta.get("usd_per_hour")
         typer.echo("$/M out (projection) is a PROJECTION AT FULL UTILISATION: the tier's current rate "
                    + (f"(${rate:.4f}/h, {meta.get('rate_note')}) " if rate is not None else f"(unknown: {meta.get('rate_note')}) ")
