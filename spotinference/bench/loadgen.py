@@ -167,7 +167,7 @@ async def _poll(session: aiohttp.ClientSession, url: str, interval_s: float, sam
 
 async def run_level(plan: dict[str, Any], on_event: OnEvent | None = None) -> dict[str, Any]:
     emit = on_event or (lambda event: None)
-    targets, bodies, api = plan["targets"], plan["bodies"], apis.APIS[plan.get("api") or "completions"]
+    targets, bodies, api = plan["targets"], plan["bodies"], apis.APIS[plan["api"]]
     total = plan.get("requests")
     grand_total = total * len(targets) if total is not None else None
     duration_s = plan.get("duration_s")
