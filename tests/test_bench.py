@@ -6,12 +6,14 @@ asserts on wall-clock time."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from spotinference.bench.apis import APIS, DONE, TOKEN, error_message
 from spotinference.bench.loadgen import parse_metrics
 from spotinference.bench.metrics import Slo, percentile, summarize
 from spotinference.keys import create_key
@@ -20,6 +22,7 @@ from tests.conftest import run_spot
 from tests.servers import free_port, start_gateway, start_sim_engine
 from tests.test_fleet import ok
 from tests.test_fleet_ssh import ssh_cloud  # noqa: F401 - the fixture: a fleet on `spot sim cloud` over SSH
+from tests.token_log import logged_rows
 
 MODEL = "tiny-chat"
 TTFT_MS, ITL_MS = 50.0, 10.0
@@ -216,6 +219,138 @@ def test_the_gateway_and_key_come_from_openai_env_then_the_config(gateway: tuple
     assert f"http://127.0.0.1:{idle}" in line and "gateway.port" in line and "OPENAI_BASE_URL" in line, line
 
 
+# -- every API: --api chat|completions|responses|messages|embeddings ------------------------------
+
+EMBED_MODEL = "tiny-embed"
+GENERATING = ("chat", "completions", "responses", "messages")
+ROUTES = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "responses": "/v1/responses",
+          "messages": "/v1/messages", "embeddings": "/v1/embeddings"}
+
+
+@pytest.fixture
+def api_gateway(tmp_path: Path, timed_engine: str, sim_pooling_engine: str):
+    """A gateway with a ledger of its own, in front of `spot sim engine` (generate) and (pooling)."""
+    home = tmp_path / "gw"
+    key = create_key(Store(home), "bench").key
+    server, url = start_gateway(home, {MODEL: timed_engine, EMBED_MODEL: sim_pooling_engine})
+    yield url, key, home
+    server.stop()
+
+
+@pytest.mark.parametrize("api", [*GENERATING, "embeddings"])
+def test_each_api_through_the_gateway_counts_the_tokens_its_ledger_logged(api: str, api_gateway) -> None:  # noqa: ANN001
+    url, key, home = api_gateway
+    model = EMBED_MODEL if api == "embeddings" else MODEL
+    result = run_spot("bench", "--api", api, "--model", model, "--base-url", url, "--key", key,
+                      "--concurrency", "1,3", "--requests", "6", "--no-saturation-stop", "--json",
+                      *([] if api == "embeddings" else ["--output-tokens", "8"]))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["api"], r["concurrency"], r["completed"], r["failed"]) for r in rows] == [(api, 1, 6, 0), (api, 3, 6, 0)]
+    ledger = logged_rows(home, expect=12)
+    assert len(ledger) == 12 and {(r["endpoint"], r["http_status"]) for r in ledger} == {(ROUTES[api], 200)}
+    [key_id] = {r["key_id"] for r in ledger}  # the key went the API's own way (x-api-key for messages)
+    assert key_id is not None
+    # The benchmark's tokens are the API's own usage: exactly what the gateway logged for those requests.
+    assert sum(r["total_input_tokens"] for r in rows) == sum(r["prompt_tokens"] for r in ledger) > 0
+    assert sum(r["total_output_tokens"] for r in rows) == sum(r["completion_tokens"] for r in ledger)
+    for row in rows:
+        assert row["median_e2el_ms"] > 0 and row["request_throughput"] > 0
+        if api == "embeddings":  # not streamed: no first token, nothing generated
+            assert row["median_ttft_ms"] is None and row["median_tpot_ms"] is None and row["median_itl_ms"] is None
+            assert row["total_output_tokens"] == 0 and row["input_throughput"] > 0
+        else:
+            assert row["median_ttft_ms"] > 0 and row["median_itl_ms"] > 0 and row["total_output_tokens"] > 0
+            assert abs(row["median_ttft_ms"] - TTFT_MS) <= 0.5 * TTFT_MS, row["median_ttft_ms"]
+    if api in ("chat", "completions"):  # ignore_eos: exactly --output-tokens each (the sim ignores it on
+        assert sum(r["total_output_tokens"] for r in rows) == 12 * 8  # Responses; real vLLM's test checks that)
+    [saved] = json.loads(run_spot("bench", "list", "--json").stdout)
+    assert saved["api"] == api
+
+
+def test_the_table_names_the_api_and_embeddings_show_latency_not_ttft(api_gateway) -> None:  # noqa: ANN001
+    url, key, _ = api_gateway
+    args = ["--base-url", url, "--key", key, "--requests", "2", "--no-save", "--plot"]
+    streamed = run_spot("bench", "--api", "responses", "--model", MODEL, "--output-tokens", "4", *args,
+                        env={"COLUMNS": "200"})
+    assert streamed.returncode == 0, streamed.stderr
+    shown = " ".join(streamed.stdout.split())  # table titles wrap at the table's width
+    assert "spot bench --api responses: tiny-chat via gateway" in shown
+    assert "TTFT p50" in shown and "out tok/s" in shown
+    assert "--api responses: median_ttft_ms (ms)" in shown and "output throughput (tok/s)" in shown
+
+    pooled = run_spot("bench", "--api", "embeddings", "--model", EMBED_MODEL, *args, env={"COLUMNS": "200"})
+    assert pooled.returncode == 0, pooled.stderr
+    shown = " ".join(pooled.stdout.split())
+    assert "spot bench --api embeddings: tiny-embed via gateway; ~128 in tokens;" in shown
+    assert "is not streamed, so there is no TTFT, TPOT or ITL; E2E is the whole request" in shown
+    assert "TTFT" not in shown.replace("no TTFT", "") and "out tok/s" not in shown
+    assert "in tok/s" in shown and "E2E p50" in shown
+    assert "--api embeddings: median_e2el_ms (ms)" in shown and "input throughput (tok/s)" in shown
+    assert "input tok/s" in pooled.stderr  # the progress line of the level
+
+
+@pytest.mark.parametrize("api", [*GENERATING, "embeddings"])
+def test_a_wrong_key_or_model_on_each_api_is_reported_as_failures_and_exit_1(
+        api: str, api_gateway, timed_engine: str, sim_pooling_engine: str) -> None:  # noqa: ANN001
+    url, key, home = api_gateway
+    model = EMBED_MODEL if api == "embeddings" else MODEL
+    common = ["bench", "--api", api, "--concurrency", "2", "--requests", "3"]
+    # The gateway refuses the key, in the API's own error shape (Anthropic's for messages).
+    refused = run_spot(*common, "--model", model, "--base-url", url, "--key", "sk-spot-wrong")
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    [line] = error_lines(refused.stderr)
+    assert "every request failed (3 of 3)" in line and "HTTP 401: incorrect or revoked API key" in line, line
+    assert "sk-spot-wrong" not in refused.stdout + refused.stderr and refused.stdout == ""
+    # The engine itself does not serve the model: its own message, summarised.
+    engine = sim_pooling_engine if api == "embeddings" else timed_engine
+    unknown = run_spot(*common, "--model", "nope", "--base-url", engine, "--target", "direct", "--json")
+    assert unknown.returncode == 1, (unknown.stdout, unknown.stderr)
+    [line] = error_lines(unknown.stderr)
+    assert "every request failed (3 of 3)" in line and "HTTP 404: The model `nope` does not exist." in line, line
+    # ... and through the gateway, which answers for the engine: the same count, its own words.
+    routed = run_spot(*common, "--model", "nope", "--base-url", url, "--key", key)
+    assert routed.returncode == 1
+    [line] = error_lines(routed.stderr)
+    assert "every request failed (3 of 3)" in line and "HTTP 404: The model 'nope' does not exist" in line, line
+    assert json.loads(run_spot("bench", "list", "--json").stdout) == []
+
+
+def test_runs_of_different_apis_are_listed_as_such_and_compared_only_when_alike(
+        timed_engine: str, sim_pooling_engine: str) -> None:
+    args = ["--target", "direct", "--concurrency", "1", "--requests", "2"]
+    bench("--base-url", timed_engine, "--api", "chat", "--output-tokens", "4", *args)
+    bench("--base-url", timed_engine, "--api", "responses", "--output-tokens", "4", *args)
+    result = run_spot("bench", "--model", EMBED_MODEL, "--base-url", sim_pooling_engine, "--api", "embeddings",
+                      *args, "--json")
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(run_spot("bench", "list", "--json").stdout)
+    assert [(r["run_id"], r["api"], r["prompt_shape"]) for r in listed] == [
+        (3, "embeddings", "~128 in"), (2, "responses", "~128 in / 4 out"), (1, "chat", "~128 in / 4 out")]
+    table = run_spot("bench", "list", env={"COLUMNS": "200"}).stdout
+    assert "embeddings" in table and "responses" in table
+
+    # Two generating APIs compare, and the answer says they differ.
+    compared = json.loads(run_spot("bench", "compare", "1", "2", "--json").stdout)
+    assert compared["same_api"] is False and (compared["a"]["api"], compared["b"]["api"]) == ("chat", "responses")
+    side_by_side = run_spot("bench", "compare", "1", "2", env={"COLUMNS": "200"})
+    assert side_by_side.returncode == 0
+    assert "A and B benchmarked different APIs (chat, responses)" in side_by_side.stdout
+    assert "A = run 1: --api chat" in side_by_side.stdout and "B = run 2: --api responses" in side_by_side.stdout
+    assert json.loads(run_spot("bench", "compare", "1", "1", "--json").stdout)["same_api"] is True
+    # Embeddings against a generating API: nothing in common to set side by side.
+    refused = run_spot("bench", "compare", "1", "3")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "run 1 benchmarked --api chat and run 3 --api embeddings" in refused.stderr
+
+    # A run saved before --api existed said `endpoint`; it still reads as that API.
+    with Store(Path(os.environ["SPOT_HOME"])).transaction() as con:
+        con.execute("UPDATE bench_runs SET parameters = json_object('endpoint', 'completions', 'model', 'tiny-chat')"
+                    " WHERE run_id = 1")
+    assert json.loads(run_spot("bench", "list", "--json").stdout)[-1]["api"] == "completions"
+
+
 # -- saved runs ---------------------------------------------------------------------------------
 
 def test_runs_are_saved_listed_and_compared(timed_engine: str, home: Path) -> None:
@@ -266,6 +401,10 @@ def test_runs_are_saved_listed_and_compared(timed_engine: str, home: Path) -> No
     ["--spread", "1.5", "--base-url", "http://127.0.0.1:9"],
     ["--prompts", "missing.jsonl", "--base-url", "http://127.0.0.1:9"],
     ["--on-node", "not-a-node"],
+    ["--api", "sideways", "--base-url", "http://127.0.0.1:9"],
+    ["--api", "embeddings", "--output-tokens", "8", "--base-url", "http://127.0.0.1:9"],
+    ["--api", "embeddings", "--goodput", "ttft:500", "--base-url", "http://127.0.0.1:9"],
+    ["--api", "chat", "--endpoint", "completions", "--base-url", "http://127.0.0.1:9"],
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str]) -> None:
     result = run_spot("bench", "--model", MODEL, *args, "--json")
@@ -285,6 +424,22 @@ def test_prompts_from_a_jsonl_file(timed_engine: str, tmp_path: Path) -> None:
     rows = bench("--base-url", timed_engine, "--target", "direct", "--requests", "4", "--output-tokens", "5",
                  "--prompts", str(path))
     assert rows[0]["completed"] == 4 and rows[0]["total_output_tokens"] == 5 + 3 + 5 + 3
+
+
+def test_a_prompts_file_of_messages_feeds_the_apis_that_take_messages(timed_engine: str, tmp_path: Path) -> None:
+    path = tmp_path / "chats.jsonl"
+    path.write_text('{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}\n'
+                    '{"prompt": "four five", "max_tokens": 3}\n')
+    args = ["--base-url", timed_engine, "--target", "direct", "--requests", "4", "--output-tokens", "5",
+            "--prompts", str(path)]
+    for api in ("chat", "responses", "messages"):  # Messages takes the system turn as its `system`
+        [row] = bench("--api", api, *args)
+        assert (row["api"], row["completed"], row["failed"]) == (api, 4, 0), row["failure_reasons"]
+        assert row["total_input_tokens"] > 0 and row["total_output_tokens"] > 0
+    for api in ("completions", "embeddings"):
+        result = run_spot("bench", "--model", MODEL, "--api", api, *args[:-4], "--prompts", str(path))
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        assert result.stderr.strip().endswith("a line with messages needs --api chat, responses or messages")
 
 
 # -- on the node, over a real sshd ----------------------------------------------------------------
@@ -338,6 +493,72 @@ def test_against_real_vllm_the_token_totals_match_its_generation_counter(vllm_en
         assert row["median_ttft_ms"] > 0 and row["median_itl_ms"] > 0
     assert sum(r["total_output_tokens"] for r in rows) == after["generation_tokens"] - before["generation_tokens"]
     assert sum(r["total_input_tokens"] for r in rows) == after["prompt_tokens"] - before["prompt_tokens"]
+
+
+@pytest.mark.slow
+def test_against_real_vllm_responses_and_messages_count_what_vllm_and_the_ledger_count(
+        vllm_engine: str, tmp_path: Path) -> None:
+    gw_home = tmp_path / "gw"
+    key = create_key(Store(gw_home), "bench").key
+    server, gateway_url = start_gateway(gw_home, {MODEL: vllm_engine})
+    try:
+        for api in ("responses", "messages"):
+            before = settled_counters(vllm_engine)
+            rows = bench("--api", api, "--base-url", gateway_url, "--key", key, "--direct-url", vllm_engine,
+                         "--target", "both", "--concurrency", "2", "--requests", "4", "--output-tokens", "16",
+                         "--input-tokens", "32")
+            after = settled_counters(vllm_engine)
+            assert [(r["api"], r["target"], r["completed"], r["failed"]) for r in rows] == [
+                (api, "gateway", 4, 0), (api, "direct", 4, 0)], [r["failure_reasons"] for r in rows]
+            for row in rows:
+                assert row["median_ttft_ms"] > 0 and row["total_output_tokens"] > 0
+                if api == "responses":  # vLLM's Responses API takes ignore_eos; its Messages API does not
+                    assert row["total_output_tokens"] == 4 * 16
+            assert sum(r["total_output_tokens"] for r in rows) == after["generation_tokens"] - before["generation_tokens"]
+            assert sum(r["total_input_tokens"] for r in rows) == after["prompt_tokens"] - before["prompt_tokens"]
+            ledger = [r for r in logged_rows(gw_home, expect=4 if api == "responses" else 8)
+                      if r["endpoint"] == ROUTES[api]]
+            assert len(ledger) == 4 and {r["http_status"] for r in ledger} == {200}
+            assert sum(r["completion_tokens"] for r in ledger) == rows[0]["total_output_tokens"]
+            assert sum(r["prompt_tokens"] for r in ledger) == rows[0]["total_input_tokens"]
+    finally:
+        server.stop()
+
+
+# -- each API's reader, on real vLLM's own bytes ------------------------------------------------
+
+CAPTURED = json.loads((Path(__file__).parent / "engines" / "vllm_routes.json").read_text())
+
+
+def sse_data(body: str) -> list[dict]:
+    return [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:")]
+
+
+@pytest.mark.parametrize("api, capture", [("responses", "responses_stream"), ("messages", "messages_stream")])
+def test_each_reader_finds_the_text_and_usage_in_real_vllms_stream(api: str, capture: str) -> None:
+    events = sse_data(CAPTURED[capture]["body"])
+    reader = APIS[api].reader()
+    seen = [reader.read(event) for event in events]
+    # One token event per text delta vLLM sent; the stream ends on its last event.
+    texts = [e for e in events if e["type"] in ("response.output_text.delta", "content_block_delta")]
+    assert seen.count(TOKEN) == len(texts) > 0 and seen[-1] == DONE
+    final = events[-1]["response"]["usage"] if api == "responses" else next(
+        e["usage"] for e in events if e["type"] == "message_delta")
+    assert (reader.input_tokens, reader.output_tokens) == (final["input_tokens"], final["output_tokens"])
+    assert reader.output_tokens > 0 and reader.input_tokens > 0
+
+
+def test_the_embeddings_reader_and_every_apis_error_shape_on_real_vllms_answers() -> None:
+    answer = json.loads(CAPTURED["embeddings"]["body"])
+    reader = APIS["embeddings"].reader()
+    reader.read_whole(answer)
+    assert (reader.input_tokens, reader.output_tokens) == (answer["usage"]["prompt_tokens"], 0)
+    for capture, message in [
+        ("messages_unknown_model", "The model `nope` does not exist. Valid aliases: tiny-chat."),  # Anthropic's shape
+        ("responses_unknown_model", "The model `nope` does not exist. Valid aliases: tiny-chat."),
+        ("embeddings_unknown_model", "The model `nope` does not exist."),
+    ]:
+        assert error_message(json.loads(CAPTURED[capture]["body"])) == message
 
 
 # -- the arithmetic -------------------------------------------------------------------------------

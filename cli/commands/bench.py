@@ -83,7 +83,8 @@ def bench(
     output_tokens: Annotated[int, typer.Option("--output-tokens", help="Tokens generated per request (max_tokens + ignore_eos).")] = 256,
     spread: Annotated[float, typer.Option("--spread", help="Lengths drawn in ±spread around those (0.1 = ±10%).")] = 0.0,
     prompts: Annotated[Path | None, typer.Option("--prompts", help='A JSONL file: {"prompt": ...} or {"messages": [...]} per line.')] = None,
-    endpoint: Annotated[str, typer.Option("--endpoint", help="completions (/v1/completions) or chat (/v1/chat/completions).")] = "completions",
+    api: Annotated[str, typer.Option("--api", help="The API benchmarked: chat (/v1/chat/completions), completions, responses, messages (Anthropic), embeddings (not streamed).")] = "chat",
+    endpoint: Annotated[str | None, typer.Option("--endpoint", hidden=True, help="The former name of --api (chat or completions).")] = None,
     goodput: Annotated[list[str] | None, typer.Option("--goodput", help="SLOs in ms for goodput: --goodput ttft:500 tpot:50.")] = None,
     saturation_stop: Annotated[bool, typer.Option("--saturation-stop/--no-saturation-stop", help="End a sweep once TTFT rises while throughput does not.")] = True,
     saturation_ttft_rise: Annotated[float, typer.Option("--saturation-ttft-rise", help="A level's median TTFT rise over the previous that counts as rising.")] = 0.25,
@@ -101,13 +102,17 @@ def bench(
     if ctx.invoked_subcommand is not None:
         return
     from spotinference.bench import BenchSpec, PromptShape, Saturation, Slo, Target, project_cost, run_bench
+    from spotinference.bench.apis import APIS
     from spotinference.bench.tier import engine_version
     from spotinference.errors import InputError
 
     if target not in ("gateway", "direct", "both"):
         raise InputError(f"--target {target!r} is not one of: gateway, direct, both")
-    if endpoint not in ("completions", "chat"):
-        raise InputError(f"--endpoint {endpoint!r} is not one of: completions, chat")
+    api = _api(ctx, api, endpoint)
+    generating = APIS[api].streamed
+    if not generating and _given(ctx, "output_tokens"):
+        raise InputError(f"--output-tokens: --api {api} generates nothing (it is not streamed: "
+                         "latency and input tokens/s are measured instead)")
     if concurrency is not None and rate is not None:
         raise InputError("give either --concurrency or --rate, not both")
     if requests is not None and duration is not None:
@@ -178,7 +183,7 @@ def bench(
         spec = BenchSpec(
             model=model or "", targets=targets, concurrencies=concurrencies, rates=rates,
             requests=requests if requests is not None or duration is not None else 100, duration_s=duration,
-            warmup=warmup, shape=shape, chat=endpoint == "chat", slo=slo, seed=seed, timeout_s=timeout,
+            warmup=warmup, shape=shape, api=api, slo=slo, seed=seed, timeout_s=timeout,
             metrics_url=metrics_url or watched,
             saturation=Saturation(saturation_ttft_rise, saturation_min_gain, saturation_levels) if saturation_stop else None,
         )
@@ -206,9 +211,30 @@ def bench(
     if plot:
         from spotinference.bench.plot import throughput_latency_chart
 
-        for line in throughput_latency_chart(run.rows):
+        for line in throughput_latency_chart(run.rows, api=api):
             sys.stdout.write(line + "\n") if not json else sys.stderr.write(line + "\n")
     _raise_failures(run, url_from_config)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    # By name: Typer ships its own copy of click, whose ParameterSource is not click's.
+    return getattr(ctx.get_parameter_source(name), "name", None) not in (None, "DEFAULT")
+
+
+def _api(ctx: typer.Context, api: str, endpoint: str | None) -> str:
+    """--api, or the --endpoint of older command lines (the same choice, chat or completions)."""
+    from spotinference.bench.apis import NAMES
+    from spotinference.errors import InputError
+
+    if endpoint is not None:
+        if endpoint not in ("completions", "chat"):
+            raise InputError(f"--endpoint {endpoint!r} is not one of: completions, chat (--api has more)")
+        if _given(ctx, "api") and api != endpoint:
+            raise InputError(f"--endpoint {endpoint} and --api {api} disagree: give --api alone")
+        api = endpoint
+    if api not in NAMES:
+        raise InputError(f"--api {api!r} is not one of: {', '.join(NAMES)}")
+    return api
 
 
 def _raise_failures(run: BenchRun, url_from_config: bool) -> None:
@@ -248,9 +274,12 @@ class _progress:
         description = f"[{p.level + 1}/{p.levels}] {p.label}" + (" (warm-up)" if p.phase == "warmup" else "")
         if self.live is None:
             if p.phase == "done":
-                thr = sum(r["output_throughput"] for r in p.rows)
+                from spotinference.bench.apis import APIS
+
+                kind = "output" if all(APIS[r["api"]].streamed for r in p.rows) else "input"
+                thr = sum(r[f"{kind}_throughput"] for r in p.rows)
                 sys.stderr.write(f"{description}: {p.done - p.failed} completed, {p.failed} failed, "
-                                 f"{p.elapsed_s:.1f} s, {thr:.1f} output tok/s\n")
+                                 f"{p.elapsed_s:.1f} s, {thr:.1f} {kind} tok/s\n")
                 sys.stderr.flush()
             return
         if self.task is None or self.task[0] != p.level:
@@ -268,25 +297,35 @@ def _ms(value: Any) -> str:
     return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
 
 
+def _column(stat: str, name: str) -> str:
+    return f"{name.upper().replace('E2EL', 'E2E')} {'p50' if stat == 'median' else stat}"
+
+
 def _level(row: dict[str, Any]) -> str:
     return f"c={row['concurrency']}" if row.get("concurrency") is not None else f"{row['request_rate']}/s"
 
 
 def _show_run(run: BenchRun) -> None:
+    from spotinference.bench.apis import APIS
+
     meta, params = run.meta, run.parameters
+    api = params["api"]
+    generating = APIS[api].streamed
     where = f"node {meta['on_node']}" if meta.get("on_node") else ", ".join(params["targets"])
-    title = (f"spot bench: {params['model']} via {where}; {params['prompt_shape']} tokens; "
+    title = (f"spot bench --api {api}: {params['model']} via {where}; {params['prompt_shape']} tokens; "
              f"{meta.get('engine_version') or 'engine version unknown'}" + (f"; {meta['gpu']}" if meta.get("gpu") else ""))
     goodput = params.get("goodput") is not None
     cost = any(r.get("projected_usd_per_mtok_output") is not None for r in run.rows)
-    columns = ["target", "level", "ok", "failed", "req/s", "out tok/s", "total tok/s", "waiting max", "KV max"]
+    tokens = ["out tok/s", "total tok/s"] if generating else ["in tok/s"]
+    columns = ["target", "level", "ok", "failed", "req/s", *tokens, "waiting max", "KV max"]
     columns += ["goodput req/s"] if goodput else []
     columns += ["$/M out (projection)"] if cost else []
     rows = []
     for r in run.rows:
         kv = r.get("engine_max_kv_cache_usage")
-        row = [r["target"], _level(r), r["completed"], r["failed"], f"{r['request_throughput']:.2f}",
-               f"{r['output_throughput']:,.1f}", f"{r['total_token_throughput']:,.1f}",
+        figures = ([f"{r['output_throughput']:,.1f}", f"{r['total_token_throughput']:,.1f}"] if generating
+                   else [f"{r['input_throughput']:,.1f}"])
+        row = [r["target"], _level(r), r["completed"], r["failed"], f"{r['request_throughput']:.2f}", *figures,
                "" if r.get("engine_max_requests_waiting") is None else f"{r['engine_max_requests_waiting']:.0f}",
                "" if kv is None else f"{kv:.1%}"]
         row += [f"{r['request_goodput']:.2f}"] if goodput else []
@@ -295,24 +334,30 @@ def _show_run(run: BenchRun) -> None:
             row.append("" if value is None else f"${value:,.2f}")
         rows.append(row)
     print_table(title + "; throughput (waiting, KV: the engine's /metrics)", columns, rows)
-    print_table("latency (ms)", ["target", "level", "TTFT p50", "TTFT p95", "TTFT p99", "TPOT p50", "ITL p50",
-                                 "ITL p99", "E2E p50", "E2E p99"],
-                [[r["target"], _level(r), *(_ms(r[k]) for k in (
-                    "median_ttft_ms", "p95_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "median_itl_ms", "p99_itl_ms",
-                    "median_e2el_ms", "p99_e2el_ms"))] for r in run.rows])
-    added = [r for r in run.rows if "added_median_ttft_ms" in r]
+    # (statistic, figure) pairs of each latency table; a non-streamed API has only the whole request.
+    if generating:
+        latency = [("median", "ttft"), ("p95", "ttft"), ("p99", "ttft"), ("median", "tpot"), ("median", "itl"),
+                   ("p99", "itl"), ("median", "e2el"), ("p99", "e2el")]
+        added_latency = [("median", "ttft"), ("p95", "ttft"), ("p99", "ttft"), ("median", "itl"), ("p99", "itl"),
+                         ("median", "e2el"), ("p95", "e2el"), ("p99", "e2el")]
+        latency_title = "latency (ms)"
+    else:
+        latency = added_latency = [("mean", "e2el"), ("median", "e2el"), ("p95", "e2el"), ("p99", "e2el")]
+        latency_title = (f"latency (ms): --api {api} is not streamed, so there is no TTFT, TPOT or ITL; "
+                         "E2E is the whole request")
+    print_table(latency_title, ["target", "level", *(_column(stat, name) for stat, name in latency)],
+                [[r["target"], _level(r), *(_ms(r[f"{stat}_{name}_ms"]) for stat, name in latency)] for r in run.rows])
+    added = [r for r in run.rows if "added_median_e2el_ms" in r]
     if added:
         print_table(
             "gateway's added latency (gateway − direct, same level, same load; ms)",
-            ["level", "TTFT p50", "TTFT p95", "TTFT p99", "ITL p50", "ITL p99", "E2E p50", "E2E p95", "E2E p99"],
-            [[_level(r), *(_ms(r[f"added_{s}_{m}_ms"]) for m, s in (
-                ("ttft", "median"), ("ttft", "p95"), ("ttft", "p99"), ("itl", "median"),
-                ("itl", "p99"), ("e2el", "median"), ("e2el", "p95"), ("e2el", "p99")))] for r in added],
+            ["level", *(_column(stat, name) for stat, name in added_latency)],
+            [[_level(r), *(_ms(r[f"added_{stat}_{name}_ms"]) for stat, name in added_latency)] for r in added],
         )
     for r in run.rows:
         for reason, count in r["failure_reasons"].items():
             typer.echo(f"failed ({r['target']}, {_level(r)}): {count}× {reason}")
-    if cost or meta.get("tier"):
+    if cost or (meta.get("tier") and generating):  # the projection is per output token
         rate = meta.get("usd_per_hour")
         typer.echo("$/M out (projection) is a PROJECTION AT FULL UTILISATION: the tier's current rate "
                    + (f"(${rate:.4f}/h, {meta.get('rate_note')}) " if rate is not None else f"(unknown: {meta.get('rate_note')}) ")
@@ -338,9 +383,10 @@ def list_(ctx: typer.Context, limit: Annotated[int, typer.Option("--limit", help
     if not runs:
         typer.echo("no benchmark runs yet (run `spot bench`)")
         return
-    print_table("benchmark runs", ["run", "started (UTC)", "model", "targets", "gpu, engine", "load", "prompt shape",
-                                   "levels", "requests", "best out tok/s"],
-                [(r.run_id, r.started_at.strftime("%Y-%m-%d %H:%M"), r.model,
+    print_table("benchmark runs (best tok/s: output, or input for embeddings)",
+                ["run", "started (UTC)", "api", "model", "targets", "gpu, engine", "load", "prompt shape", "levels",
+                 "requests", "best tok/s"],
+                [(r.run_id, r.started_at.strftime("%Y-%m-%d %H:%M"), r.api, r.model,
                   r.targets + (f" on {r.on_node}" if r.on_node else f" ({r.tier})" if r.tier else ""),
                   ", ".join(x for x in (r.gpu, r.engine_version) if x), r.load, r.prompt_shape,
                   f"{r.levels}" + (" (stopped)" if r.stopped_reason else ""),
@@ -362,9 +408,13 @@ def compare(ctx: typer.Context, first: Annotated[int, typer.Argument(help="A run
         return
     for side in ("a", "b"):
         run = data[side]
-        typer.echo(f"{side.upper()} = run {run['run_id']}: {run['model']} via {run['on_node'] or run['targets']}, "
+        typer.echo(f"{side.upper()} = run {run['run_id']}: --api {run['api']}, {run['model']} via "
+                   f"{run['on_node'] or run['targets']}, "
                    f"{run['prompt_shape']}, {run['engine_version'] or '?'}, {run['gpu'] or ''} "
                    f"({run['started_at']:%Y-%m-%d %H:%M})")
+    if not data["same_api"]:
+        typer.echo(f"A and B benchmarked different APIs ({data['a']['api']}, {data['b']['api']}): the deltas include "
+                   "what each API costs, not only what changed in the engine")
     rows = []
     for level in data["levels"]:
         name = f"{level['target']} " + (f"c={level['concurrency']}" if level["concurrency"] is not None

@@ -1,8 +1,9 @@
-"""The load generator: streamed OpenAI requests at a fixed concurrency or Poisson arrivals.
+"""The load generator: requests of one API at a fixed concurrency or Poisson arrivals.
 
-SELF-CONTAINED ON PURPOSE: this file imports only the standard library and aiohttp, never
-``spotinference``, because ``spot bench --on-node`` copies it to the node and runs it there with
-whichever Python has aiohttp (vLLM's own environment has it):
+SELF-CONTAINED ON PURPOSE: this file imports only the standard library, aiohttp and its sibling
+``apis`` (itself standard library only), never the rest of ``spotinference``, because ``spot
+bench --on-node`` copies both files to the node and runs this one there with whichever Python has
+aiohttp (vLLM's own environment has it):
 
     python3 loadgen.py PLAN.json RESULT.json     # progress as JSON lines on stdout
 
@@ -10,8 +11,8 @@ One call runs one level and returns raw per-request records; ``metrics`` turns t
 figures. A plan (a JSON-able dict)::
 
     targets      [{"name": "gateway", "url": "http://…/v1/completions", "headers": {...}}, ...]
-    bodies       request bodies (model, prompt or messages, max_tokens, ignore_eos), cycled
-    chat         True when the URLs are /v1/chat/completions
+    bodies       request bodies, ready to send (``apis`` made them), cycled
+    api          which API the URLs serve (a name in ``apis.APIS``): how the answers are read
     concurrency  closed loop: that many workers, each sending its next request when one ends
     rate         open loop: requests per second with Poisson (exponential) inter-arrival times
     requests     counted requests per target, or None with duration_s: keep sending until then
@@ -21,11 +22,12 @@ figures. A plan (a JSON-able dict)::
 With several targets every worker alternates them request by request (open loop: arrival by
 arrival), so each target sees the same load at the same time.
 
-Times come from ``time.perf_counter``. TTFT is the first chunk that carries a token (a chat
-stream's role-only chunk is not one); ITL is the gap between consecutive token-carrying chunks
-(vLLM may merge several tokens into one chunk under load: then that gap covers them all, as in
-``vllm bench serve``); E2E ends at the last token chunk. Token counts come only from the
-server's final ``usage`` chunk (``stream_options.include_usage``).
+Times come from ``time.perf_counter``. TTFT is the first event that carries generated text (a
+chat stream's role-only chunk is not one; each API's reader in ``apis`` decides); ITL is the gap
+between consecutive such events (vLLM may merge several tokens into one chunk under load: then
+that gap covers them all, as in ``vllm bench serve``); E2E ends at the last one. A non-streamed
+API (embeddings) has no TTFT or ITL: its E2E is the whole request. Token counts come only from
+the API's own final usage.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+
+try:
+    from . import apis
+except ImportError:  # run as a script on a node, next to its copy of apis.py
+    import apis  # type: ignore[no-redef]
 
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
@@ -55,53 +62,52 @@ COUNTERS = {
 }
 
 
-async def one_request(session: aiohttp.ClientSession, target: dict, body: dict, chat: bool) -> dict[str, Any]:
-    payload = dict(body, stream=True, stream_options={"include_usage": True})
+async def one_request(session: aiohttp.ClientSession, target: dict, body: dict, api: apis.Api) -> dict[str, Any]:
+    reader = api.reader()
     record: dict[str, Any] = {"target": target["name"], "ttft": None, "itl": [], "e2e": None,
                               "prompt_tokens": None, "completion_tokens": None, "error": None}
     started = time.perf_counter()
     record["start"] = started
     last = None
     try:
-        async with session.post(target["url"], json=payload, headers=target.get("headers") or {}) as response:
+        async with session.post(target["url"], json=body, headers=target.get("headers") or {}) as response:
             if response.status != 200:
                 text = (await response.text())[:300]
                 record["error"] = f"HTTP {response.status}: {_error_message(text)}"
                 return record
-            async for raw in response.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue  # blank separators and ": keep-alive" comments
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    break
-                now = time.perf_counter()
-                chunk = json.loads(data)
-                if chunk.get("error"):
-                    record["error"] = f"stream error: {_error_message(json.dumps(chunk))}"
-                    break
-                choices = chunk.get("choices")
-                if choices:
-                    if chat and "role" in (choices[0].get("delta") or {}):
-                        continue  # the role chunk comes with, not as, the first token
-                    if last is None:
-                        record["ttft"] = now - started
-                    else:
-                        record["itl"].append(now - last)
-                    last = now
-                usage = chunk.get("usage")
-                if usage and not choices:
-                    record["prompt_tokens"] = usage.get("prompt_tokens")
-                    record["completion_tokens"] = usage.get("completion_tokens")
+            if not api.streamed:
+                reader.read_whole(json.loads(await response.read()))
+                last = time.perf_counter()
+            else:
+                async for raw in response.content:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue  # blank separators, "event:" lines (the data names its type), ": keep-alive"
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        break
+                    now = time.perf_counter()
+                    seen = reader.read(json.loads(data))
+                    if seen == apis.TOKEN:
+                        if last is None:
+                            record["ttft"] = now - started
+                        else:
+                            record["itl"].append(now - last)
+                        last = now
+                    elif seen == apis.DONE:
+                        break
+    except apis.AnswerError as exc:
+        record["error"] = str(exc)
     except asyncio.TimeoutError:
         record["error"] = "timeout"
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         record["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+    record["prompt_tokens"], record["completion_tokens"] = reader.input_tokens, reader.output_tokens
     if record["error"] is None:
         if last is None:
             record["error"] = "no token in the stream"
-        elif record["completion_tokens"] is None:
-            record["error"] = "no usage in the stream"
+        elif record["completion_tokens"] is None or (not api.streamed and record["prompt_tokens"] is None):
+            record["error"] = "no usage in the stream" if api.streamed else "no usage in the answer"
     if last is not None:
         record["e2e"] = last - started
     return record
@@ -109,11 +115,8 @@ async def one_request(session: aiohttp.ClientSession, target: dict, body: dict, 
 
 def _error_message(text: str) -> str:
     try:
-        data = json.loads(text)
-        error = data.get("error", data)
-        message = error.get("message") if isinstance(error, dict) else error
-        return str(message or data.get("detail") or text)[:160]
-    except (ValueError, AttributeError):
+        return apis.error_message(json.loads(text))
+    except ValueError:
         return text[:160]
 
 
@@ -164,7 +167,7 @@ async def _poll(session: aiohttp.ClientSession, url: str, interval_s: float, sam
 
 async def run_level(plan: dict[str, Any], on_event: OnEvent | None = None) -> dict[str, Any]:
     emit = on_event or (lambda event: None)
-    targets, bodies, chat = plan["targets"], plan["bodies"], bool(plan.get("chat"))
+    targets, bodies, api = plan["targets"], plan["bodies"], apis.APIS[plan["api"]]
     total = plan.get("requests")
     grand_total = total * len(targets) if total is not None else None
     duration_s = plan.get("duration_s")
@@ -187,7 +190,7 @@ async def run_level(plan: dict[str, Any], on_event: OnEvent | None = None) -> di
                 async def warm_worker(target: dict = target, queue: list = queue) -> None:
                     while queue:
                         index = queue.pop() + warmup * targets.index(target)
-                        warm.append(await one_request(session, target, bodies[(offset + index) % len(bodies)], chat))
+                        warm.append(await one_request(session, target, bodies[(offset + index) % len(bodies)], api))
 
                 await asyncio.gather(*(warm_worker() for _ in range(width)))
         metrics_url = plan.get("metrics_url")
@@ -219,7 +222,7 @@ async def run_level(plan: dict[str, Any], on_event: OnEvent | None = None) -> di
             index = counter["next"]
             counter["next"] += 1
             body = bodies[(offset + warmup * len(targets) + index) % len(bodies)]
-            record = await one_request(session, target, body, chat)
+            record = await one_request(session, target, body, api)
             record["start"] -= started
             records.append(record)
             counter["done"] += 1

@@ -9,6 +9,8 @@ goodput against SLOs, and the engine's own view over the level (from ``/metrics`
 * Throughputs divide by the level's duration. With several targets interleaved in one level they
   share that duration, so each target's throughput is its share of the level's work.
 * Token counts are the server's ``usage`` only.
+* A non-streamed API (embeddings) has no TTFT, TPOT or ITL (null): its E2E is the whole request,
+  and ``input_throughput`` (input tokens/s) is its throughput.
 """
 
 from __future__ import annotations
@@ -113,9 +115,10 @@ def summarize(records: list[dict[str, Any]], *, target: str, duration_s: float, 
         "total_output_tokens": output_tokens,
         "request_throughput": len(ok) / duration,
         "output_throughput": output_tokens / duration,
+        "input_throughput": input_tokens / duration,
         "total_token_throughput": (input_tokens + output_tokens) / duration,
     }
-    result.update(_stats("ttft", [p["ttft"] for p in per_request]))
+    result.update(_stats("ttft", [p["ttft"] for p in per_request if p["ttft"] is not None]))  # none when not streamed
     result.update(_stats("tpot", [p["tpot"] for p in per_request if p["tpot"] is not None]))
     result.update(_stats("itl", [gap for r in ok for gap in r["itl"]]))
     result.update(_stats("e2el", [p["e2el"] for p in per_request]))

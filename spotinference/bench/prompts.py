@@ -4,10 +4,11 @@ Synthetic prompts are made of common English words, each about one token in the 
 vocabularies, so a prompt of N words is roughly N tokens; the server's ``usage`` gives the true
 count, and the results report that, never this estimate. Lengths are drawn uniformly in
 ``[n·(1−spread), n·(1+spread)]`` (``vllm bench serve``'s range ratio). Every request gets
-``max_tokens`` and ``ignore_eos`` so the engine generates exactly that many tokens.
+``max_tokens`` (and ``ignore_eos`` where the API has it) so the engine generates that many tokens;
+``apis`` shapes the prompt into each API's request.
 
 A prompts file has one JSON object per line: ``{"prompt": "..."}`` or ``{"messages": [...]}``
-(chat only), optionally with ``"max_tokens"`` (else ``--output-tokens``).
+(chat, responses and messages only), optionally with ``"max_tokens"`` (else ``--output-tokens``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .apis import APIS
 
 WORDS = (
     "the of and to in is you that it he was for on are as with his they at be this have from or one had by "
@@ -49,10 +51,10 @@ class PromptShape:
         if not 0 <= self.spread < 1:
             raise InputError(f"--spread must be at least 0 and below 1, got {self.spread}")
 
-    def describe(self) -> str:
+    def describe(self, *, generating: bool = True) -> str:
         spread = f" ±{self.spread:.0%}" if self.spread else ""
         source = f"prompts from {self.prompts_file.name}" if self.prompts_file else f"~{self.input_tokens}{spread} in"
-        return f"{source} / {self.output_tokens}{spread} out"
+        return f"{source} / {self.output_tokens}{spread} out" if generating else source
 
 
 def _length(rng: random.Random, n: int, spread: float) -> int:
@@ -66,8 +68,9 @@ def synthetic_prompt(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-def build_bodies(shape: PromptShape, *, model: str, chat: bool, count: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``count`` request bodies (without ``stream``: the load generator adds it)."""
+def build_bodies(shape: PromptShape, *, model: str, api: str, count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``count`` request bodies of ``api`` (a name in ``apis.APIS``), ready to send."""
+    kind = APIS[api]
     rng = random.Random(seed)
     prompts = load_prompts(shape.prompts_file) if shape.prompts_file else None
     bodies = []
@@ -75,18 +78,13 @@ def build_bodies(shape: PromptShape, *, model: str, chat: bool, count: int, seed
         if prompts is not None:
             item = prompts[index % len(prompts)]
             max_tokens = int(item.get("max_tokens") or _length(rng, shape.output_tokens, shape.spread))
-            if "messages" in item:
-                if not chat:
-                    raise InputError(f"{shape.prompts_file}: a line with messages needs --endpoint chat")
-                body: dict[str, Any] = {"messages": item["messages"]}
-            else:
-                body = ({"messages": [{"role": "user", "content": item["prompt"]}]} if chat
-                        else {"prompt": item["prompt"]})
+            if "messages" in item and not kind.takes_messages:
+                raise InputError(f"{shape.prompts_file}: a line with messages needs --api chat, responses or messages")
+            prompt: str | list[dict[str, Any]] = item["messages"] if "messages" in item else item["prompt"]
         else:
-            text = synthetic_prompt(rng, _length(rng, shape.input_tokens, shape.spread))
+            prompt = synthetic_prompt(rng, _length(rng, shape.input_tokens, shape.spread))
             max_tokens = _length(rng, shape.output_tokens, shape.spread)
-            body = {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
-        bodies.append({"model": model, **body, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 1.0})
+        bodies.append(kind.body(model, prompt, max_tokens))
     return bodies
 
 

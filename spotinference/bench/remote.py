@@ -1,10 +1,11 @@
 """`spot bench --on-node NODE`: the load generator runs ON the node, against its local engine.
 
-The engine's ceiling without the network: ``loadgen.py`` (stdlib + aiohttp, nothing of spot) is
-copied to the node through its Transport (SSH on real nodes), run level by level with a Python
-that has aiohttp (vLLM's own environment on a GPU node; on an emulated node, which is this
-machine, the Python spot runs in), its progress lines streamed back, and its raw results read
-back as JSON; the figures are computed here, exactly as for a local run.
+The engine's ceiling without the network: ``loadgen.py`` and ``apis.py`` (stdlib + aiohttp,
+nothing else of spot) are copied to the node through its Transport (SSH on real nodes), run
+level by level with a Python that has aiohttp (vLLM's own environment on a GPU node; on an
+emulated node, which is this machine, the Python spot runs in), its progress lines streamed
+back, and its raw results read back as JSON; the figures are computed here, exactly as for a
+local run.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from ..fleet.context import FleetContext
 from ..fleet.engine_keys import engine_key
 from ..nodes.errors import NodeError
 from ..nodes.transport import Transport
-from . import loadgen
+from . import apis, loadgen
 
-SCRIPT = Path(loadgen.__file__)
+SCRIPTS = (Path(loadgen.__file__), Path(apis.__file__))  # loadgen.py imports its sibling apis.py
 
 
 class NodeBench:
@@ -62,7 +63,8 @@ class NodeBench:
                                 f"(tried {', '.join(self.candidates)})", node=self.node,
                                 hint="install python3-aiohttp on the node (vLLM's environment has it)")
             self.python = found.stdout.strip().splitlines()[-1]
-            self.transport.put_file(f"{self.workdir}/loadgen.py", SCRIPT.read_bytes(), mode=0o644)
+            for script in SCRIPTS:
+                self.transport.put_file(f"{self.workdir}/{script.name}", script.read_bytes(), mode=0o644)
         except BaseException:
             self.close()
             raise

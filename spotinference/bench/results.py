@@ -9,12 +9,13 @@ from typing import Any
 
 from ..errors import InputError
 from ..store import Store
+from .apis import APIS
 from .runner import BenchRun
 
 # What `spot bench compare` sets side by side (and whether more is better).
 COMPARED = (
     ("completed", True), ("failed", False), ("request_throughput", True), ("output_throughput", True),
-    ("total_token_throughput", True), ("median_ttft_ms", False), ("p95_ttft_ms", False), ("p99_ttft_ms", False),
+    ("input_throughput", True), ("total_token_throughput", True), ("median_ttft_ms", False), ("p95_ttft_ms", False), ("p99_ttft_ms", False),
     ("median_tpot_ms", False), ("median_itl_ms", False), ("p99_itl_ms", False), ("median_e2el_ms", False),
     ("p99_e2el_ms", False), ("request_goodput", True), ("projected_usd_per_mtok_output", False),
 )
@@ -37,9 +38,15 @@ class RunSummary:
     best_output_throughput: float | None
     completed: int = 0  # counted requests over every target and level
     failed: int = 0
+    api: str = "completions"  # what was benchmarked: chat, completions, responses, messages, embeddings
 
     def to_json(self) -> dict[str, Any]:
         return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in self.__dict__.items()}
+
+
+def api_of(parameters: dict[str, Any]) -> str:
+    """The API a saved run benchmarked; runs saved before `--api` say `endpoint` (chat or completions)."""
+    return parameters.get("api") or parameters.get("endpoint") or "completions"
 
 
 def save_run(store: Store, run: BenchRun) -> int:
@@ -62,15 +69,16 @@ def list_runs(store: Store, limit: int = 50) -> list[RunSummary]:
     with store.reading() as con:
         rows = con.execute(
             "SELECT run_id, started_at, tier, on_node, model, gpu, engine_version, targets, load, prompt_shape,"
-            " stopped_reason, results FROM bench_runs ORDER BY run_id DESC LIMIT ?", [limit]).fetchall()
+            " stopped_reason, results, parameters FROM bench_runs ORDER BY run_id DESC LIMIT ?", [limit]).fetchall()
     out = []
     for row in rows:
         results = json.loads(row[11])
+        best_key = "output_throughput" if APIS[api_of(json.loads(row[12]))].streamed else "input_throughput"
         levels = len({(r.get("concurrency"), r.get("request_rate")) for r in results})
-        best = max((r.get("output_throughput") or 0.0 for r in results), default=None)
+        best = max((r.get(best_key) or 0.0 for r in results), default=None)
         out.append(RunSummary(*row[:11], levels=levels, best_output_throughput=best,
                               completed=sum(r.get("completed") or 0 for r in results),
-                              failed=sum(r.get("failed") or 0 for r in results)))
+                              failed=sum(r.get("failed") or 0 for r in results), api=api_of(json.loads(row[12]))))
     return out
 
 
@@ -87,6 +95,7 @@ def get_run(store: Store, run_id: int) -> dict[str, Any]:
     data = dict(zip(keys, row, strict=True))
     data["parameters"] = json.loads(data["parameters"])
     data["results"] = json.loads(data["results"])
+    data["api"] = api_of(data["parameters"])
     return data
 
 
@@ -95,8 +104,16 @@ def _level_key(row: dict[str, Any]) -> tuple[str, Any, Any]:
 
 
 def compare_runs(store: Store, first: int, second: int) -> dict[str, Any]:
-    """The two runs' rows matched by (target, level), each compared figure with its delta."""
+    """The two runs' rows matched by (target, level), each compared figure with its delta.
+
+    Runs of two generating APIs compare (how much slower is Responses than chat?), and the answer
+    says the APIs differ; a non-streamed API against a streamed one measures different things
+    (no TTFT, no output), so that is refused."""
     a, b = get_run(store, first), get_run(store, second)
+    if APIS[a["api"]].streamed != APIS[b["api"]].streamed:
+        raise InputError(f"run {first} benchmarked --api {a['api']} and run {second} --api {b['api']}: one is not "
+                         "streamed (latency, input tok/s) and the other is (TTFT, output tok/s), so their figures "
+                         "do not compare", hint="compare two runs of embeddings, or two of the generating APIs")
     rows_a = {_level_key(r): r for r in a["results"]}
     rows_b = {_level_key(r): r for r in b["results"]}
     keys = list(rows_a) + [k for k in rows_b if k not in rows_a]
@@ -116,4 +133,4 @@ def compare_runs(store: Store, first: int, second: int) -> dict[str, Any]:
         pairs.append({"target": key[0], "concurrency": key[1], "request_rate": key[2], "figures": figures})
     strip = ("parameters", "results")
     return {"a": {k: v for k, v in a.items() if k not in strip}, "b": {k: v for k, v in b.items() if k not in strip},
-            "levels": pairs}
+            "same_api": a["api"] == b["api"], "levels": pairs}

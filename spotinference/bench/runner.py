@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import InputError, SpotError
 from . import loadgen
+from .apis import APIS
 from .metrics import Slo, added_latency, engine_view, summarize
 from .prompts import PromptShape, build_bodies
 
@@ -37,13 +38,14 @@ class Target:
     base_url: str
     key: str | None = None
 
-    def endpoint(self, chat: bool) -> str:
+    def endpoint(self, api: str) -> str:
         root = self.base_url.rstrip("/").removesuffix("/v1")
-        return f"{root}/v1/chat/completions" if chat else f"{root}/v1/completions"
+        return f"{root}{APIS[api].path}"
 
-    def plan(self, chat: bool) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        return {"name": self.name, "url": self.endpoint(chat), "headers": headers}
+    def plan(self, api: str) -> dict[str, Any]:
+        # The gateway takes each API's own way of sending the key; an engine only a bearer token.
+        headers = APIS[api].headers(self.key, engine=self.name != "gateway")
+        return {"name": self.name, "url": self.endpoint(api), "headers": headers}
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class BenchSpec:
     duration_s: float | None = None
     warmup: int = 0
     shape: PromptShape = field(default_factory=PromptShape)
-    chat: bool = False
+    api: str = "chat"
     slo: Slo | None = None
     seed: int = 0
     timeout_s: float = 600.0
@@ -86,6 +88,11 @@ class BenchSpec:
             raise InputError(f"--duration must be more than 0 seconds, got {self.duration_s}")
         if self.warmup < 0:
             raise InputError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.api not in APIS:
+            raise InputError(f"--api {self.api!r} is not one of: {', '.join(APIS)}")
+        if not APIS[self.api].streamed and self.slo is not None and set(self.slo.bounds_ms) - {"e2el"}:
+            raise InputError(f"--goodput {' '.join(sorted(set(self.slo.bounds_ms) - {'e2el'}))}: --api {self.api} "
+                             "is not streamed, it has no TTFT or TPOT (use --goodput e2el:MS)")
 
     @property
     def levels(self) -> list[tuple[int | None, float | None]]:
@@ -100,11 +107,11 @@ class BenchSpec:
             "load": "concurrency" if self.concurrencies is not None else "rate",
             "concurrency": self.concurrencies, "rate": self.rates, "requests": self.requests,
             "duration_s": self.duration_s, "warmup": self.warmup,
-            "endpoint": "chat" if self.chat else "completions",
+            "api": self.api,
             "input_tokens": None if self.shape.prompts_file else self.shape.input_tokens,
-            "output_tokens": self.shape.output_tokens, "spread": self.shape.spread,
+            "output_tokens": self.shape.output_tokens if APIS[self.api].streamed else None, "spread": self.shape.spread,
             "prompts_file": str(self.shape.prompts_file) if self.shape.prompts_file else None,
-            "prompt_shape": self.shape.describe(),
+            "prompt_shape": self.shape.describe(generating=APIS[self.api].streamed),
             "goodput": self.slo.bounds_ms if self.slo else None, "seed": self.seed,
             "saturation": asdict(self.saturation) if self.saturation else None,
         }
@@ -197,12 +204,13 @@ def run_bench(spec: BenchSpec, executor: Executor = local_executor,
     history: list[tuple[float, float]] = []  # (level output throughput, level median TTFT)
     saturated = 0
     levels = spec.levels
+    throughput_key, latency_key = saturation_figures(spec.api)
     for index, (concurrency, rate) in enumerate(levels):
         name = label(concurrency, rate)
         per_level = (spec.requests + spec.warmup) * len(spec.targets) if spec.requests else DURATION_POOL
-        bodies = build_bodies(spec.shape, model=spec.model, chat=spec.chat, count=per_level, seed=spec.seed + index)
+        bodies = build_bodies(spec.shape, model=spec.model, api=spec.api, count=per_level, seed=spec.seed + index)
         plan = {
-            "targets": [t.plan(spec.chat) for t in spec.targets], "bodies": bodies, "chat": spec.chat,
+            "targets": [t.plan(spec.api) for t in spec.targets], "bodies": bodies, "api": spec.api,
             "concurrency": concurrency, "rate": rate, "requests": spec.requests, "duration_s": spec.duration_s,
             "warmup": spec.warmup, "seed": spec.seed + index, "timeout_s": spec.timeout_s,
             "metrics_url": spec.metrics_url, "metrics_interval_s": spec.metrics_interval_s,
@@ -227,8 +235,8 @@ def run_bench(spec: BenchSpec, executor: Executor = local_executor,
         if all(r["completed"] == 0 for r in level_rows):
             stopped = f"stopped after {name}: every request failed"
             break
-        throughput = sum(r["output_throughput"] for r in level_rows)
-        ttft = max(r["median_ttft_ms"] or 0.0 for r in level_rows)
+        throughput = sum(r[throughput_key] for r in level_rows)
+        ttft = max(r[latency_key] or 0.0 for r in level_rows)
         rule = spec.saturation
         if rule is not None and history:
             best = max(t for t, _ in history)
@@ -238,8 +246,10 @@ def run_bench(spec: BenchSpec, executor: Executor = local_executor,
             else:
                 saturated = 0
             if saturated >= rule.levels:
-                stopped = (f"saturation stop after {name}: median TTFT rose {previous_ttft:.0f} → {ttft:.0f} ms "
-                           f"while output throughput stayed at {throughput:.1f} tok/s "
+                what = "TTFT" if latency_key == "median_ttft_ms" else "latency"
+                kind = "output" if throughput_key == "output_throughput" else "input"
+                stopped = (f"saturation stop after {name}: median {what} rose {previous_ttft:.0f} → {ttft:.0f} ms "
+                           f"while {kind} throughput stayed at {throughput:.1f} tok/s "
                            f"(best {best:.1f}; needs +{rule.min_gain:.0%} to go on)")
                 history.append((throughput, ttft))
                 break
@@ -248,11 +258,17 @@ def run_bench(spec: BenchSpec, executor: Executor = local_executor,
                     stopped_reason=stopped, warmup_output_tokens=warm_tokens)
 
 
+def saturation_figures(api: str) -> tuple[str, str]:
+    """What a sweep watches: (throughput, latency). A non-streamed API has no TTFT and generates
+    nothing, so its knee is the whole request's latency against the input tokens it gets through."""
+    return ("output_throughput", "median_ttft_ms") if APIS[api].streamed else ("input_throughput", "median_e2el_ms")
+
+
 def level_results(spec: BenchSpec, raw: dict[str, Any], concurrency: int | None, rate: float | None) -> list[dict[str, Any]]:
     engine = engine_view(raw.get("engine"))
     rows = []
     for target in spec.targets:
-        row: dict[str, Any] = {"target": target.name, "concurrency": concurrency,
+        row: dict[str, Any] = {"target": target.name, "api": spec.api, "concurrency": concurrency,
                                "request_rate": rate if rate is not None else "inf",
                                "max_concurrency": concurrency}
         row.update(summarize(raw["records"], target=target.name, duration_s=raw["duration_s"], slo=spec.slo))
