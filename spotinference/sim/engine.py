@@ -417,12 +417,12 @@ class SimEngine(OneShotRoutes):
 
     def _one_sequence(
         self, prompt: protocol.Prompt, max_tokens: int | None, param: str, *, stream: bool,
-        temperature: float | None, top_p: float | None,
+        temperature: float | None, top_p: float | None, ignore_eos: bool = False, seed: int | None = None,
     ) -> _Sequence:  # fmt: skip
         """vLLM turns Responses and Messages requests into one chat sequence; its checks apply."""
         request = protocol.GenerationRequest(
             chat=True, model=None, prompts=[prompt], n=1, max_tokens=max_tokens, max_tokens_param=param,
-            stream=stream, include_usage=False, continuous_usage=False, ignore_eos=False, seed=None,
+            stream=stream, include_usage=False, continuous_usage=False, ignore_eos=ignore_eos, seed=seed,
             temperature=temperature, top_p=top_p,
         )  # fmt: skip
         budgets = protocol.check_sampling(request, self.config.max_model_len)
@@ -448,6 +448,7 @@ class SimEngine(OneShotRoutes):
             seq = self._one_sequence(
                 responses.prompt_of(conversation), request.max_output_tokens, "max_output_tokens",
                 stream=request.stream, temperature=request.temperature, top_p=request.top_p,
+                ignore_eos=request.ignore_eos, seed=request.seed,
             )  # fmt: skip
         except ApiError as exc:
             await _respond(send, exc.status, exc.body(), _JSON)

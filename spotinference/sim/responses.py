@@ -48,6 +48,8 @@ class ResponsesRequest:
     metadata: Any
     background: bool
     user: str | None
+    seed: int | None = None
+    ignore_eos: bool = False
 
 
 @dataclass(slots=True)
@@ -97,6 +99,8 @@ def parse(data: Any) -> ResponsesRequest:
     temperature = fields.get("temperature", as_float)
     top_p = fields.get("top_p", as_float)
     user = fields.get("user", as_str)
+    seed = fields.get("seed", as_int)  # vLLM's sampling extensions, declared last
+    ignore_eos = fields.get("ignore_eos", as_bool, False)
     fields.raise_if_any()
     messages = ([("system", instructions)] if instructions else []) + list(turns)
     tools = data.get("tools") or []
@@ -115,6 +119,8 @@ def parse(data: Any) -> ResponsesRequest:
         metadata=data.get("metadata"),
         background=background,
         user=user,
+        seed=seed,
+        ignore_eos=bool(ignore_eos),
     )
 
 
