@@ -54,6 +54,12 @@ def image_name(packages: tuple[str, ...] = PACKAGES, suite: str = SUITE) -> str:
     return f"{suite}-{digest}"
 
 
+def cached_image(packages: tuple[str, ...] = PACKAGES, *, cache: Path | None = None) -> Path | None:
+    """The complete cached image's root, or None when it must be built."""
+    root = (cache or cache_dir()) / image_name(packages)
+    return root if (root / MARKER).is_file() else None
+
+
 def ensure_image(packages: tuple[str, ...] = PACKAGES, *, cache: Path | None = None, mirror: str = MIRROR) -> Image:
     """The cached image's root, building it first if no complete one exists."""
     check_host()

@@ -67,33 +67,42 @@ def _slots_locked(slots_dir: Path) -> Iterator[None]:
 
 
 def claim_slot(node_dir: Path, *, slots_dir: Path = SLOTS_DIR, wanted: int | None = None) -> Slot:
-    """A slot for ``node_dir``: ``wanted`` when it is free or already ours, else the lowest free one."""
+    """The slot ``node_dir`` holds; else ``wanted`` when free; else the lowest free one."""
     owner = str(node_dir.resolve())
     with _slots_locked(slots_dir):
+        held = _held_by(slots_dir, owner)
+        if held is not None:
+            return held
         order = ([wanted] if wanted else []) + list(range(1, MAX_SLOT + 1))
         for number in order:
             path = slots_dir / str(number)
             try:
-                held_by = path.read_text()
+                holder = path.read_text()
             except FileNotFoundError:
-                path.write_text(owner)
-                return Slot(number)
-            if held_by == owner:
-                return Slot(number)
-            if not Path(held_by).exists():  # its node was removed without releasing the slot
+                holder = None
+            if holder is None or not Path(holder).exists():  # free, or its node was removed unreleased
                 path.write_text(owner)
                 return Slot(number)
     raise RealNodeError(f"no free real-node address slot: all {MAX_SLOT} in {slots_dir} are taken")
 
 
-def release_slot(slot: Slot, node_dir: Path, *, slots_dir: Path = SLOTS_DIR) -> None:
+def release_slot(node_dir: Path, *, slots_dir: Path = SLOTS_DIR) -> None:
+    """Free the slot ``node_dir`` holds, if any."""
     with _slots_locked(slots_dir):
-        path = slots_dir / str(slot.number)
-        try:
-            if path.read_text() == str(node_dir.resolve()):
-                path.unlink()
-        except FileNotFoundError:
-            pass
+        held = _held_by(slots_dir, str(node_dir.resolve()))
+        if held is not None:
+            (slots_dir / str(held.number)).unlink(missing_ok=True)
+
+
+def _held_by(slots_dir: Path, owner: str) -> Slot | None:
+    for path in slots_dir.iterdir():
+        if path.name.isdigit():
+            try:
+                if path.read_text() == owner:
+                    return Slot(int(path.name))
+            except FileNotFoundError:
+                continue
+    return None
 
 
 def bring_up(slot: Slot) -> None:

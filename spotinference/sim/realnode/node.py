@@ -230,7 +230,7 @@ class RealNode:
         try:
             self.poweroff()
         finally:
-            network.release_slot(self.slot, self.path)
+            network.release_slot(self.path)
             if not mounts_under(self.path):  # never rmtree through a mount
                 shutil.rmtree(self.path, ignore_errors=True)
 
