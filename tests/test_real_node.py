@@ -27,6 +27,7 @@ from spotinference.sim.realnode.image import ensure_image
 from spotinference.sim.realnode.network import SLOTS_DIR
 from tests.sshd import keygen
 from tests.system_packages import ensure_program
+from tests.conftest import run_spot
 from tests.servers import start_sim_cloud
 from tests.test_sim_cloud import KEY, Sim
 
@@ -217,6 +218,17 @@ def test_a_node_deleted_when_its_block_fails_leaves_nothing(real_node_image: Pat
 
 
 # -- `spot sim cloud --real-nodes` -------------------------------------------------------------
+
+def test_sim_cloud_real_nodes_says_in_one_line_which_packages_are_missing(tmp_path: Path) -> None:
+    no_programs = tmp_path / "bin"
+    no_programs.mkdir()
+    result = run_spot("sim", "cloud", "--real-nodes", "--port", "0", "--state-dir", str(tmp_path / "state"),
+                      env={"PATH": str(no_programs)})
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "debootstrap" in line and "systemd-container" in line and "apt-get install" in line, line
+    assert not (tmp_path / "state" / "state.json").exists()  # nothing served, nothing made
+
 
 def usage_of(sim: Sim, vm_id: int) -> dict[str, Any]:
     return sim.usage()[("vm", vm_id)]

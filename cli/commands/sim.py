@@ -194,8 +194,10 @@ def cloud(
         real_nodes=real_nodes,
     )
     if real_nodes:
+        from spotinference.sim.realnode.host import check_host
         from spotinference.sim.realnode.image import cached_image, ensure_image
 
+        check_host()  # what is missing, before promising a build
         if cached_image() is None:
             typer.echo("spot sim cloud: building the real-node image (debootstrap, once per machine)...", err=True)
         ensure_image()

@@ -1,6 +1,6 @@
 """The bookworm root every real node starts from, built once per machine and cached.
 
-``debootstrap --variant=minbase`` with the packages below (~2-3 min, ~400 MB) into
+``debootstrap --variant=minbase`` with the packages below (~1 min here, ~280 MB) into
 ``<user cache>/spotinference/real-node/bookworm-<hash of the package list>``: a changed package
 list is a new image, never a stale one. Parallel builders (test workers, several emulators) take
 an exclusive ``flock`` on ``<image>.lock``; the first builds, the others wait and find it done.
