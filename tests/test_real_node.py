@@ -217,6 +217,25 @@ def test_a_node_deleted_when_its_block_fails_leaves_nothing(real_node_image: Pat
     assert_nothing_left(path, slot)
 
 
+def test_a_node_that_cannot_boot_says_why_in_one_line_and_holds_nothing(real_node_image: Path, key: Path,
+                                                                        tmp_path: Path) -> None:
+    path = tmp_path / "broken"
+    spec = RealNodeSpec(public_key=Path(f"{key}.pub").read_text(), user=USER, hostname="broken")
+    with RealNode.create(path, spec, image_root=real_node_image) as broken:
+        init = path / "upper" / "usr" / "lib" / "systemd" / "systemd"  # over the image's systemd
+        init.parent.mkdir(parents=True)
+        init.write_text("#!/bin/sh\necho 'this init cannot boot'\nexit 1\n")
+        init.chmod(0o755)
+        with pytest.raises(RealNodeError) as caught:
+            broken.boot(timeout_s=SSH_WAIT_S)
+        message = str(caught.value)
+        assert "stopped while booting: this init cannot boot" in message and "\n" not in message, message
+        slot = broken.slot.number
+        assert not broken.is_running()
+        assert loop_devices_of(path) == [] and f"spnh{slot}" not in host_links() and mounts_under(path) == []
+    assert_nothing_left(path, slot)
+
+
 # -- `spot sim cloud --real-nodes` -------------------------------------------------------------
 
 def test_sim_cloud_real_nodes_says_in_one_line_which_packages_are_missing(tmp_path: Path) -> None:

@@ -51,7 +51,8 @@ GiB = 1024**3
 SSH_PORT = 22
 BOOT_TIMEOUT_S = 180.0
 POWEROFF_TIMEOUT_S = 90.0
-VOLUME_DEVICE = "/dev/vdb"  # the name Hyperstack's attached volumes get
+VOLUME_DEVICE = "/dev/vdb"
+NSPAWN_NOISE = "/run/systemd/nspawn/propagate"  # "Attempted to remove disk file system under ..."  # the name Hyperstack's attached volumes get
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +165,19 @@ class RealNode:
         return pid is not None and _alive(pid)
 
     def boot(self, *, wait: bool = True, timeout_s: float = BOOT_TIMEOUT_S) -> None:
-        """Power on (nothing if it runs); with ``wait``, return once its sshd answers."""
+        """Power on (nothing if it runs); with ``wait``, return once its sshd answers.
+
+        A boot that fails (nspawn stops, or sshd never answers) leaves the node powered off,
+        holding nothing on the host, and raises RealNodeError with the console's last line.
+        """
         if not self.is_running():
             self._start()
         if wait:
-            self.wait_booted(timeout_s)
+            try:
+                self.wait_booted(timeout_s)
+            except RealNodeError:
+                self.poweroff()
+                raise
 
     def _start(self) -> None:
         check_host()
@@ -265,10 +274,12 @@ class RealNode:
             return None
 
     def _console_tail(self) -> str:
+        """The console's last line that says something (not nspawn's harmless parting warning)."""
         try:
-            return last_line((self.path / "console.log").read_text(errors="replace")[-4000:])
+            text = (self.path / "console.log").read_text(errors="replace")[-8000:]
         except FileNotFoundError:
             return "(no console output)"
+        return last_line("\n".join(line for line in text.splitlines() if NSPAWN_NOISE not in line))
 
 
 #: nspawn processes this process started, so it can reap them (no zombies counted as alive)
