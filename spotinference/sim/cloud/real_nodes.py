@@ -16,7 +16,9 @@ claimed when the VM is created (``address_for``) and kept until it is deleted.
 Booting and powering off take seconds, so they run on one worker thread, in the order the
 effects came (a restore's boot always follows the hibernate's poweroff), and the API keeps
 answering meanwhile. A step that fails is logged as one line; the VM's status is the emulator's,
-as a real cloud's VM is ACTIVE even when its OS failed to boot. ``close()`` waits for the queue.
+as a real cloud's VM is ACTIVE even when its OS failed to boot. Statuses move on the emulator's
+clock and the node follows: a VM can read ACTIVE a moment before its sshd answers (as on a real
+cloud) and HIBERNATED a moment before its node is down. ``close()`` waits for the queue.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,7 +71,7 @@ class RealNodeMachines:
         # a key pair deleted since the VM was made: the node keeps no key, as a VM keeps its old one
         return RealNodeSpec(public_key=keys[0] if keys else "", user=USER, hostname=hostname(vm.name, vm_id))
 
-    def _submit(self, what: str, job, *args) -> None:  # type: ignore[no-untyped-def]
+    def _submit(self, what: str, job: Callable[..., None], *args: object) -> None:
         self._jobs.append((what, self._worker.submit(job, *args)))
 
     def _boot(self, node_dir: Path, spec: RealNodeSpec) -> None:
