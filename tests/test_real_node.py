@@ -205,13 +205,21 @@ def test_poweroff_is_clean_and_a_boot_keeps_the_root_and_the_volume(node: RealNo
         client.close()
 
 
-def test_a_node_deleted_when_its_block_fails_leaves_nothing(real_node_image: Path, key: Path, tmp_path: Path) -> None:
+def test_a_node_deleted_when_its_block_fails_leaves_nothing(real_node_image: Path, key: Path, tmp_path: Path,
+                                                           node: RealNode) -> None:
     path = tmp_path / "doomed"
-    spec = RealNodeSpec(public_key=Path(f"{key}.pub").read_text(), user=USER, hostname="doomed")
+    # the same hostname as the module's node, which runs meanwhile: two nodes may share one
+    spec = RealNodeSpec(public_key=Path(f"{key}.pub").read_text(), user=USER, hostname=node.spec.hostname)
     with pytest.raises(RuntimeError, match="the test failed here"):
         with RealNode.create(path, spec, image_root=real_node_image) as doomed:
             boot_or_fail(doomed)
             slot = doomed.slot.number
+            assert node.is_running() and doomed.address != node.address
+            client = connect(doomed.address, key)
+            try:
+                assert ok(client, "hostname") == node.spec.hostname
+            finally:
+                client.close()
             assert loop_devices_of(path) and f"spnh{slot}" in host_links() and mounts_under(path)
             raise RuntimeError("the test failed here")
     assert_nothing_left(path, slot)

@@ -17,7 +17,9 @@ the root survives it).
 Boot: the network namespace and veth (``network``), the overlay, the volume's loop device, then
 ``systemd-nspawn -b --register=no --keep-unit`` in that namespace (no systemd-machined on these
 hosts, so it registers nowhere; it runs detached in its own session, so it outlives the process
-that started it, like a VM outlives its API call). Booted = its sshd answers at its address.
+that started it, like a VM outlives its API call). Its machine name is its slot's
+(``spotnode<N>``, unique on the host, as nspawn's runtime directories need); its hostname the
+spec's, which two nodes may share. Booted = its sshd answers at its address.
 Power-off: SIGTERM to nspawn, which asks the node's systemd for a clean poweroff; then the
 overlay is unmounted, the loop device detached and the namespace (with its veth) removed, so a
 powered-off node holds nothing but its files. Delete: power-off, the address slot released, the
@@ -51,8 +53,8 @@ GiB = 1024**3
 SSH_PORT = 22
 BOOT_TIMEOUT_S = 180.0
 POWEROFF_TIMEOUT_S = 90.0
-VOLUME_DEVICE = "/dev/vdb"
-NSPAWN_NOISE = "/run/systemd/nspawn/propagate"  # "Attempted to remove disk file system under ..."  # the name Hyperstack's attached volumes get
+VOLUME_DEVICE = "/dev/vdb"  # the name Hyperstack's attached volumes get
+NSPAWN_NOISE = "/run/systemd/nspawn/propagate"  # "Attempted to remove disk file system under ..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +191,7 @@ class RealNode:
             mount_overlay(self.image_root, self.path / "upper", self.path / "work", self.root)
             loop = volume.attach(self.volume_file)
             argv = ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
-                    f"--directory={self.root}", f"--machine={self.spec.hostname}",
+                    f"--directory={self.root}", f"--machine={self.slot.namespace}", f"--hostname={self.spec.hostname}",
                     f"--network-namespace-path={self.slot.namespace_path}",
                     f"--bind={loop}:{VOLUME_DEVICE}", "--console=read-only"]
             with (self.path / "console.log").open("ab") as console:
@@ -218,12 +220,12 @@ class RealNode:
         """A clean shutdown (systemd stops its units), waiting until it is down; then free its devices."""
         pid = self._pid()
         if pid is not None and _alive(pid):
-            os.kill(pid, signal.SIGTERM)  # nspawn turns it into SIGRTMIN+3: systemd's poweroff
+            _signal(pid, signal.SIGTERM)  # nspawn turns it into SIGRTMIN+3: systemd's clean halt
             deadline = time.monotonic() + timeout_s
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+                _signal(pid, signal.SIGKILL)
                 while _alive(pid):
                     time.sleep(0.05)
         self._release_machine()
@@ -300,6 +302,13 @@ def _alive(pid: int) -> bool:
         return False
     state = stat.rsplit(")", 1)[1].split()[0]
     return state != "Z" and b"systemd-nspawn" in cmdline  # a reused pid is not our node
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # it ended meanwhile
 
 
 def _ssh_banner(address: str) -> bool:
