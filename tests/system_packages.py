@@ -1,5 +1,6 @@
 """Programs the tests drive that a fresh CI machine may lack (sshd, tmux): installed with apt on
-first use. A test skips only where nothing can install them (no apt-get, or not root)."""
+first use. A test skips only where nothing can install them (no apt-get, or not root), unless it
+asked for ``required=True`` (the real-node tests): then it fails with one line saying why."""
 
 from __future__ import annotations
 
@@ -13,16 +14,16 @@ import pytest
 APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
 
-def ensure_program(program: str | Path, package: str) -> Path:
+def ensure_program(program: str | Path, package: str, *, required: bool = False) -> Path:
     """The program's path (an absolute path, or a name looked up on PATH), installing ``package``
-    with apt when it is missing."""
+    with apt when it is missing. Where it cannot be installed: skip, or with ``required`` fail."""
     found = _find(program)
     if found is not None:
         return found
     if shutil.which("apt-get") is None:
-        pytest.skip(f"{program} is not installed and there is no apt-get to install {package}")
+        _cannot(f"{program} is not installed and there is no apt-get to install {package}", required)
     if os.geteuid() != 0:
-        pytest.skip(f"{program} is not installed and installing {package} needs root")
+        _cannot(f"{program} is not installed and installing {package} needs root", required)
     install = ["apt-get", "install", "-y", "--no-install-recommends", package]
     if _apt(install).returncode != 0:
         # A fresh machine often has no package lists yet.
@@ -32,6 +33,12 @@ def ensure_program(program: str | Path, package: str) -> Path:
     if found is None:
         raise RuntimeError(f"{package} installed but {program} is still missing")
     return found
+
+
+def _cannot(reason: str, required: bool) -> None:
+    if required:
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
 
 
 def _find(program: str | Path) -> Path | None:

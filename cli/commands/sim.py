@@ -136,6 +136,11 @@ def cloud(
         int, typer.Option("--organization-id", help="A fresh account's organization_id (in billing answers).")
     ] = 1,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level (info: one line per request).")] = "warning",
+    real_nodes: Annotated[
+        bool,
+        typer.Option("--real-nodes", help="Each VM is a real Debian node: systemd and sshd in a container (root; "
+                     "Debian packages debootstrap, systemd-container), at its own address."),
+    ] = False,
 ) -> None:
     """Emulate Hyperstack's API on this machine, for tests, demos and trying spot without an account.
 
@@ -147,6 +152,12 @@ def cloud(
     API at /_sim (faults, billing faults, reclaims, clock advance, state dump) drives it from
     tests. Every answer's Date header is in emulated time. A second account is a second
     emulator: another --state-dir and --port (and --id-offset so ids differ).
+
+    With --real-nodes, each VM is instead a Debian bookworm booted with systemd in a container
+    (systemd-nspawn), in its own network namespace at its own address (the VM's fixed_ip and
+    floating_ip), with sshd accepting the VM's key pair for the sudo user ubuntu and a loop
+    device as /dev/vdb: hibernate powers it off cleanly, restore boots the same disk again,
+    delete removes it. The root image is built once per machine (debootstrap, a few minutes).
     """
     from spotinference.sim.cloud.lifecycle import Delays
     from spotinference.sim.cloud.server import CloudConfig, run
@@ -180,7 +191,16 @@ def cloud(
         api_key=api_key,
         id_offset=id_offset,
         organization_id=organization_id,
+        real_nodes=real_nodes,
     )
+    if real_nodes:
+        from spotinference.sim.realnode.host import check_host
+        from spotinference.sim.realnode.image import cached_image, ensure_image
+
+        check_host()  # what is missing, before promising a build
+        if cached_image() is None:
+            typer.echo("spot sim cloud: building the real-node image (debootstrap, once per machine)...", err=True)
+        ensure_image()
 
     def ready(bound_host: str, bound_port: int) -> None:
         typer.echo(f"spot sim cloud: Hyperstack API on http://{bound_host}:{bound_port}/v1 "

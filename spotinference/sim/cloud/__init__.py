@@ -11,6 +11,7 @@ One job per module::
     history     billing history: window details, hourly points, billing events, from the same meters
     usage       the usage answer with billing faults applied, and its optional paging
     processes   node directories: boot scripts on ACTIVE, kills on stop (the contract is there)
+    real_nodes  --real-nodes: the same effects on real nodes (systemd in a container, ..realnode)
     faults      injected faults and the rate limit
     render      the wire shapes of instances, volumes, key pairs, environments
     routing     requests, JSON answers, the route table

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +78,8 @@ class Cloud(Account):
         super().__init__(state_dir, world, clock)
         self.delays = delays
         self._effects: list[Effect] = []
+        # --real-nodes: the address a new VM's node will have (see ``real_nodes``); None: 127.0.0.1
+        self.node_address: Callable[[Path], str] | None = None
 
     @classmethod
     def open(cls, state_dir: Path, delays: Delays, *, time_scale: float = 1.0, id_offset: int = 0,
@@ -253,6 +256,7 @@ class Cloud(Account):
                 user_data=body.get("user_data"),
                 callback_url=body.get("callback_url"),
                 labels=list(labels),
+                address=self.node_address(node_dir) if self.node_address else None,
             )
             vm.security_rules = [self._rule_json(rule) for rule in checked_rules]
             self.world.vms[vm_id] = vm

@@ -1,8 +1,10 @@
 """The wire shapes of the emulated resources: instances, volumes, key pairs, environments.
 
 Field names follow Hyperstack's OpenAPI file. Every address is 127.0.0.1, since every emulated
-VM lives on this machine; the ``emulator`` object in an instance is the one field real
-Hyperstack never sends (the node's directory and the ports its engine and sshd listen on).
+VM lives on this machine, except a real node's (``--real-nodes``): its own veth address. The
+``emulator`` object in an instance is the one field real Hyperstack never sends (the node's
+directory and the ports its engine and sshd listen on; for a real node none of them, since it
+is reached as a real VM is: sshd on port 22 at its address, its engine at its own port there).
 """
 
 from __future__ import annotations
@@ -34,17 +36,24 @@ def floating_ip(vm: VmRecord) -> tuple[str | None, str]:
     """``(floating_ip, floating_ip_status)`` in the VM's current status."""
     if not vm.assign_floating_ip:
         return None, "NOT_ATTACHED"
+    address = vm.address or LOOPBACK
     if vm.status in (CREATING, BUILD):
         return None, "ATTACHING"
     if vm.status == DELETING:
         return None, "DETACHED"
     if vm.status in (HIBERNATING, HIBERNATED, RESTORING) and not vm.ip_retained:
         return {
-            HIBERNATING: (LOOPBACK, "DETACHING"),
+            HIBERNATING: (address, "DETACHING"),
             HIBERNATED: (None, "DETACHED"),
             RESTORING: (None, "ATTACHING"),
         }[vm.status]
-    return LOOPBACK, "ATTACHED"
+    return address, "ATTACHED"
+
+
+def _emulator_json(vm: VmRecord, ssh_port: int | None) -> dict[str, Any]:
+    if vm.address is not None:  # a real node: nothing here, it is reached at its address
+        return {"node_dir": None, "engine_port": None, "ssh_port": None, "real_node": True}
+    return {"node_dir": vm.node_dir, "engine_port": vm.engine_port, "ssh_port": ssh_port}
 
 
 def instance_json(vm: VmRecord, world: World, clock: EmulatedClock, *, ssh_port: int | None) -> dict[str, Any]:
@@ -57,7 +66,7 @@ def instance_json(vm: VmRecord, world: World, clock: EmulatedClock, *, ssh_port:
         "status": vm.status,
         "power_state": POWER_STATE.get(vm.status, "SHUTDOWN"),
         "vm_state": VM_STATE.get(vm.status, "error"),
-        "fixed_ip": LOOPBACK,
+        "fixed_ip": vm.address or LOOPBACK,
         "floating_ip": ip,
         "floating_ip_status": ip_status,
         "requires_public_ip": vm.assign_floating_ip,
@@ -84,7 +93,7 @@ def instance_json(vm: VmRecord, world: World, clock: EmulatedClock, *, ssh_port:
         "port_randomization_status": "DISABLED",
         "features": {},
         "created_at": clock.iso_at(vm.created_us),
-        "emulator": {"node_dir": vm.node_dir, "engine_port": vm.engine_port, "ssh_port": ssh_port},
+        "emulator": _emulator_json(vm, ssh_port),
     }
 
 

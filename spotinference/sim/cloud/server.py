@@ -32,6 +32,7 @@ from .api import Api
 from .faults import FaultBook, RateLimiter
 from .lifecycle import Cloud, Delays
 from .processes import NodeProcesses
+from .real_nodes import RealNodeMachines, address_for
 from .routing import Receive, Request, Response, Router, Scope, Send, error, read_request, send_response
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,18 @@ class CloudConfig:
     api_key: str | None = None  # None: any non-empty key is accepted
     id_offset: int = 0  # a fresh account's first VM/volume/... id is id_offset + 1 (a second account's ids differ)
     organization_id: int = 1
+    real_nodes: bool = False  # VMs are real nodes (systemd in a container) instead of node directories
 
     def public(self) -> dict:
         """The settings shown by ``/_sim/state`` (never the key itself)."""
         return {"host": self.host, "port": self.port, "delays": asdict(self.delays), "time_scale": self.time_scale,
                 "ssh_port": self.ssh_port, "rate_limit_per_minute": self.rate_limit_per_minute,
                 "api_key_required": self.api_key is not None, "id_offset": self.id_offset,
-                "organization_id": self.organization_id}
+                "organization_id": self.organization_id, "real_nodes": self.real_nodes}
 
 
 class CloudApp:
-    def __init__(self, config: CloudConfig, cloud: Cloud, processes: NodeProcesses | None = None) -> None:
+    def __init__(self, config: CloudConfig, cloud: Cloud, processes: NodeProcesses | RealNodeMachines | None = None) -> None:
         self.config = config
         self.cloud = cloud
         self.processes = processes or NodeProcesses()
@@ -160,7 +162,13 @@ async def serve(config: CloudConfig, *, on_ready: ReadyCallback | None = None, l
 
     cloud = Cloud.open(config.state_dir, config.delays, time_scale=config.time_scale, id_offset=config.id_offset,
                        organization_id=config.organization_id)
-    app = CloudApp(config, cloud)
+    machines = None
+    if config.real_nodes:
+        from ..realnode.image import ensure_image
+
+        machines = RealNodeMachines(cloud, ensure_image().root)  # built once per machine (minutes)
+        cloud.node_address = address_for
+    app = CloudApp(config, cloud, machines)
     app.tick()  # transitions due while the emulator was down, and their boots
     sock = _bind(config.host, config.port)
     server = uvicorn.Server(
@@ -182,6 +190,8 @@ async def serve(config: CloudConfig, *, on_ready: ReadyCallback | None = None, l
         ticks.cancel()
         sock.close()
         app.tick()
+        if machines is not None:
+            machines.close()
 
 
 def run(config: CloudConfig, *, on_ready: ReadyCallback | None = None, log_level: str = "warning") -> None:

@@ -171,6 +171,7 @@ class VmRecord:
     terminated_us: int | None = None
     meter: Meter = field(default_factory=Meter)
     exclude_billing: bool = False  # flagged by POST /_sim/exclude-billing
+    address: str | None = None  # a real node's veth address (--real-nodes); None: 127.0.0.1
 
     @property
     def exists(self) -> bool:
