@@ -24,6 +24,7 @@ from typing import Any
 from ..keys import KeyRing
 from .callback_send import CallbackSender
 from .errors import EngineFault, GatewayError, stream_error_event
+from .key_access import model_route, refuse_if_expired
 from .metrics import GatewayMetrics
 from .requests import CHAT, ClientGone, ClientRequest, bearer_credentials, header, parse_request, read_body
 from .routing import Node, Route, Router
@@ -157,6 +158,7 @@ class Relay:
         key_id = self.keys.key_id_for(key)
         if key_id is None:
             raise GatewayError(401, "incorrect or revoked API key", code="invalid_api_key")
+        refuse_if_expired(self.keys, key_id)
         return key_id
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -183,13 +185,7 @@ class Relay:
                 if b'"n"' in body:
                     state.choices_per_prompt = _choices_per_prompt(body)
                 state.one_choice = state.choices_per_prompt == 1 and exchange.request.endpoint == CHAT
-            route = self.router.route(exchange.request.model)
-            if route is None:
-                known = ", ".join(self.router.models()) or "none"
-                raise GatewayError(
-                    404, f"The model '{exchange.request.model}' does not exist (known models: {known})",
-                    param="model", code="model_not_found",
-                )
+            route = model_route(self.router, self.keys, exchange.key_id, exchange.request.model)
             if self.gate is not None and not self.gate.state.open:
                 state = self.gate.state  # fail closed: never serve what cannot be billed or paid for
                 raise GatewayError(state.http_status or 503, state.message, code=state.reason,
