@@ -22,6 +22,7 @@ from .access_log import AccessLoggingRecorder, KeyNames
 from .errors import GatewayError, error_body
 from .http_limits import ClientLimits
 from .key_access import model_route, visible_models
+from .key_limits import KeyLimits
 from .logs import fields
 from .metrics import GatewayMetrics
 from .operator import OperatorAccess, operator_token
@@ -114,6 +115,8 @@ def create_app(
     )
     relay.max_response_body_bytes = options.max_response_body_bytes
     relay.gate = gate
+    limits = KeyLimits(keys, store.home / "gateway") if keys is not None else None
+    relay.limits = limits
     homes = ResponseHomes(store.home / "gateway" / "responses")
     endpoint_relays = []
     for anthropic in (False, True):
@@ -125,6 +128,7 @@ def create_app(
         )
         endpoint_relay.max_response_body_bytes = options.max_response_body_bytes
         endpoint_relay.gate = gate
+        endpoint_relay.limits = limits
         endpoint_relays.append(endpoint_relay)
     flusher = SpoolFlushProcess(store, writer, interval_s=options.flush_interval_s)
     created = int(time.time())

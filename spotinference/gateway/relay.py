@@ -82,6 +82,7 @@ class Exchange:
     # read, and the other endpoints), so chat's Exchange is built as before.
     endpoint = None  # the route, for a row whose request could not be read
     response_id = None  # a Responses answer's id, for routing what refers to it
+    ticket = None  # its place in the key's limits (key_limits.Ticket), for a key with limits
 
 
 class Relay:
@@ -110,6 +111,7 @@ class Relay:
         self.keepalive_s = keepalive_s
         self.max_response_body_bytes = max_response_body_bytes
         self.gate: Any = None  # the budget gate (billing.budget.BudgetGate), when the fleet has billing
+        self.limits: Any = None  # per-key rate limits (key_limits.KeyLimits), when keys are required
         self._pools: dict[str, UpstreamPool] = {}
         self._fixed_headers: dict[tuple[str, str | None], bytes] = {}
         # Request ids: random per process (each worker builds its own Relay), then a counter. A
@@ -195,6 +197,8 @@ class Relay:
                     503, f"no engine is serving tier '{route.tier}' for model '{route.model}' right now",
                     code="no_serving_node", retry_after_s=RETRY_AFTER_S,
                 )
+            if self.limits is not None and (ticket := self.limits.admit(exchange.key_id)) is not None:
+                exchange.ticket, send = ticket, ticket.wrap(send)  # the last check: 429 past the key's limits
         except ClientGone:
             return
         except GatewayError as exc:
@@ -568,6 +572,8 @@ class Relay:
             # The running totals vLLM sent before the abort, summed over choices and prompts.
             self._take_stream_usage(exchange, state)
         exchange.recorded = True
+        if exchange.ticket is not None:
+            self.limits.settle(exchange.ticket, exchange.key_id, exchange.prompt_tokens, exchange.completion_tokens)
         elapsed_s = time.perf_counter() - exchange.t0
         started_at = datetime.fromtimestamp(exchange.started_unix, UTC)
         model = request.model if request else ""
