@@ -203,3 +203,23 @@ def test_a_dead_workers_places_are_given_back(home: Path, tmp_path: Path) -> Non
     assert limits.admit(new.key_id) is not None and limits.admit(new.key_id) is not None
     with pytest.raises(RateLimited):
         limits.admit(new.key_id)
+
+
+def test_the_other_routes_count_against_the_same_limits_in_their_own_shapes(stack: Stack) -> None:
+    import anthropic
+
+    key = stack.new_key("every-route", rpm=2)
+    responses = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0).responses
+    raw = responses.with_raw_response.create(model=MODEL, input="hi", max_output_tokens=4)
+    assert raw.parse().id and raw.headers["x-ratelimit-remaining-requests"] == "1"
+    messages = anthropic.Anthropic(base_url=stack.url, api_key=key, max_retries=0).messages
+    answered = messages.with_raw_response.create(model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+    assert answered.parse().content is not None and answered.headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        messages.create(model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert "limit of 2 requests per minute" in caught.value.message
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+    assert caught.value.response.headers["x-ratelimit-limit-requests"] == "2"
+    with pytest.raises(openai.RateLimitError):
+        responses.create(model=MODEL, input="hi", max_output_tokens=4)

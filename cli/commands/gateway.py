@@ -79,17 +79,17 @@ DailyUsd = Annotated[str | None, typer.Option("--daily-usd", metavar="USD", rich
 MonthlyUsd = Annotated[str | None, typer.Option("--monthly-usd", metavar="USD", rich_help_panel=_SETTING,
     help="Budget per calendar month in dollars (recorded and shown; not enforced yet).")]
 Rpm = Annotated[str | None, typer.Option("--rpm", metavar="N", rich_help_panel=_SETTING,
-    help="Requests per minute (recorded and shown; not enforced yet).")]
+    help="Requests per minute, across every worker: past it, 429 rate_limit_exceeded with Retry-After.")]
 Tpm = Annotated[str | None, typer.Option("--tpm", metavar="N", rich_help_panel=_SETTING,
-    help="Prompt + completion tokens per minute (recorded and shown; not enforced yet).")]
+    help="Prompt + completion tokens per minute (the engine's usage, taken as each request ends).")]
 MaxConcurrent = Annotated[str | None, typer.Option("--max-concurrent", metavar="N", rich_help_panel=_SETTING,
-    help="Requests in flight at once (recorded and shown; not enforced yet).")]
+    help="Requests in flight at once, across every worker.")]
 Models = Annotated[str | None, typer.Option("--models", metavar="A,B", rich_help_panel=_SETTING,
     help="The only models this key may use; others answer 404 as if they did not exist.")]
 Expires = Annotated[str | None, typer.Option("--expires", metavar="DATE", rich_help_panel=_SETTING,
     help="YYYY-MM-DD: the key works through that day (UTC), then answers 401 key_expired; "
          "or a time YYYY-MM-DDTHH:MM[+HH:MM].")]
-_NOT_ENFORCED = ("daily_usd", "monthly_usd", "rpm", "tpm", "max_concurrent")
+_NOT_ENFORCED = ("daily_usd", "monthly_usd")
 
 
 @keys_app.command("create")
@@ -143,7 +143,7 @@ def _warn_not_enforced(given: dict[str, str | None]) -> None:
 
     named = [FLAGS[n] for n in _NOT_ENFORCED if given.get(n) is not None]
     if named:
-        typer.echo(f"note: {', '.join(named)} recorded; the gateway does not enforce budgets and rate limits yet",
+        typer.echo(f"note: {' and '.join(named)} recorded; the gateway does not enforce budgets yet",
                    err=True)
 
 

@@ -2,7 +2,7 @@
 an expired key is refused (401 ``key_expired``); a model outside its allowlist does not exist for
 it (the same 404 as an unknown model, and absent from ``GET /v1/models``).
 
-A key without settings costs one failed dict lookup here.
+A key without settings costs one failed dict lookup here; rate limits are in key_limits.py.
 """
 
 from __future__ import annotations
