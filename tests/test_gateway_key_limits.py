@@ -135,7 +135,7 @@ def test_tokens_per_minute_are_settled_from_the_engines_usage_across_gateways(st
 
 def test_concurrent_requests_hold_across_two_workers_and_are_freed_when_streams_end(stack: Stack) -> None:
     key = stack.new_key("three-at-once", max_concurrent=3)
-    slow = {**CHAT, "max_tokens": 16, "stream": True}  # ~2.4 s each on the slow engine
+    slow = {**CHAT, "max_tokens": 24, "stream": True}  # ~3.6 s each on the slow engine: the burst lands first
     answers = burst(stack.slow_url, key, 12, slow)
     assert sum(a.status_code == 200 for a in answers) == 3, [a.status_code for a in answers]
     for refused in (a for a in answers if a.status_code != 200):
