@@ -223,3 +223,26 @@ def test_the_other_routes_count_against_the_same_limits_in_their_own_shapes(stac
     assert caught.value.response.headers["x-ratelimit-limit-requests"] == "2"
     with pytest.raises(openai.RateLimitError):
         responses.create(model=MODEL, input="hi", max_output_tokens=4)
+
+
+def test_spot_keys_update_changes_a_running_gateways_limits_within_a_second(stack: Stack) -> None:
+    from tests.conftest import run_spot
+
+    key = stack.new_key("raised", rpm=1)
+    ask = lambda: httpx.post(f"{stack.url}/v1/chat/completions", json=CHAT, headers=bearer(key), timeout=30)  # noqa: E731
+    assert ask().status_code == 200
+    assert_refused(ask(), "limit of 1 request per minute")
+    raised = run_spot("keys", "update", "raised", "--rpm", "1000", env={"SPOT_HOME": str(stack.home)})
+    assert raised.returncode == 0, raised.stderr
+    deadline = time.monotonic() + 5
+    while (answer := ask()).status_code == 429:
+        assert time.monotonic() < deadline, "the raised limit did not reach the gateway"
+        time.sleep(0.05)
+    assert answer.status_code == 200 and answer.headers["x-ratelimit-limit-requests"] == "1000"
+    cleared = run_spot("keys", "update", "raised", "--clear", "rpm", env={"SPOT_HOME": str(stack.home)})
+    assert cleared.returncode == 0, cleared.stderr
+    deadline = time.monotonic() + 5
+    while "x-ratelimit-limit-requests" in (answer := ask()).headers:
+        assert time.monotonic() < deadline, "the cleared limit did not reach the gateway"
+        time.sleep(0.05)
+    assert answer.status_code == 200

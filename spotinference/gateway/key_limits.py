@@ -118,15 +118,15 @@ class KeyLimits:
             tok = _refill(tok, tok_at, tpm, now)
             refused = None
             if rpm is not None and req < 1:
-                refused = (f"this API key's limit of {rpm} requests per minute is reached",
+                refused = (f"this API key's limit of {_count(rpm, 'request')} per minute is reached",
                            (1 - req) * 60 / rpm)
             elif tpm is not None and tok <= 0:
-                refused = (f"this API key's limit of {tpm} tokens per minute is reached",
+                refused = (f"this API key's limit of {_count(tpm, 'token')} per minute is reached",
                            (1 - tok) * 60 / tpm)
             elif most is not None and sum(flight) >= most:
                 flight = self._reap_dead_workers(mapped, flight)
                 if sum(flight) >= most:
-                    refused = (f"this API key's limit of {most} requests at once is reached", 1.0)
+                    refused = (f"this API key's limit of {_count(most, 'request')} at once is reached", 1.0)
             if refused is None:
                 req -= 1
                 flight[self.worker] += 1
@@ -282,6 +282,10 @@ def _headers(rpm: int | None, req: float, tpm: int | None, tok: float) -> list[t
                     (b"x-ratelimit-remaining-tokens", b"%d" % max(0, math.floor(tok))),
                     (b"x-ratelimit-reset-tokens", _duration((tpm - tok) * 60 / tpm).encode())]
     return headers
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _duration(seconds: float) -> str:
