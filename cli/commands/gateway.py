@@ -6,16 +6,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..output import print_json, print_table
+from ..output import Column, print_json, print_table
 from ..state import CliState
 from .options import JsonOption
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from decimal import Decimal
+
+    from spotinference.key_settings import KeySettings
+    from spotinference.keys import KeyInfo
 
     from spotinference.request_log import RequestFilter
 
-keys_app = typer.Typer(help="Client API keys: create (shown once), list, revoke.", no_args_is_help=True)
+keys_app = typer.Typer(help="Client API keys: create (shown once), update their settings, list, revoke.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -69,30 +73,120 @@ def serve(
     run_gateway(spec, on_bound=notes, on_listening=lambda: typer.echo(f"spot gateway on {where}", err=True))
 
 
+_SETTING = "Per-key settings (also on `spot keys update`)"
+DailyUsd = Annotated[str | None, typer.Option("--daily-usd", metavar="USD", rich_help_panel=_SETTING,
+    help="Budget per day in dollars (recorded and shown; not enforced yet).")]
+MonthlyUsd = Annotated[str | None, typer.Option("--monthly-usd", metavar="USD", rich_help_panel=_SETTING,
+    help="Budget per calendar month in dollars (recorded and shown; not enforced yet).")]
+Rpm = Annotated[str | None, typer.Option("--rpm", metavar="N", rich_help_panel=_SETTING,
+    help="Requests per minute, across every worker: past it, 429 rate_limit_exceeded with Retry-After.")]
+Tpm = Annotated[str | None, typer.Option("--tpm", metavar="N", rich_help_panel=_SETTING,
+    help="Prompt + completion tokens per minute (the engine's usage, taken as each request ends).")]
+MaxConcurrent = Annotated[str | None, typer.Option("--max-concurrent", metavar="N", rich_help_panel=_SETTING,
+    help="Requests in flight at once, across every worker.")]
+Models = Annotated[str | None, typer.Option("--models", metavar="A,B", rich_help_panel=_SETTING,
+    help="The only models this key may use; others answer 404 as if they did not exist.")]
+Expires = Annotated[str | None, typer.Option("--expires", metavar="DATE", rich_help_panel=_SETTING,
+    help="YYYY-MM-DD: the key works through that day (UTC), then answers 401 key_expired; "
+         "or a time YYYY-MM-DDTHH:MM[+HH:MM].")]
+_NOT_ENFORCED = ("daily_usd", "monthly_usd")
+
+
 @keys_app.command("create")
-def keys_create(ctx: typer.Context, name: str, json: JsonOption = False) -> None:
+def keys_create(ctx: typer.Context, name: str, daily_usd: DailyUsd = None, monthly_usd: MonthlyUsd = None,
+                rpm: Rpm = None, tpm: Tpm = None, max_concurrent: MaxConcurrent = None, models: Models = None,
+                expires: Expires = None, json: JsonOption = False) -> None:
     """Create a key and print it once: it cannot be shown again."""
+    from spotinference.key_settings import KeySettings, parse_settings
     from spotinference.keys import create_key
 
     state: CliState = ctx.obj
-    new = create_key(state.store(), name)
+    given = {"daily_usd": daily_usd, "monthly_usd": monthly_usd, "rpm": rpm, "tpm": tpm,
+             "max_concurrent": max_concurrent, "models": models, "expires_at": expires}
+    settings = KeySettings(**parse_settings(given))
+    new = create_key(state.store(), name, settings)
     if json:
-        print_json({"name": new.name, "key": new.key, "key_id": new.key_id})
+        print_json({"name": new.name, "key": new.key, "key_id": new.key_id, "settings": _settings_json(settings)})
     else:
         typer.echo(new.key)
         typer.echo(f"key {new.name!r} created; store it now, it is not shown again", err=True)
+    _warn_not_enforced(given)
+
+
+@keys_app.command("update")
+def keys_update(
+    ctx: typer.Context, name: str, daily_usd: DailyUsd = None, monthly_usd: MonthlyUsd = None, rpm: Rpm = None,
+    tpm: Tpm = None, max_concurrent: MaxConcurrent = None, models: Models = None, expires: Expires = None,
+    clear: Annotated[list[str] | None, typer.Option(
+        "--clear", metavar="SETTING[,SETTING]", rich_help_panel=_SETTING,
+        help="Remove settings: daily-usd, monthly-usd, rpm, tpm, max-concurrent, models (every model again), "
+             "expires (never).")] = None,
+    json: JsonOption = False,
+) -> None:
+    """Change a key's settings; a running gateway applies them within a second. A past --expires ends the key now."""
+    from spotinference.key_settings import parse_clear, parse_settings
+    from spotinference.keys import update_key
+
+    state: CliState = ctx.obj
+    given = {"daily_usd": daily_usd, "monthly_usd": monthly_usd, "rpm": rpm, "tpm": tpm,
+             "max_concurrent": max_concurrent, "models": models, "expires_at": expires}
+    info = update_key(state.store(), name, parse_settings(given, allow_past_expiry=True), parse_clear(clear or []))
+    if json:
+        print_json({"name": info.name, "settings": _settings_json(info.settings)})
+    else:
+        typer.echo(f"key {info.name!r} updated: {_limits(info.settings) or 'no settings'}")
+    _warn_not_enforced(given)
+
+
+def _warn_not_enforced(given: dict[str, str | None]) -> None:
+    from spotinference.key_settings import FLAGS
+
+    named = [FLAGS[n] for n in _NOT_ENFORCED if given.get(n) is not None]
+    if named:
+        typer.echo(f"note: {' and '.join(named)} recorded; the gateway does not enforce budgets yet",
+                   err=True)
+
+
+def _settings_json(settings: KeySettings) -> dict:
+    from spotinference.jsonable import jsonable
+
+    return jsonable(settings.to_dict())
+
+
+def _usd(value: Decimal) -> str:
+    exact = value.normalize()
+    return f"${value:,.2f}" if exact.as_tuple().exponent >= -2 else f"${exact:,f}"  # type: ignore[operator]
+
+
+def _limits(settings: KeySettings) -> str:
+    """A key's settings in a few words: $5.00/day · 60 rpm · 4 at once · models a, b · until …"""
+    parts = []
+    if settings.daily_usd is not None:
+        parts.append(f"{_usd(settings.daily_usd)}/day")
+    if settings.monthly_usd is not None:
+        parts.append(f"{_usd(settings.monthly_usd)}/month")
+    for value, unit in ((settings.rpm, "rpm"), (settings.tpm, "tpm"), (settings.max_concurrent, "at once")):
+        if value is not None:
+            parts.append(f"{value:,} {unit}")
+    if settings.models is not None:
+        parts.append("models " + ", ".join(settings.models))
+    if settings.expires_at is not None:
+        parts.append("expires " + _when(settings.expires_at))
+    return " · ".join(parts)
 
 
 @keys_app.command("list")
 def keys_list(ctx: typer.Context, json: JsonOption = False) -> None:
-    """List keys: names, creation, last use, revocation. Never the keys themselves."""
+    """List keys: names, settings, tokens today and this month, last use, state. Never the keys themselves."""
     from spotinference.keys import list_keys
 
     state: CliState = ctx.obj
-    keys = list_keys(state.store())
+    keys = list_keys(state.store(), timezone=state.settings.budget.timezone)
     rows = [
         {"name": k.name, "key_id": k.key_id, "prefix": k.key_prefix + "…", "created_at": k.created_at,
-         "last_used_at": k.last_used_at, "revoked_at": k.revoked_at}
+         "last_used_at": k.last_used_at, "revoked_at": k.revoked_at, "expired": k.settings.expired(),
+         "settings": _settings_json(k.settings), "tokens_today": k.tokens_today,
+         "tokens_this_month": k.tokens_this_month}
         for k in keys
     ]
     if json:
@@ -101,11 +195,24 @@ def keys_list(ctx: typer.Context, json: JsonOption = False) -> None:
     if not rows:
         typer.echo("no keys yet: spot keys create NAME")
         return
+    # Narrow terminals drop the prefix, then the creation time, before anything else.
     print_table(
-        None, ["name", "prefix", "created (UTC)", "last used (UTC)", "state"],
-        [(r["name"], r["prefix"], _when(r["created_at"]), _when(r["last_used_at"]) or "never",
-          "revoked " + _when(r["revoked_at"]) if r["revoked_at"] else "active") for r in rows],
+        None, [Column("name", key=True), Column("state", key=True), Column("settings", drop_rank=5),
+               Column("tokens today", justify="right", drop_rank=4),
+               Column("tokens this month", justify="right", drop_rank=3),
+               Column("last used (UTC)", drop_rank=2), Column("created (UTC)", drop_rank=1),
+               Column("prefix", drop_rank=0)],
+        [(k.name, _key_state(k), _limits(k.settings), f"{k.tokens_today:,}", f"{k.tokens_this_month:,}",
+          _when(k.last_used_at) or "never", _when(k.created_at), k.key_prefix + "…") for k in keys],
     )
+
+
+def _key_state(key: KeyInfo) -> str:
+    if key.revoked_at:
+        return "revoked " + _when(key.revoked_at)
+    if key.settings.expired():
+        return "expired " + _when(key.settings.expires_at)
+    return "active"
 
 
 @keys_app.command("revoke")

@@ -21,6 +21,8 @@ from ..store import Store
 from .access_log import AccessLoggingRecorder, KeyNames
 from .errors import GatewayError, error_body
 from .http_limits import ClientLimits
+from .key_access import model_route, visible_models
+from .key_limits import KeyLimits
 from .logs import fields
 from .metrics import GatewayMetrics
 from .operator import OperatorAccess, operator_token
@@ -113,6 +115,8 @@ def create_app(
     )
     relay.max_response_body_bytes = options.max_response_body_bytes
     relay.gate = gate
+    limits = KeyLimits(keys, store.home / "gateway") if keys is not None else None
+    relay.limits = limits
     homes = ResponseHomes(store.home / "gateway" / "responses")
     endpoint_relays = []
     for anthropic in (False, True):
@@ -124,6 +128,7 @@ def create_app(
         )
         endpoint_relay.max_response_body_bytes = options.max_response_body_bytes
         endpoint_relay.gate = gate
+        endpoint_relay.limits = limits
         endpoint_relays.append(endpoint_relay)
     flusher = SpoolFlushProcess(store, writer, interval_s=options.flush_interval_s)
     created = int(time.time())
@@ -139,25 +144,22 @@ def create_app(
     @get("/v1/models", sync_to_thread=False)
     def models(request: Request) -> Response[bytes]:
         try:
-            relay.authenticate(request.scope)  # type: ignore[arg-type]
+            key_id = relay.authenticate(request.scope)  # type: ignore[arg-type]
         except GatewayError as exc:
             return Response(exc.body(), status_code=exc.status, media_type="application/json")
-        data = [{"id": m, "object": "model", "created": created, "owned_by": "spotinference"} for m in router.models()]
+        data = [{"id": m, "object": "model", "created": created, "owned_by": "spotinference"}
+                for m in visible_models(router, keys, key_id)]
         return Response({"object": "list", "data": data})
 
     @get("/v1/models/{model_id:path}", sync_to_thread=False)
     def model(request: Request, model_id: str) -> Response[bytes]:
         # vLLM serves no /v1/models/{id}: the gateway answers from its routes, as for /v1/models.
         try:
-            relay.authenticate(request.scope)  # type: ignore[arg-type]
+            key_id = relay.authenticate(request.scope)  # type: ignore[arg-type]
+            model_id = model_id.lstrip("/")
+            model_route(router, keys, key_id, model_id)
         except GatewayError as exc:
             return Response(exc.body(), status_code=exc.status, media_type="application/json")
-        model_id = model_id.lstrip("/")
-        if router.route(model_id) is None:
-            known = ", ".join(router.models()) or "none"
-            return Response(error_body(404, f"The model '{model_id}' does not exist (known models: {known})",
-                                       param="model", code="model_not_found"),
-                            status_code=404, media_type="application/json")
         return Response({"id": model_id, "object": "model", "created": created, "owned_by": "spotinference"})
 
     operator = OperatorAccess(options.operator_token, options.operator_port)
@@ -186,7 +188,7 @@ def create_app(
         flusher.start()
         sealer = asyncio.create_task(_seal_segments(writer, options.flush_interval_s))
         await asyncio.to_thread(key_names.load)
-        refresher = asyncio.create_task(_refresh_keys(keys, key_names)) if keys else None
+        refresher = asyncio.create_task(_refresh_keys(keys, key_names)) if keys is not None else None  # an empty ring too
         if runtime is not None:
             runtime.start()
         if gate is not None:

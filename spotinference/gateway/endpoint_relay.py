@@ -19,6 +19,7 @@ from .endpoint_requests import EndpointRequest, parse_endpoint_request
 from .endpoints import RESPONSES, Endpoint, Usage
 from .errors import GatewayError, anthropic_error_body
 from .event_stream import messages_usage, pooling_usage, responses_usage
+from .key_access import model_route, refuse_if_expired
 from .relay import RETRY_AFTER_S, Exchange, Relay
 from .requests import ClientGone, header, read_body
 from .response_homes import ResponseHome, ResponseHomes
@@ -95,6 +96,7 @@ class EndpointRelay(Relay):
             key_id = self.keys.key_id_for(api_key.decode("latin-1").strip(" \t"))
             if key_id is None:
                 raise GatewayError(401, "incorrect or revoked API key", code="invalid_api_key")
+            refuse_if_expired(self.keys, key_id)
             return key_id
         return super().authenticate(scope)
 
@@ -133,6 +135,8 @@ class EndpointRelay(Relay):
                 raise GatewayError(
                     503, f"no engine is serving tier '{route.tier}' for model '{route.model}' right now",
                     code="no_serving_node", retry_after_s=RETRY_AFTER_S)
+            if self.limits is not None and (ticket := self.limits.admit(exchange.key_id)) is not None:
+                exchange.ticket, send = ticket, ticket.wrap(send)  # the last check: 429 past the key's limits
         except ClientGone:
             return
         except GatewayError as exc:
@@ -150,12 +154,7 @@ class EndpointRelay(Relay):
     def _route_for(self, exchange: Exchange, request: EndpointRequest) -> Route:
         if request.response_id is not None:
             return self._route_to_response(exchange, request, request.response_id)
-        route = self.router.route(request.model)
-        if route is None:
-            known = ", ".join(self.router.models()) or "none"
-            raise GatewayError(404, f"The model '{request.model}' does not exist (known models: {known})",
-                               param="model", code="model_not_found")
-        return route
+        return model_route(self.router, self.keys, exchange.key_id, request.model)
 
     def _route_to_response(self, exchange: Exchange, request: EndpointRequest, response_id: str) -> Route:
         param = "previous_response_id" if request.spec is RESPONSES else "response_id"
@@ -167,6 +166,8 @@ class EndpointRelay(Relay):
         if not request.model:
             request.model = home.model  # GET and cancel name no model: the response's
         route = self.router.route(home.model)
+        if route is not None:
+            model_route(self.router, self.keys, exchange.key_id, home.model)  # the key's models allowlist
         node = next((n for n in route.nodes if n.base_url == home.base_url), None) if route else None
         if route is None or node is None:
             raise GatewayError(

@@ -24,6 +24,7 @@ from typing import Any
 from ..keys import KeyRing
 from .callback_send import CallbackSender
 from .errors import EngineFault, GatewayError, stream_error_event
+from .key_access import model_route, refuse_if_expired
 from .metrics import GatewayMetrics
 from .requests import CHAT, ClientGone, ClientRequest, bearer_credentials, header, parse_request, read_body
 from .routing import Node, Route, Router
@@ -81,6 +82,7 @@ class Exchange:
     # read, and the other endpoints), so chat's Exchange is built as before.
     endpoint = None  # the route, for a row whose request could not be read
     response_id = None  # a Responses answer's id, for routing what refers to it
+    ticket = None  # its place in the key's limits (key_limits.Ticket), for a key with limits
 
 
 class Relay:
@@ -109,6 +111,7 @@ class Relay:
         self.keepalive_s = keepalive_s
         self.max_response_body_bytes = max_response_body_bytes
         self.gate: Any = None  # the budget gate (billing.budget.BudgetGate), when the fleet has billing
+        self.limits: Any = None  # per-key rate limits (key_limits.KeyLimits), when keys are required
         self._pools: dict[str, UpstreamPool] = {}
         self._fixed_headers: dict[tuple[str, str | None], bytes] = {}
         # Request ids: random per process (each worker builds its own Relay), then a counter. A
@@ -157,6 +160,7 @@ class Relay:
         key_id = self.keys.key_id_for(key)
         if key_id is None:
             raise GatewayError(401, "incorrect or revoked API key", code="invalid_api_key")
+        refuse_if_expired(self.keys, key_id)
         return key_id
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -183,13 +187,7 @@ class Relay:
                 if b'"n"' in body:
                     state.choices_per_prompt = _choices_per_prompt(body)
                 state.one_choice = state.choices_per_prompt == 1 and exchange.request.endpoint == CHAT
-            route = self.router.route(exchange.request.model)
-            if route is None:
-                known = ", ".join(self.router.models()) or "none"
-                raise GatewayError(
-                    404, f"The model '{exchange.request.model}' does not exist (known models: {known})",
-                    param="model", code="model_not_found",
-                )
+            route = model_route(self.router, self.keys, exchange.key_id, exchange.request.model)
             if self.gate is not None and not self.gate.state.open:
                 state = self.gate.state  # fail closed: never serve what cannot be billed or paid for
                 raise GatewayError(state.http_status or 503, state.message, code=state.reason,
@@ -199,6 +197,8 @@ class Relay:
                     503, f"no engine is serving tier '{route.tier}' for model '{route.model}' right now",
                     code="no_serving_node", retry_after_s=RETRY_AFTER_S,
                 )
+            if self.limits is not None and (ticket := self.limits.admit(exchange.key_id)) is not None:
+                exchange.ticket, send = ticket, ticket.wrap(send)  # the last check: 429 past the key's limits
         except ClientGone:
             return
         except GatewayError as exc:
@@ -572,6 +572,8 @@ class Relay:
             # The running totals vLLM sent before the abort, summed over choices and prompts.
             self._take_stream_usage(exchange, state)
         exchange.recorded = True
+        if exchange.ticket is not None:
+            self.limits.settle(exchange.ticket, exchange.key_id, exchange.prompt_tokens, exchange.completion_tokens)
         elapsed_s = time.perf_counter() - exchange.t0
         started_at = datetime.fromtimestamp(exchange.started_unix, UTC)
         model = request.model if request else ""

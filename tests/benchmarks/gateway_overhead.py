@@ -3,6 +3,7 @@
     .venv/bin/python -m tests.benchmarks.gateway_overhead [--rounds N] [--levels 1,16,64]
     .venv/bin/python -m tests.benchmarks.gateway_overhead --engine-url http://127.0.0.1:18000 --throughput
     .venv/bin/python -m tests.benchmarks.gateway_overhead --levels 1,64 --baseline 0c292d6
+    .venv/bin/python -m tests.benchmarks.gateway_overhead --levels 1 --key-limits
 
 Starts `spot sim engine` (32 tokens, one every 5 ms, as in shared/reference/gateway-performance.md)
 and `spot serve` in front of it, nginx as a plain reverse proxy when it is installed (the
@@ -18,6 +19,10 @@ added latency (gateway − direct at the same percentile).
 With --throughput and an engine URL (e.g. real vLLM on the CPU), it instead measures output
 tokens/s per stream at 64 streams, each client alternating direct and gateway requests so both
 share the same load, and prints the ratio (target ≥ 97%).
+
+With --key-limits the rotation also sends the gateway requests with a key that has rpm, tpm and
+max-concurrent limits (set high enough never to refuse), and prints what the limits add to TTFT
+over the key without (issue 23: ≤ 0.1 ms at one stream).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pathlib import Path
 
 import aiohttp
 
+from spotinference.key_settings import KeySettings
 from spotinference.keys import create_key
 from spotinference.store import Store
 from tests.benchmarks.baseline import BaselineGateway
@@ -161,6 +167,8 @@ def main() -> None:
     parser.add_argument("--throughput", action="store_true", help="measure output tokens/s at 64 streams instead")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the throughput run")
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds of throughput load not counted")
+    parser.add_argument("--key-limits", action="store_true",
+                        help="also measure a key with rpm/tpm/max-concurrent limits against one without")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="the gateway's --log-level: info writes an access line per request, warning none")
     parser.add_argument("--baseline", metavar="REF",
@@ -180,6 +188,8 @@ def main() -> None:
             engine, engine_url = start_sim_engine(work, extra=["--ttft-ms", "5", "--itl-ms", "5"])
         home = work / "gw"
         key = create_key(Store(home), "bench").key
+        limited = create_key(Store(home), "bench-limits", KeySettings(rpm=10**9, tpm=10**15, max_concurrent=10**6)) \
+            if args.key_limits else None  # before the gateway starts, which reads its keys then
         gateway, gateway_url = start_gateway(home, {MODEL: engine_url},
                                              extra_env={"SPOT_GATEWAY__LOG_LEVEL": args.log_level})
         baseline = None
@@ -193,6 +203,8 @@ def main() -> None:
                    "gateway": (f"{gateway_url}/v1/chat/completions", auth)}
         if baseline:
             targets[f"gw@{old.commit}"] = (f"{baseline[1]}/v1/chat/completions", {"Authorization": f"Bearer {old_key}"})
+        if limited:
+            targets["gw-limits"] = (f"{gateway_url}/v1/chat/completions", {"Authorization": f"Bearer {limited.key}"})
         if nginx:
             targets["nginx"] = (f"{nginx[1]}/v1/chat/completions", {})
         targets["py-relay"] = (f"{relay_url}/v1/chat/completions", {})
@@ -234,6 +246,10 @@ def run_latency(targets: dict, levels: list[int], rounds: int) -> None:
             else:
                 added = f"{'':>16}{'':>16}{'':>15}"
             print(f"{level:>7} {name:<11}" + "".join(f"{v:>9.2f}" for v in row) + added + f"{len(got['ttft']):>6}")
+        if "gw-limits" in results:
+            plain, limited = results["gateway"]["ttft"], results["gw-limits"]["ttft"]
+            print(f"{level:>7} a key's limits add {percentile(limited, 0.5) - percentile(plain, 0.5):+.3f} ms TTFT "
+                  f"at P50, {percentile(limited, 0.95) - percentile(plain, 0.95):+.3f} ms at P95 (gw-limits − gateway)")
 
 
 def run_throughput(targets: dict, seconds: float, warmup_s: float) -> None:
