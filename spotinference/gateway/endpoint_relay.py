@@ -83,20 +83,8 @@ class EndpointRelay(Relay):
     def __init__(self, *args: Any, homes: ResponseHomes, anthropic: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.homes = homes
-        self.anthropic = anthropic  # errors in Anthropic's shape, x-api-key accepted
+        self.anthropic = anthropic  # errors in Anthropic's shape
         self.recorder = _ExtraRecorder(self.recorder)
-
-    def authenticate(self, scope: dict[str, Any]) -> str | None:
-        if self.keys is not None and self.anthropic and header(scope, b"authorization") is None:
-            api_key = header(scope, b"x-api-key")  # what the anthropic SDK sends
-            if api_key is None:
-                raise GatewayError(401, "missing API key: send 'x-api-key: sk-spot-...' or "
-                                        "'Authorization: Bearer sk-spot-...'", code="invalid_api_key")
-            key_id = self.keys.key_id_for(api_key.decode("latin-1").strip(" \t"))
-            if key_id is None:
-                raise GatewayError(401, "incorrect or revoked API key", code="invalid_api_key")
-            return key_id
-        return super().authenticate(scope)
 
     async def handle_endpoint(self, scope: dict[str, Any], receive: Any, send: Any, spec: Endpoint,
                               response_id: str | None) -> None:
