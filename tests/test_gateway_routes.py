@@ -318,6 +318,31 @@ def test_the_anthropic_sdk_lists_and_retrieves_models_with_either_header(stack: 
         wrong.models.retrieve(POOL)
 
 
+WRONG_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+
+
+@pytest.mark.parametrize(("method", "path", "anthropic"), client_routes(), ids=lambda v: v if isinstance(v, str) else "")
+def test_a_wrong_method_on_any_route_is_405_with_allow_and_writes_no_row(
+        stack: Stack, method: str, path: str, anthropic: bool) -> None:
+    # As chat's 405: the route's error shape, the method it takes in Allow, and nothing in the
+    # token log (no request reached an engine or was refused for its content).
+    for wrong in (m for m in WRONG_METHODS if m != method):
+        response = httpx.request(wrong, f"{stack.url}{path}", headers={"Authorization": f"Bearer {stack.key}"},
+                                 json=ANY_BODY if wrong != "GET" else None, timeout=30)
+        assert response.status_code == 405, (wrong, response.text)
+        # Litestar's routes (the models list) also answer OPTIONS, and say so.
+        assert set(response.headers["allow"].split(", ")) - {"OPTIONS"} == {method}, (wrong, response.headers)
+        error = assert_error_shape(response, anthropic)
+        assert f"use {method}" in error["message"], error
+    # A request that is logged, sent after them: once its row is in, so would theirs be.
+    sentinel = stack.post("/v1/embeddings", {"model": POOL, "input": "after the 405s"})
+    assert sentinel.status_code == 200
+    row_of(stack, sentinel)
+    listed = run_spot("requests", "--status", "405", "--json", env={"SPOT_HOME": str(stack.home)})
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
+
+
 # -- the log: spot requests and spot cost --by endpoint ----------------------------------------------
 
 def test_spot_requests_shows_each_requests_endpoint(stack: Stack) -> None:

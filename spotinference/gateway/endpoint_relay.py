@@ -90,6 +90,12 @@ class EndpointRelay(Relay):
                               response_id: str | None) -> None:
         exchange = Exchange(self._next_request_id(), time.time(), time.perf_counter())
         exchange.endpoint = spec.name  # type: ignore[attr-defined]
+        if scope["method"] != spec.method:
+            # As chat's 405 (app._post_only): before the key, and no row: nothing was asked of an engine.
+            error = GatewayError(405, f"{scope['method']} is not allowed on {spec.name}: use {spec.method}",
+                                 code="method_not_allowed", allow=spec.method)
+            await self._send_error(send, error, exchange.request_id)
+            return
         try:
             exchange.key_id = self.authenticate(scope)
         except GatewayError as exc:
@@ -97,9 +103,6 @@ class EndpointRelay(Relay):
             await self._send_error(send, exc, exchange.request_id)
             return
         try:
-            if scope["method"] != spec.method:
-                raise GatewayError(405, f"{scope['method']} is not allowed on {spec.name}: use {spec.method}",
-                                   code="method_not_allowed")
             body = await read_body(scope, receive, self.max_body_bytes)
             try:
                 request = parse_endpoint_request(
