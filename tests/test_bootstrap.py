@@ -235,3 +235,33 @@ def test_a_tier_command_that_is_not_there_fails_the_bootstrap_before_anything_st
     with pytest.raises(NodeError, match="vllm.command"):
         Bootstrap(LocalTransport("spot-demo-1"), plan).run()
     assert not Path(node.run_script).exists() and not Path(node.pid_file).exists()
+
+
+# -- what a sim node's engine serves: the model's kind, as vLLM would resolve it -----------------
+
+@pytest.mark.parametrize(("extra_args", "sim_runner", "served_as"), [
+    ([], None, "generate"),
+    (["--runner", "pooling"], None, "pooling"),
+    (["--runner=pooling"], None, "pooling"),
+    (["--convert", "embed"], None, "pooling"),  # vLLM: a conversion implies the pooling runner
+    (["--convert=classify", "--enable-prefix-caching"], None, "pooling"),
+    (["--runner", "pooling", "--runner", "generate"], None, "generate"),  # the last one wins, as in argparse
+    ([], "pooling", "pooling"),  # an embedding architecture: vLLM picks pooling by itself
+    ([], "transcription", "transcription"),  # a speech model (Whisper): vLLM knows it by its architecture
+    (["--runner", "generate"], "transcription", "transcription"),  # speech models run on the generate runner
+    (["--runner", "generate"], "pooling", "generate"),
+    (["--runner", "pooling"], "transcription", "pooling"),
+])
+def test_a_sim_nodes_engine_serves_the_model_as_vllm_would_for_the_tiers_arguments(
+        extra_args: list[str], sim_runner: str | None, served_as: str) -> None:
+    tier = _tier(vllm=VllmSettings(extra_args=extra_args), sim=SimEngineSettings(runner=sim_runner))
+    plan = EnginePlan(tier=tier, layout=NodeLayout.for_node("/node"), host="127.0.0.1", port=8001, api_key="k")
+    run = plan.files()["/node/opt/spot/run-engine.sh"][0].decode()
+    argv = run.split("exec ", 1)[1].split()
+    assert argv[argv.index("--runner") + 1] == served_as
+    assert argv.count("--runner") == 1 and "--convert" not in argv  # `spot sim engine` takes no vLLM flags
+
+
+def test_an_unknown_sim_runner_is_a_config_error() -> None:
+    with pytest.raises(ValueError):
+        SimEngineSettings(runner="embed")  # type: ignore[arg-type]

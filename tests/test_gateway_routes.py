@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from spotinference.gateway import endpoints
 from spotinference.keys import create_key
 from spotinference.store import Store
 from tests.conftest import run_spot
@@ -231,6 +232,115 @@ def test_a_wrong_method_on_a_route_is_405(stack: Stack) -> None:
     response = httpx.get(f"{stack.url}/v1/embeddings", headers={"Authorization": f"Bearer {stack.key}"})
     assert response.status_code == 405
     assert "use POST" in response.json()["error"]["message"]
+
+
+# -- the route table: every client route, each checked the same way ----------------------------------
+
+def client_routes() -> list[tuple[str, str, bool]]:
+    """(method, concrete path, Anthropic-shaped errors) of every route a client calls: chat's two,
+    the models list and the gateway's other routes (endpoints.py), by-id paths with an id."""
+    table = [("POST", "/v1/chat/completions", False), ("POST", "/v1/completions", False), ("GET", "/v1/models", False),
+             ("GET", "/v1/models/{id}", False)]
+    table += [(spec.method, spec.name, spec.anthropic) for spec in endpoints.routes()]
+    return [(method, name.replace("{id}", POOL if name.startswith("/v1/models") else "resp_x"), anthropic)
+            for method, name, anthropic in table]
+
+
+ANY_BODY = {"model": POOL, "input": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "query": "q", "documents": ["a"], "tokens": [1], "prompt": "x", "text_1": "a", "text_2": "b"}
+UPLOAD = (b'--zz\r\nContent-Disposition: form-data; name="model"\r\n\r\n' + POOL.encode() + b'\r\n'
+          b'--zz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF\r\n--zz--\r\n')
+
+
+def call(stack: Stack, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    """The route's request as a client sends it: JSON, a multipart upload, or no body."""
+    if method == "GET" or "/responses/" in path:
+        return httpx.request(method, f"{stack.url}{path}", headers=headers, timeout=30)
+    if path.startswith("/v1/audio/"):
+        return httpx.request(method, f"{stack.url}{path}", content=UPLOAD, timeout=30,
+                             headers={**headers, "Content-Type": "multipart/form-data; boundary=zz"})
+    return httpx.request(method, f"{stack.url}{path}", json=ANY_BODY, headers=headers, timeout=30)
+
+
+def assert_error_shape(response: httpx.Response, anthropic: bool) -> dict:
+    """The route's error object (OpenAI's, or Anthropic's on /v1/messages*), returned."""
+    body = response.json()
+    if anthropic:
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    else:
+        assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+@pytest.mark.parametrize(("method", "path", "anthropic"), client_routes(), ids=lambda v: v if isinstance(v, str) else "")
+def test_a_key_in_x_api_key_or_a_bearer_header_is_the_same_on_every_client_route(
+        stack: Stack, method: str, path: str, anthropic: bool) -> None:
+    # The anthropic SDK sends x-api-key on every call (models too), the openai SDK a bearer token:
+    # either header carries the key on every route, with the same answer.
+    bearer = call(stack, method, path, {"Authorization": f"Bearer {stack.key}"})
+    api_key = call(stack, method, path, {"x-api-key": stack.key})
+    assert bearer.status_code != 401, bearer.text
+    assert api_key.status_code == bearer.status_code, (api_key.text, bearer.text)
+    for headers in ({"x-api-key": "sk-spot-not-a-key"}, {"Authorization": "Bearer sk-spot-not-a-key"}, {},
+                    # the bearer token wins: a wrong one is not rescued by a right x-api-key
+                    {"Authorization": "Bearer sk-spot-not-a-key", "x-api-key": stack.key}):
+        refused = call(stack, method, path, headers)
+        assert refused.status_code == 401, (headers, refused.text)
+        error = assert_error_shape(refused, anthropic)
+        if not anthropic:
+            assert error["code"] == "invalid_api_key"
+        if not headers:
+            assert "x-api-key" in error["message"] and "Authorization: Bearer" in error["message"]
+
+
+@pytest.mark.parametrize("header", ["x-api-key", "api_key"])
+def test_the_anthropic_sdk_lists_and_retrieves_models_with_either_header(stack: Stack, header: str) -> None:
+    import anthropic
+
+    # The installed anthropic SDK sends its api_key as "Authorization: Bearer"; earlier ones, and
+    # Anthropic's own API reference, send "x-api-key", which a client sets as a default header.
+    if header == "x-api-key":
+        client = anthropic.Anthropic(base_url=stack.url, api_key=None, default_headers={"x-api-key": stack.key},
+                                     max_retries=0)
+    else:
+        client = anthropic.Anthropic(base_url=stack.url, api_key=stack.key, max_retries=0)
+    model = client.models.retrieve(POOL)
+    # The answer is vLLM's (OpenAI's) model object, not Anthropic's ModelInfo: the anthropic SDK
+    # sees the id, and OpenAI's members (object, created, owned_by) as extra fields.
+    assert model.id == POOL
+    assert model.model_extra is not None and model.model_extra["object"] == "model"
+    assert {m.id for m in client.models.list()} >= {POOL, "resp-a", "resp-b"}
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("no-such-model")
+    wrong = anthropic.Anthropic(base_url=stack.url, api_key=None, default_headers={"x-api-key": "sk-spot-wrong"},
+                                max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        wrong.models.retrieve(POOL)
+
+
+WRONG_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+
+
+@pytest.mark.parametrize(("method", "path", "anthropic"), client_routes(), ids=lambda v: v if isinstance(v, str) else "")
+def test_a_wrong_method_on_any_route_is_405_with_allow_and_writes_no_row(
+        stack: Stack, method: str, path: str, anthropic: bool) -> None:
+    # As chat's 405: the route's error shape, the method it takes in Allow, and nothing in the
+    # token log (no request reached an engine or was refused for its content).
+    for wrong in (m for m in WRONG_METHODS if m != method):
+        response = httpx.request(wrong, f"{stack.url}{path}", headers={"Authorization": f"Bearer {stack.key}"},
+                                 json=ANY_BODY if wrong != "GET" else None, timeout=30)
+        assert response.status_code == 405, (wrong, response.text)
+        # Litestar's routes (the models list) also answer OPTIONS, and say so.
+        assert set(response.headers["allow"].split(", ")) - {"OPTIONS"} == {method}, (wrong, response.headers)
+        error = assert_error_shape(response, anthropic)
+        assert f"use {method}" in error["message"], error
+    # A request that is logged, sent after them: once its row is in, so would theirs be.
+    sentinel = stack.post("/v1/embeddings", {"model": POOL, "input": "after the 405s"})
+    assert sentinel.status_code == 200
+    row_of(stack, sentinel)
+    listed = run_spot("requests", "--status", "405", "--json", env={"SPOT_HOME": str(stack.home)})
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
 
 
 # -- the log: spot requests and spot cost --by endpoint ----------------------------------------------

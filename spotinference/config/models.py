@@ -245,6 +245,10 @@ class SimEngineSettings(_Section):
     itl_ms: Annotated[float, Field(ge=0)] = 8.0
     load_seconds: Annotated[float, Field(ge=0)] = 2.0
     seed: int = 0
+    # What the model is, where vLLM would read it from the model's architecture (a simulated model
+    # has none): "generate" (chat), "pooling" (embeddings, score, rerank), "transcription" (speech).
+    # The tier's vllm.extra_args decide first, as in vLLM: `--runner pooling`, `--convert embed`.
+    runner: Literal["generate", "pooling", "transcription"] | None = None
 
 
 class Tier(_Section):

@@ -261,7 +261,14 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _openai_shaped(request: Request, exc: HTTPException) -> Response[bytes]:
-    return Response(error_body(exc.status_code, exc.detail), status_code=exc.status_code, media_type="application/json")
+    detail = exc.detail
+    allow = (exc.headers or {}).get("allow")
+    if exc.status_code == 405 and allow:
+        # Worded as chat's and the other routes' 405; OPTIONS is Litestar's own answer, not a use.
+        methods = " or ".join(m.strip() for m in allow.split(",") if m.strip() != "OPTIONS")
+        detail = f"{request.method} is not allowed here: use {methods}"
+    return Response(error_body(exc.status_code, detail), status_code=exc.status_code, media_type="application/json",
+                    headers=exc.headers)
 
 
 def options_from_settings(settings: Settings) -> GatewayOptions:

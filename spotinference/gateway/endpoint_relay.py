@@ -19,7 +19,7 @@ from .endpoint_requests import EndpointRequest, parse_endpoint_request
 from .endpoints import RESPONSES, Endpoint, Usage
 from .errors import GatewayError, anthropic_error_body
 from .event_stream import messages_usage, pooling_usage, responses_usage
-from .key_access import model_route, refuse_if_expired
+from .key_access import model_route
 from .relay import RETRY_AFTER_S, Exchange, Relay
 from .requests import ClientGone, header, read_body
 from .response_homes import ResponseHome, ResponseHomes
@@ -84,26 +84,19 @@ class EndpointRelay(Relay):
     def __init__(self, *args: Any, homes: ResponseHomes, anthropic: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.homes = homes
-        self.anthropic = anthropic  # errors in Anthropic's shape, x-api-key accepted
+        self.anthropic = anthropic  # errors in Anthropic's shape
         self.recorder = _ExtraRecorder(self.recorder)
-
-    def authenticate(self, scope: dict[str, Any]) -> str | None:
-        if self.keys is not None and self.anthropic and header(scope, b"authorization") is None:
-            api_key = header(scope, b"x-api-key")  # what the anthropic SDK sends
-            if api_key is None:
-                raise GatewayError(401, "missing API key: send 'x-api-key: sk-spot-...' or "
-                                        "'Authorization: Bearer sk-spot-...'", code="invalid_api_key")
-            key_id = self.keys.key_id_for(api_key.decode("latin-1").strip(" \t"))
-            if key_id is None:
-                raise GatewayError(401, "incorrect or revoked API key", code="invalid_api_key")
-            refuse_if_expired(self.keys, key_id)
-            return key_id
-        return super().authenticate(scope)
 
     async def handle_endpoint(self, scope: dict[str, Any], receive: Any, send: Any, spec: Endpoint,
                               response_id: str | None) -> None:
         exchange = Exchange(self._next_request_id(), time.time(), time.perf_counter())
         exchange.endpoint = spec.name  # type: ignore[attr-defined]
+        if scope["method"] != spec.method:
+            # As chat's 405 (app._post_only): before the key, and no row: nothing was asked of an engine.
+            error = GatewayError(405, f"{scope['method']} is not allowed on {spec.name}: use {spec.method}",
+                                 code="method_not_allowed", allow=spec.method)
+            await self._send_error(send, error, exchange.request_id)
+            return
         try:
             exchange.key_id = self.authenticate(scope)
         except GatewayError as exc:
@@ -111,9 +104,6 @@ class EndpointRelay(Relay):
             await self._send_error(send, exc, exchange.request_id)
             return
         try:
-            if scope["method"] != spec.method:
-                raise GatewayError(405, f"{scope['method']} is not allowed on {spec.name}: use {spec.method}",
-                                   code="method_not_allowed")
             body = await read_body(scope, receive, self.max_body_bytes)
             try:
                 request = parse_endpoint_request(

@@ -35,7 +35,7 @@ class Endpoint:
     body: Body
     usage: Usage
     stream: str | None = None  # the stream's kind when the request asks for one (see event_stream.py)
-    anthropic: bool = False  # errors in Anthropic's shape; x-api-key accepted
+    anthropic: bool = False  # errors in Anthropic's shape
     required: tuple[str, ...] = ()  # members (besides model) whose absence vLLM would refuse anyway
     by_response_id: bool = False  # routed to the node that served the response named in the path
 
@@ -78,5 +78,6 @@ def match(path: str) -> tuple[Endpoint, str | None] | None:
     return (RESPONSE_CANCEL if by_id.group(2) else RESPONSE_GET), by_id.group(1)
 
 
-def names() -> list[str]:
-    return [*_FIXED, RESPONSE_GET.name, RESPONSE_CANCEL.name]
+def routes() -> list[Endpoint]:
+    """Every route in this table (the by-id ones once each, named with ``{id}``)."""
+    return [*_FIXED.values(), RESPONSE_GET, RESPONSE_CANCEL]

@@ -33,6 +33,7 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after_s: int | None = None,
+        allow: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -40,6 +41,7 @@ class GatewayError(Exception):
         self.param = param
         self.code = code
         self.retry_after_s = retry_after_s
+        self.allow = allow  # a 405's Allow header: the method the route takes
 
     def body(self) -> bytes:
         return error_body(self.status, self.message, param=self.param, code=self.code)
@@ -48,6 +50,8 @@ class GatewayError(Exception):
         headers = [(b"content-type", b"application/json")]
         if self.retry_after_s is not None:
             headers.append((b"retry-after", str(self.retry_after_s).encode()))
+        if self.allow is not None:
+            headers.append((b"allow", self.allow.encode()))
         return headers
 
 

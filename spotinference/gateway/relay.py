@@ -23,10 +23,11 @@ from typing import Any
 
 from ..keys import KeyRing
 from .callback_send import CallbackSender
+from .client_auth import authenticate as authenticate_client
 from .errors import EngineFault, GatewayError, stream_error_event
-from .key_access import model_route, refuse_if_expired
+from .key_access import model_route
 from .metrics import GatewayMetrics
-from .requests import CHAT, ClientGone, ClientRequest, bearer_credentials, header, parse_request, read_body
+from .requests import CHAT, ClientGone, ClientRequest, parse_request, read_body
 from .routing import Node, Route, Router
 from .sse import StreamState, UsageError, parse_usage
 from .upstream import (
@@ -152,16 +153,7 @@ class Relay:
         return f"{self._id_prefix}{next(self._id_counter):016x}"
 
     def authenticate(self, scope: dict[str, Any]) -> str | None:
-        if self.keys is None:
-            return None
-        key = bearer_credentials(header(scope, b"authorization"))  # the scheme in any case (RFC 9110)
-        if key is None:
-            raise GatewayError(401, "missing API key: send 'Authorization: Bearer sk-spot-...'", code="invalid_api_key")
-        key_id = self.keys.key_id_for(key)
-        if key_id is None:
-            raise GatewayError(401, "incorrect or revoked API key", code="invalid_api_key")
-        refuse_if_expired(self.keys, key_id)
-        return key_id
+        return None if self.keys is None else authenticate_client(self.keys, scope)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         exchange = Exchange(self._next_request_id(), time.time(), time.perf_counter())

@@ -110,6 +110,7 @@ class EnginePlan:
                 "--max-model-len", str(tier.vllm.max_model_len or 2048),
                 "--ttft-ms", f"{tier.sim.ttft_ms:g}", "--itl-ms", f"{tier.sim.itl_ms:g}",
                 "--load-seconds", f"{tier.sim.load_seconds:g}", "--seed", str(tier.sim.seed),
+                "--runner", sim_runner(tier),
             ]
         vllm = tier.vllm
         if vllm.command:
@@ -188,3 +189,31 @@ class EnginePlan:
         else:
             files[layout.boot_script] = (self.boot_script_text().encode(), 0o755)
         return files
+
+
+def sim_runner(tier: Tier) -> str:
+    """What `spot sim engine` serves the tier's model as (its ``--runner``), resolved as vLLM 0.32
+    resolves its runner (``ModelConfig._get_runner_type``): ``--runner pooling`` in the tier's
+    vLLM arguments, or ``--convert embed|classify`` without a runner, is an embedding model; else
+    the model's architecture decides, which for a simulated model is ``sim.runner`` (default
+    generate). A speech model runs on vLLM's generate runner: ``--runner generate`` keeps it one.
+    """
+    runner = _last_flag(tier.vllm.extra_args, "--runner") or "auto"
+    convert = _last_flag(tier.vllm.extra_args, "--convert") or "auto"
+    architecture = tier.sim.runner or "generate"
+    if runner == "pooling" or (runner == "auto" and convert in ("embed", "classify")):
+        return "pooling"
+    if runner == "generate" and architecture == "pooling":
+        return "generate"  # a pooling architecture forced to generate, as vLLM would run it
+    return architecture
+
+
+def _last_flag(argv: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``argv`` (``--flag value`` or ``--flag=value``; the last one wins, as in argparse)."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            found = arg.partition("=")[2]
+    return found
