@@ -282,7 +282,7 @@ def profile(plan: Plan, engine_url: str, work: Path, level: int, out: Path) -> N
         target = Target("gateway", gateway_url, api_key=key, pids=(gateway.proc.pid,))
         run_bench(target, plan, level, 0, work, None)  # warm-up: connections, caches
         spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
-                                str(gateway.proc.pid), "--format", "raw", "--output", str(out), "--rate", "250",
+                                str(gateway.proc.pid), "--format", "raw", "--output", str(out), "--rate", "1000",
                                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
         result = run_bench(target, plan, level, 1, work, None)
