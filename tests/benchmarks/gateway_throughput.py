@@ -248,12 +248,14 @@ def table(runs: list[Run], levels: list[int]) -> list[str]:
     return lines
 
 
-def run(plan: Plan, engine_url: str, work: Path, *, with_nginx: bool = True, echo=print) -> list[Run]:
+def run(plan: Plan, engine_url: str, work: Path, *, with_nginx: bool = True, log_level: str = "info",
+        echo=print) -> list[Run]:
     """Start the gateway (and nginx) in front of ``engine_url``, measure, stop them."""
     home = work / "gw"
     home.mkdir(parents=True, exist_ok=True)
     key = create_key(Store(home), "bench").key
-    gateway, gateway_url = start_gateway(home, {MODEL_NAME: engine_url})
+    gateway, gateway_url = start_gateway(home, {MODEL_NAME: engine_url},
+                                         extra_env={"SPOT_GATEWAY__LOG_LEVEL": log_level})
     nginx = start_nginx(work, engine_url) if with_nginx else None
     try:
         assert gateway.proc is not None
@@ -303,10 +305,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke test: 24 prompts of 16 tokens at 8 streams, once")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="instead: sample the gateway with py-spy at the highest level, collapsed stacks to FILE")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="the gateway's --log-level: info (the default) writes an access line per request")
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan(args.prompts, 32, 64, [int(x) for x in args.levels.split(",")], args.rounds)
     print(f"vllm bench serve: random {plan.input_len} in / {plan.output_len} out, --ignore-eos, {plan.prompts} "
-          f"prompts, --max-concurrency {','.join(map(str, plan.levels))}, {plan.rounds} interleaved round(s)")
+          f"prompts, --max-concurrency {','.join(map(str, plan.levels))}, {plan.rounds} interleaved round(s); "
+          f"gateway --log-level {args.log_level}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         server = None
@@ -318,7 +323,7 @@ def main() -> None:
             if args.profile:
                 profile(plan, engine_url.rstrip("/"), work, max(plan.levels), args.profile)
                 return
-            runs = run(plan, engine_url.rstrip("/"), work)
+            runs = run(plan, engine_url.rstrip("/"), work, log_level=args.log_level)
         finally:
             if server:
                 server.stop()
