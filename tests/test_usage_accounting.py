@@ -258,26 +258,32 @@ def vllm_stack(vllm_engine: str, tmp_path_factory: pytest.TempPathFactory):
     gateway.stop()
 
 
-def open_stream(client: openai.OpenAI, endpoint: str, n: int, max_tokens: int, **options):
-    """A streamed request of ``n`` choices per prompt: chat (one prompt) or completions (two)."""
+PROMPTS = {"chat": None, "one prompt": "one prompt to complete", "two prompts": ["the first prompt", "a second, longer one"]}
+
+
+def open_stream(client: openai.OpenAI, endpoint: str, n: int | str | float, max_tokens: int, **options):
+    """A streamed request of ``n`` choices per prompt (vLLM reads "2" and 2.0 as 2): chat, or
+    completions of one or two prompts. Returns the stream and its number of prompts."""
     if endpoint == "chat":
         return client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "count the tokens of this"}], n=n,
+            model=MODEL, messages=[{"role": "user", "content": "count the tokens of this"}], n=n,  # type: ignore[arg-type]
             max_tokens=max_tokens, stream=True, extra_body={"ignore_eos": True}, **options), 1
+    prompt = PROMPTS[endpoint]
     return client.completions.create(
-        model=MODEL, prompt=["the first prompt", "a second prompt, a little longer"], n=n, max_tokens=max_tokens,
-        stream=True, extra_body={"ignore_eos": True}, **options), 2
+        model=MODEL, prompt=prompt, n=n, max_tokens=max_tokens,  # type: ignore[arg-type]
+        stream=True, extra_body={"ignore_eos": True}, **options), 1 if isinstance(prompt, str) else len(prompt)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("endpoint", ["chat", "completions"])
-@pytest.mark.parametrize("n", [1, 3])
-def test_real_vllm_finished_streams_log_exactly_what_vllm_counted(vllm_stack, endpoint: str, n: int) -> None:
+@pytest.mark.parametrize("endpoint", ["chat", "one prompt", "two prompts"])
+@pytest.mark.parametrize("n", [1, 3, "2"])
+def test_real_vllm_finished_streams_log_exactly_what_vllm_counted(vllm_stack, endpoint: str, n) -> None:
     engine_url, url, key, home = vllm_stack
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
     before = counters(engine_url)
     stream, prompts = open_stream(client, endpoint, n, 9)  # no usage asked for: the gateway asks vLLM
     chunks = list(stream)
+    n = int(n)
     request_id = stream.response.headers["x-request-id"]
     assert all(chunk.usage is None for chunk in chunks)  # what the client did not ask for stays out
     after = counters(engine_url)
@@ -289,15 +295,16 @@ def test_real_vllm_finished_streams_log_exactly_what_vllm_counted(vllm_stack, en
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("endpoint", ["chat", "completions"])
-@pytest.mark.parametrize("n", [1, 3])
-def test_real_vllm_aborted_streams_log_within_vllms_counters(vllm_stack, endpoint: str, n: int) -> None:
+@pytest.mark.parametrize("endpoint", ["chat", "one prompt", "two prompts"])
+@pytest.mark.parametrize("n", [1, 3, "2", 2.0])
+def test_real_vllm_aborted_streams_log_within_vllms_counters(vllm_stack, endpoint: str, n) -> None:
     engine_url, url, key, home = vllm_stack
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
     before = counters(engine_url)
     stream, prompts = open_stream(client, endpoint, n, 400,
                                   stream_options={"include_usage": True, "continuous_usage_stats": True})
     request_id = stream.response.headers["x-request-id"]
+    n = int(n)
     choices = n * prompts
     seen = leave_after(stream, choices * 6)  # the role chunks and a few tokens of every choice
     after = counters(engine_url)
