@@ -245,3 +245,73 @@ def test_a_non_streamed_request_whose_client_left_logs_unknown_tokens(sim_stack)
     (row,) = rows
     assert row["client_aborted"] is True and row["http_status"] == 499
     assert row["prompt_tokens"] is None and row["completion_tokens"] is None
+
+
+# -- against REAL vLLM: the log equals vLLM's own counters, finished and aborted, any n ----------------
+
+@pytest.fixture(scope="module")
+def vllm_stack(vllm_engine: str, tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("accounting-vllm")
+    key = create_key(Store(home), "k").key
+    gateway, url = start_gateway(home, {MODEL: vllm_engine})
+    yield vllm_engine, url, key, home
+    gateway.stop()
+
+
+PROMPTS = {"chat": None, "one prompt": "one prompt to complete", "two prompts": ["the first prompt", "a second, longer one"]}
+
+
+def open_stream(client: openai.OpenAI, endpoint: str, n: int | str | float, max_tokens: int, **options):
+    """A streamed request of ``n`` choices per prompt (vLLM reads "2" and 2.0 as 2): chat, or
+    completions of one or two prompts. Returns the stream and its number of prompts."""
+    if endpoint == "chat":
+        return client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "count the tokens of this"}], n=n,  # type: ignore[arg-type]
+            max_tokens=max_tokens, stream=True, extra_body={"ignore_eos": True}, **options), 1
+    prompt = PROMPTS[endpoint]
+    return client.completions.create(
+        model=MODEL, prompt=prompt, n=n, max_tokens=max_tokens,  # type: ignore[arg-type]
+        stream=True, extra_body={"ignore_eos": True}, **options), 1 if isinstance(prompt, str) else len(prompt)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("endpoint", ["chat", "one prompt", "two prompts"])
+@pytest.mark.parametrize("n", [1, 3, "2"])
+def test_real_vllm_finished_streams_log_exactly_what_vllm_counted(vllm_stack, endpoint: str, n) -> None:
+    engine_url, url, key, home = vllm_stack
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    before = counters(engine_url)
+    stream, prompts = open_stream(client, endpoint, n, 9)  # no usage asked for: the gateway asks vLLM
+    chunks = list(stream)
+    n = int(n)
+    request_id = stream.response.headers["x-request-id"]
+    assert all(chunk.usage is None for chunk in chunks)  # what the client did not ask for stays out
+    after = counters(engine_url)
+    (row,) = logged_rows(home, {request_id})
+    assert row["http_status"] == 200 and row["client_aborted"] is False
+    assert row["completion_tokens"] == 9 * n * prompts == after.generation_tokens - before.generation_tokens
+    # vLLM's usage counts each prompt once; its counter prefills each prompt once per choice.
+    assert row["prompt_tokens"] * n == after.prompt_tokens - before.prompt_tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("endpoint", ["chat", "one prompt", "two prompts"])
+@pytest.mark.parametrize("n", [1, 3, "2", 2.0])
+def test_real_vllm_aborted_streams_log_within_vllms_counters(vllm_stack, endpoint: str, n) -> None:
+    engine_url, url, key, home = vllm_stack
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    before = counters(engine_url)
+    stream, prompts = open_stream(client, endpoint, n, 400,
+                                  stream_options={"include_usage": True, "continuous_usage_stats": True})
+    request_id = stream.response.headers["x-request-id"]
+    n = int(n)
+    choices = n * prompts
+    seen = leave_after(stream, choices * 6)  # the role chunks and a few tokens of every choice
+    after = counters(engine_url)
+    (row,) = logged_rows(home, {request_id})
+    generated = after.generation_tokens - before.generation_tokens
+    assert len(seen) == choices and row["client_aborted"] is True and row["http_status"] == 499
+    # At least what the client saw of each choice, never more than vLLM made (it runs on a few
+    # steps before it notices the close), and the request did stop early.
+    assert sum(seen.values()) <= row["completion_tokens"] <= generated < 400 * choices
+    assert row["prompt_tokens"] * n == after.prompt_tokens - before.prompt_tokens

@@ -27,7 +27,7 @@ from .client_auth import authenticate as authenticate_client
 from .errors import EngineFault, GatewayError, stream_error_event
 from .key_access import model_route
 from .metrics import GatewayMetrics
-from .requests import CHAT, ClientGone, ClientRequest, parse_request, read_body
+from .requests import ClientGone, ClientRequest, parse_request, read_body
 from .routing import Node, Route, Router
 from .sse import StreamState, UsageError, parse_usage
 from .upstream import (
@@ -176,9 +176,11 @@ class Relay:
                                    code="invalid_request") from None
             state = exchange.request.stream_state
             if state is not None:
+                n_is_int = True
                 if b'"n"' in body:
-                    state.choices_per_prompt = _choices_per_prompt(body)
-                state.one_choice = state.choices_per_prompt == 1 and exchange.request.endpoint == CHAT
+                    state.choices_per_prompt, n_is_int = _choices_per_prompt(body)
+                # One prompt, n=1 (chat, and most completions): no choice index to read per chunk.
+                state.one_choice = state.choices_per_prompt == 1 and n_is_int and exchange.request.one_prompt
             route = model_route(self.router, self.keys, exchange.key_id, exchange.request.model)
             if self.gate is not None and not self.gate.state.open:
                 state = self.gate.state  # fail closed: never serve what cannot be billed or paid for
@@ -679,16 +681,29 @@ class _Utf8Check:
             raise EngineFault("the engine's answer ends inside a UTF-8 sequence") from None
 
 
-def _choices_per_prompt(body: bytes) -> int:
-    """The request's ``n`` (choices per prompt), for summing an aborted stream's choices.
+def _choices_per_prompt(body: bytes) -> tuple[int, bool]:
+    """The request's ``n`` (choices per prompt), for summing an aborted stream's choices, and
+    whether it was a JSON integer.
 
+    vLLM's request models parse leniently: ``"2"`` and ``2.0`` are n=2 to it, so they are read
+    the same way here (else an aborted stream's choices would be summed wrongly); since such a
+    value is not a plain integer, the caller reads each chunk's choice index rather than trust it.
     Read only when the body holds the bytes ``"n"``: most requests do not, and so are not
     decoded a second time (``parse_request`` does not keep ``n``)."""
     try:
         n = json.loads(body).get("n")
     except (ValueError, RecursionError, AttributeError):
-        return 1
-    return n if type(n) is int and n >= 1 else 1
+        return 1, False
+    if n is None:
+        return 1, True
+    if type(n) is int:
+        return max(n, 1), True
+    lenient = 1
+    if type(n) is float and n.is_integer():
+        lenient = int(n)
+    elif type(n) is str and n.strip().isdigit():
+        lenient = int(n.strip())
+    return max(lenient, 1), False
 
 
 class _Reroute(Exception):

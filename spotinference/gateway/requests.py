@@ -23,6 +23,7 @@ class ClientRequest:
     stream: bool
     upstream_body: bytes  # the client's bytes, or a re-encoding with usage options added
     stream_state: StreamState | None
+    one_prompt: bool = True  # chat, or completions of one prompt: choice index = the choice's i < n
 
 
 class ClientGone(Exception):
@@ -171,10 +172,13 @@ def _parse(endpoint: str, body: bytes) -> ClientRequest:
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages:
             raise GatewayError(400, "'messages' must be a non-empty array", param="messages")
+        one_prompt = True
     else:
         prompt = payload.get("prompt")
         if not isinstance(prompt, str | list) or (isinstance(prompt, list) and not prompt):
             raise GatewayError(400, "'prompt' must be a string or a non-empty array", param="prompt")
+        # A string, one list of token ids, or a list of one prompt; a list of several is a batch.
+        one_prompt = isinstance(prompt, str) or len(prompt) == 1 or type(prompt[0]) is int
     stream = bool(_bool_field(payload, "stream"))
     options = payload.get("stream_options")
     if options is not None and not isinstance(options, dict):
@@ -187,14 +191,16 @@ def _parse(endpoint: str, body: bytes) -> ClientRequest:
     continuous = bool(_bool_field(options, "continuous_usage_stats", "stream_options."))
     state = StreamState(client_include_usage=include, client_continuous_usage=include and continuous)
     if include and continuous:
-        return ClientRequest(endpoint, model, True, body, state)
+        return ClientRequest(endpoint, model, True, body, state, one_prompt)
     # Ask for usage on every chunk: an aborted stream's last running total is what gets billed.
     if "stream_options" not in payload and body.lstrip().startswith(b"{"):  # UTF-8, not UTF-16/32
         # The common case: add the member to the client's own bytes instead of re-encoding them.
         closing = body.rstrip().rfind(b"}")
-        return ClientRequest(endpoint, model, True, body[:closing] + _USAGE_OPTIONS + body[closing:], state)
+        return ClientRequest(endpoint, model, True, body[:closing] + _USAGE_OPTIONS + body[closing:], state,
+                             one_prompt)
     payload["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
-    return ClientRequest(endpoint, model, True, json.dumps(payload, separators=(",", ":")).encode(), state)
+    return ClientRequest(endpoint, model, True, json.dumps(payload, separators=(",", ":")).encode(), state,
+                         one_prompt)
 
 
 def _ascii(value: object) -> str:

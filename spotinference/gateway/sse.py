@@ -81,7 +81,7 @@ class StreamState:
     client_include_usage: bool
     client_continuous_usage: bool
     choices_per_prompt: int = 1  # the request's n: choice index // n is the prompt's index
-    one_choice: bool = False  # a chat request with n=1: no choice index to read per chunk
+    one_choice: bool = False  # one prompt and n=1: no choice index to read per chunk
     final_usage: bytes | None = None  # vLLM's usage-only chunk: the whole request's totals
     finish_reason: str | None = None
     first_token_seen: bool = False
