@@ -142,6 +142,17 @@ def test_the_page_in_a_browser_shows_spot_costs_headline_and_a_bar_per_observed_
     assert Decimal(data["headline"]["spend_usd"]) == Decimal(str(week["spend_usd"]))
     assert (data["headline"]["window_start"], data["headline"]["window_end"]) == (week["window_start"], week["window_end"])
     assert sum(d["status"] == "observed" for d in data["daily"]) == OBSERVED_DAYS
+    # The band by tier, with its observed utilisation: spot cost's own rows for the week.
+    by_tier = {r["tier"]: r for r in cost_json(spot, *WEEK, "--by", "tier")["rows"]}
+    used = {r["tier"]: r for r in cost_json(spot, *WEEK, "--by", "utilisation")["rows"]}
+    assert [t["tier"] for t in data["tiers"]] == ["t1"] == list(by_tier)
+    [tier] = data["tiers"]
+    assert Decimal(tier["spend_usd"]) == Decimal(str(by_tier["t1"]["spend_usd"]))
+    assert Decimal(tier["usd_per_mtok_output"]) == Decimal(str(by_tier["t1"]["usd_per_mtok_output"]))
+    assert float(tier["paid_gpu_hours"]) == pytest.approx(168.0) == float(used["t1"]["paid_gpu_hours"])
+    busy = float(tier["busy_share"])
+    assert busy == pytest.approx(float(used["t1"]["busy_share"])) and busy > 0
+    assert f"{busy * 100:.2f}%" in page
     assert [d["spend_usd"] for d in data["daily"] if d["status"] != "observed"] == [None] * (len(data["daily"]) - OBSERVED_DAYS)
 
 

@@ -29,6 +29,7 @@ QUERIES = {
     "Served after the last sample: not billed yet": "tokens",
     "The chart: spend and cost per million output tokens per UTC day": "spend_by_day",
     "The band by tier": "spend_by_tier",
+    "The observed utilisation by tier: busy hours over paid GPU hours": "utilisation",
 }
 
 
@@ -37,6 +38,7 @@ class Figures:
     generated_at: datetime
     headline: CostReport  # the trailing HEADLINE_DAYS, blended across the fleet
     tiers: CostReport  # the same window by tier
+    utilisation: CostReport  # the same window: paid GPU hours and busy share per tier
     chart: CostReport  # the last CHART_DAYS by day
     days: list[DaySpend]
 
@@ -55,8 +57,16 @@ def gather(store: Store, until: datetime, *, now: datetime, accounts: list[str],
     week = Window(until - timedelta(days=HEADLINE_DAYS), until)
     headline = report(store, week, **options)
     tiers = report(store, week, by="tier", refresh_rollup=False, **options)
+    utilisation = report(store, week, by="utilisation", refresh_rollup=False, **options)
     chart = report(store, Window(until - timedelta(days=CHART_DAYS), until), by="day", refresh_rollup=False, **options)
-    return Figures(now, headline, tiers, chart, daily_spend(chart))
+    return Figures(now, headline, tiers, utilisation, chart, daily_spend(chart))
+
+
+def tier_rows(f: Figures) -> list[dict[str, Any]]:
+    """The week by tier, each with its observed utilisation (None where it had no GPU VM billed)."""
+    used = {row["tier"]: row for row in f.utilisation.breakdown}
+    return [{**row, "paid_gpu_hours": used.get(row["tier"], {}).get("paid_gpu_hours"),
+             "busy_share": used.get(row["tier"], {}).get("busy_share")} for row in f.tiers.breakdown]
 
 
 def _money(value: Decimal | None) -> str | None:
@@ -91,8 +101,10 @@ def to_data(f: Figures) -> dict[str, Any]:
         },
         "tiers": [
             {"tier": r["tier"], "spend_usd": _money(r["spend_usd"]), "prompt_tokens": r["prompt_tokens"],
-             "completion_tokens": r["completion_tokens"], "usd_per_mtok_output": _money(r["usd_per_mtok_output"])}
-            for r in f.tiers.breakdown
+             "completion_tokens": r["completion_tokens"], "usd_per_mtok_output": _money(r["usd_per_mtok_output"]),
+             "paid_gpu_hours": None if r["paid_gpu_hours"] is None else float(r["paid_gpu_hours"]),
+             "busy_share": None if r["busy_share"] is None else float(r["busy_share"])}
+            for r in tier_rows(f)
         ],
         "daily": [
             {"day": d.day.isoformat(), "status": d.status, "spend_usd": _money(d.spend_usd),

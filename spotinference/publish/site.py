@@ -18,7 +18,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ..errors import InputError
 from ..reports import query_text
 from .chart import svg
-from .figures import QUERIES, Figures, to_data
+from .figures import QUERIES, Figures, tier_rows, to_data
 
 FILES = ("index.html", "method.html", "data.json")
 
@@ -68,7 +68,7 @@ def write(figures: Figures, directory: Path) -> list[Path]:
     env = _environment()
     h = figures.headline
     index = env.get_template("index.html").render(
-        status=figures.status, h=h, tiers=figures.tiers.breakdown, chart=svg(figures.days),
+        status=figures.status, h=h, tiers=tier_rows(figures), chart=svg(figures.days),
         generated_at=figures.generated_at, incomplete_reason=_incomplete_reason(figures))
     method = env.get_template("method.html").render(
         queries=[{"title": title, "name": name, "sql": query_text(name)} for title, name in QUERIES.items()])
