@@ -225,3 +225,10 @@ def test_serve_on_a_taken_port_is_one_line_exit_10(spot, home: Path, tmp_path: P
         result = spot("publish", str(tmp_path / "site"), "--serve", "--port", str(port))
     assert result.returncode == 10
     assert f"port {port} on 127.0.0.1 is already in use" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_bad_until_is_one_line_exit_2(spot, home: Path, tmp_path: Path) -> None:
+    result = spot("publish", str(tmp_path / "site"), "--until", "last tuesday")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[0].startswith("error: --until 'last tuesday' is not a date or time")
+    assert "Traceback" not in result.stderr and not (tmp_path / "site").exists()
