@@ -16,7 +16,7 @@ import typer
 
 from spotinference import __version__
 
-from .commands import bench, billing, config, db, events, fleet, gateway, money, planned, setup, sim
+from .commands import bench, billing, config, db, events, fleet, gateway, money, planned, publish, setup, sim
 from .commands import demo as demo_command
 from .state import CliState
 
@@ -67,6 +67,7 @@ fleet.register(app)
 events.register(app)
 money.register(app)
 billing.register(app)  # after money: replaces its `sample` stub
+publish.register(app)
 app.add_typer(sim.app, name="sim")
 bench.register(app)
 demo_command.register(app)

@@ -142,42 +142,26 @@ def cron(ctx: typer.Context, json: JsonOption = False) -> None:
     workdir = Path.cwd().resolve()
     config = source.path.resolve() if source.path is not None else None
     spot_words = shlex.split(spot) if " -m " in spot else [spot]
-    args = [*spot_words, *(["--config", str(config)] if config else []), "sample"]
-    log_file = home / "sample.log"
+    base = [*spot_words, *(["--config", str(config)] if config else [])]
     home.mkdir(parents=True, exist_ok=True)  # else cron's `>> sample.log` fails before spot even starts
     in_effect = [e for e in environment_in_effect(origins) if e.name.upper() != "SPOT_HOME"]
     carried = [("SPOT_HOME", str(home))] + [(e.name, e.value) for e in in_effect if not e.secret]
-
-    assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in carried)
-    command = f"cd {shlex.quote(str(workdir))} && {assignments} {shlex.join(args)} >> {shlex.quote(str(log_file))} 2>&1"
-    crontab = "* * * * * " + command.replace("%", "\\%")  # cron turns a bare % into a newline
-    service = "\n".join([
-        "[Unit]",
-        "Description=spotinference billing sampler (spot sample)",
-        "",
-        "[Service]",
-        "Type=oneshot",
-        f"WorkingDirectory={_systemd_quote(str(workdir))}",
-        *(f"Environment={_systemd_env_quote(f'{name}={value}')}" for name, value in carried),
-        f"ExecStart={' '.join(_systemd_quote(a) for a in args)}",
-        "",
-    ])
-    timer = "\n".join([
-        "[Unit]",
-        "Description=Run spot sample every minute",
-        "",
-        "[Timer]",
-        "OnCalendar=minutely",
-        "AccuracySec=1s",
-        "Unit=spot-sample.service",
-        "",
-        "[Install]",
-        "WantedBy=timers.target",
-        "",
-    ])
+    crontab, service, timer = _schedule(
+        [*base, "sample"], carried, workdir, home / "sample.log", cron_time="* * * * *",
+        description="spotinference billing sampler (spot sample)", calendar="minutely",
+        timer_description="Run spot sample every minute", unit="spot-sample.service")
+    site = home / "site"
+    # The economics site, daily just after midnight: yesterday is a whole day in its chart by then.
+    publish_crontab, publish_service, publish_timer = _schedule(
+        [*base, "publish", str(site)], carried, workdir, home / "publish.log",
+        cron_time="10 0 * * *", description="spotinference economics site (spot publish)",
+        calendar="*-*-* 00:10:00 UTC", timer_description="Run spot publish daily", unit="spot-publish.service")
     notes = _secret_notes(settings, [e for e in in_effect if e.secret])
     if json:
         print_json({"crontab": crontab, "systemd": {"spot-sample.service": service, "spot-sample.timer": timer},
+                    "publish": {"crontab": publish_crontab, "directory": str(site),
+                                "systemd": {"spot-publish.service": publish_service,
+                                            "spot-publish.timer": publish_timer}},
                     "spot": spot, "home": str(home), "config": str(config) if config else None,
                     "environment": [name for name, _ in carried], "notes": notes})
         return
@@ -191,10 +175,50 @@ def cron(ctx: typer.Context, json: JsonOption = False) -> None:
         service,
         "# ~/.config/systemd/user/spot-sample.timer",
         timer,
+        f"# and the economics site, rebuilt daily at 00:10 (cron's clock; the timer's is UTC) into {site}:",
+        publish_crontab,
+        "#   systemctl --user enable --now spot-publish.timer",
+        "# ~/.config/systemd/user/spot-publish.service",
+        publish_service,
+        "# ~/.config/systemd/user/spot-publish.timer",
+        publish_timer,
     ]
     typer.echo("\n".join(out))
     for note in notes:  # on stderr: what is pasted from stdout stays exactly the lines
         typer.echo(f"spot cron: note: {note}", err=True)
+
+
+def _schedule(args: list[str], carried: list[tuple[str, str]], workdir: Path, log_file: Path, *, cron_time: str,
+              description: str, calendar: str, timer_description: str, unit: str) -> tuple[str, str, str]:
+    """A crontab line and a systemd service + timer that run ``args`` with ``carried`` set."""
+    assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in carried)
+    command = f"cd {shlex.quote(str(workdir))} && {assignments} {shlex.join(args)} >> {shlex.quote(str(log_file))} 2>&1"
+    crontab = cron_time + " " + command.replace("%", "\\%")  # cron turns a bare % into a newline
+    service = "\n".join([
+        "[Unit]",
+        f"Description={description}",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        f"WorkingDirectory={_systemd_quote(str(workdir))}",
+        *(f"Environment={_systemd_env_quote(f'{name}={value}')}" for name, value in carried),
+        f"ExecStart={' '.join(_systemd_quote(a) for a in args)}",
+        "",
+    ])
+    timer = "\n".join([
+        "[Unit]",
+        f"Description={timer_description}",
+        "",
+        "[Timer]",
+        f"OnCalendar={calendar}",
+        "AccuracySec=1s",
+        f"Unit={unit}",
+        "",
+        "[Install]",
+        "WantedBy=timers.target",
+        "",
+    ])
+    return crontab, service, timer
 
 
 def _secret_notes(settings: Any, secrets: list[Any]) -> list[str]:

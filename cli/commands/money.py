@@ -77,6 +77,8 @@ def cost(
     plot: Annotated[bool, typer.Option("--plot", help="Plot spend and cost per million output tokens per day in the terminal; `--plot FILE.png` (or .svg, .pdf) writes a chart.")] = False,
     plot_file: Annotated[Path | None, typer.Argument(metavar="[FILE.png|.svg|.pdf]", help="With --plot: the chart file to write.", show_default=False)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 9 when the window is not complete (unobservable, gaps, or billing behind).")] = False,
+    focus: Annotated[Path | None, typer.Option("--focus", metavar="FILE.csv|FILE.parquet", show_default=False,
+                                               help="Write the window's fleet spend as FOCUS 1.2 rows (one per resource per hour).")] = None,
 ) -> None:
     """Invoice-true cost per million tokens: billed spend between samples over tokens served."""
     if ctx.invoked_subcommand is not None:
@@ -88,6 +90,8 @@ def cost(
         raise InputError(f"--by {by!r} is not one of: {', '.join(BY_CHOICES)}")
     if sum([json, as_csv, markdown]) > 1:
         raise InputError("choose one of --json, --csv, --markdown")
+    if focus is not None and (json or as_csv or markdown or plot or by is not None):
+        raise InputError("--focus writes a file of its own: leave out --json, --csv, --markdown, --plot and --by")
     if plot_file is not None and not plot:
         raise InputError(f"{plot_file} is only taken after --plot (spot cost --plot FILE.png)")
     if days is not None and since is not None:
@@ -96,6 +100,10 @@ def cost(
         from spotinference.costs.plot import check_target
 
         check_target(plot_file)  # a bad target is said before the report runs
+    if focus is not None:
+        from spotinference.costs.focus import check_target as check_focus_target
+
+        check_focus_target(focus)
     now = datetime.now(UTC)
     start, end = _moment("--since", since), _moment("--until", until)
     if start is not None:
@@ -114,6 +122,9 @@ def cost(
     if plot:
         result = report(store, window, by="day", **options)
         _plot(result, plot_file)
+    elif focus is not None:
+        result = report(store, window, **options)
+        _focus(store, result, focus)
     else:
         result = report(store, window, by=by, **options)
         if json:
@@ -464,6 +475,20 @@ def _markdown(r: CostReport) -> str:
                      "'same tokens there' prices this window's prompt and completion tokens at each list price.\n\n"
                      + _md_table(_HOSTED_COLS, _hosted_rows(r)))
     return "\n".join(parts)
+
+
+def _focus(store: Any, r: CostReport, target: Path) -> None:
+    from spotinference.costs.focus import FOCUS_VERSION, export
+
+    for line in _warnings(r):  # on stderr: they are about the file, not in it
+        typer.echo(f"spot cost --focus: {line}", err=True)
+    done = export(store, r, target)
+    if done.missing_hours:
+        typer.echo(f"spot cost --focus: {done.missing_hours} hour(s) touched a billing gap: an hour without a good "
+                   "sample has no row (not $0); what accrued in a gap is on the hour of the next good sample",
+                   err=True)
+    typer.echo(f"wrote {done.path}: {done.rows:,} FOCUS {FOCUS_VERSION} row(s) ({done.file_format.lower()}), "
+               f"BilledCost {_usd(done.billed_usd, 6)} from {_billed(r)}")
 
 
 def _plot(r: CostReport, target: Path | None) -> None:
