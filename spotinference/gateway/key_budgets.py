@@ -87,6 +87,10 @@ DEFAULT_OUTPUT_TOKENS = 131072  # the output cap assumed when a request names no
 _MAGIC = b"SPOTKB01"
 _HEADER = 64
 _SLOT = struct.Struct("<32s" + "qd" * BUCKETS + "d" * MAX_WORKERS)
+_BUCKET = struct.Struct("<qd")  # one bucket: its minute, its settled micro-dollars
+_RESERVED = struct.Struct("<d")  # one worker's reservations
+_BUCKETS_AT = 32
+_RESERVED_AT = 32 + _BUCKET.size * BUCKETS
 _FILE_BYTES = _HEADER + SLOTS * _SLOT.size
 _OUTPUT_CAPS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
@@ -185,12 +189,10 @@ class KeyBudgets:
             refused = self._refusal(slot, checks, view, worst, now_minute)
             if refused is not None and any(reserved_cols[w] for w in range(MAX_WORKERS) if w != self.worker):
                 self._reap_dead_workers(mapped, reserved_cols)  # a dead worker's reservations are not in flight
-                slot[1 + 2 * BUCKETS:] = reserved_cols
+                slot[1 + 2 * BUCKETS:] = reserved_cols  # (their columns are zeroed in the table too)
                 refused = self._refusal(slot, checks, view, worst, now_minute)
             if refused is None:
-                reserved_cols[self.worker] += worst
-                slot[1 + 2 * BUCKETS:] = reserved_cols
-            _SLOT.pack_into(mapped, offset, *slot)
+                _RESERVED.pack_into(mapped, offset + _RESERVED_AT + 8 * self.worker, reserved_cols[self.worker] + worst)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         if refused is not None:
@@ -201,9 +203,10 @@ class KeyBudgets:
                  now_minute: int) -> BudgetExhausted | None:
         reserved = sum(slot[1 + 2 * BUCKETS:])
         sample_minute = int(((view.sample_at or 0) - SAMPLE_MARGIN_S) // 60)
+        buckets = list(zip(slot[1:1 + 2 * BUCKETS:2], slot[2:2 + 2 * BUCKETS:2]))
         for period, budget, committed in checks:
             since = max(sample_minute, int(period.start.timestamp() // 60))
-            settled = sum(slot[2 + 2 * b] for b in range(BUCKETS) if since <= slot[1 + 2 * b] <= now_minute)
+            settled = sum(micro for minute, micro in buckets if since <= minute <= now_minute)
             spent = committed + settled
             if spent + reserved + worst > float(budget) * 1e6:
                 resets = period.end.astimezone(ZoneInfo(self.timezone))
@@ -225,16 +228,14 @@ class KeyBudgets:
         assert mapped is not None and self._fd is not None
         now_minute = int(time.time() // 60)
         bucket = now_minute % BUCKETS
+        bucket_at = reservation.offset + _BUCKETS_AT + _BUCKET.size * bucket
+        column_at = reservation.offset + _RESERVED_AT + 8 * self.worker
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            slot = list(_SLOT.unpack_from(mapped, reservation.offset))
-            at = 1 + 2 * bucket
-            if slot[at] != now_minute:
-                slot[at], slot[at + 1] = now_minute, 0.0
-            slot[at + 1] += cost
-            column = 1 + 2 * BUCKETS + self.worker
-            slot[column] = max(0.0, slot[column] - reservation.worst_micro)
-            _SLOT.pack_into(mapped, reservation.offset, *slot)
+            minute, settled = _BUCKET.unpack_from(mapped, bucket_at)
+            _BUCKET.pack_into(mapped, bucket_at, now_minute, (settled if minute == now_minute else 0.0) + cost)
+            (reserved,) = _RESERVED.unpack_from(mapped, column_at)
+            _RESERVED.pack_into(mapped, column_at, max(0.0, reserved - reservation.worst_micro))
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
@@ -356,7 +357,7 @@ class KeyBudgets:
 
     @staticmethod
     def _zero_column(mapped: mmap.mmap, worker: int) -> None:
-        column = 32 + 16 * BUCKETS + 8 * worker
+        column = _RESERVED_AT + 8 * worker
         for slot in range(SLOTS):
             at = _HEADER + slot * _SLOT.size + column
             if mapped[at:at + 8] != b"\0" * 8:
