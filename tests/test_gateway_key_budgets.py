@@ -30,11 +30,17 @@ from tests.servers import clean_env, start_gateway, start_sim_engine
 from tests.test_cost_queries import Seed
 
 MODEL = "tiny-chat"
+SLOW = "slow-chat"  # an engine that takes 15 s to answer: a burst is all in flight at once
 TIER = f"static:{MODEL}"
 MAX_TOKENS = 20
 BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
                    "max_tokens": MAX_TOKENS}).encode()
-WORST_MICRO = len(BODY) + MAX_TOKENS  # tokens, at $1 per million tokens: micro-dollars
+SLOW_BODY = BODY.replace(MODEL.encode(), SLOW.encode())
+WORST_MICRO = len(SLOW_BODY) + MAX_TOKENS  # tokens, at $1 per million tokens: micro-dollars
+# A stream's body goes upstream with usage options added (< 100 bytes): two still fit 2.5 worst cases.
+STREAM_BODY = json.dumps({"model": SLOW, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400,
+                          "stream": True}).encode()
+STREAM_WORST_MICRO = len(STREAM_BODY) + 400
 
 
 def usd(micro: int) -> Decimal:
@@ -83,7 +89,7 @@ def engine_requests(engine_url: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):
+def stack(sim_engine: str, tmp_path_factory: pytest.TempPathFactory):
     now = datetime.now(UTC)
     today = midnight(now)
     if now - today < timedelta(minutes=10) or now.day == 1:
@@ -97,6 +103,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "spent-yesterday": KeySettings(daily_usd=Decimal("0.0005")),
         "spent-this-month": KeySettings(monthly_usd=Decimal("0.0005")),
         "spent-today": KeySettings(daily_usd=Decimal("0.0005")),
+        "streams": KeySettings(daily_usd=usd(STREAM_WORST_MICRO * 5 // 2)),  # two worst cases, not three
     }
     stack = Stack(home, "", "", now, now - timedelta(minutes=1))
     for name, settings in budgets.items():
@@ -115,9 +122,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     seed.request(during, 900_000, 99_000, key="warm-up", tier=TIER)
     seed.request(during, 500, 500, key=stack.key_ids["spent-today"], tier=TIER)
     seed.write()
-    engine, stack.engine_url = start_sim_engine(tmp_path_factory.mktemp("slow-engine"), extra=["--ttft-ms", "6000"])
+    engine, stack.engine_url = start_sim_engine(tmp_path_factory.mktemp("slow-engine"), model=SLOW,
+                                                extra=["--ttft-ms", "15000"])
     try:
-        gateway, stack.url = start_gateway(home, {MODEL: stack.engine_url}, extra_env={"SPOT_GATEWAY__WORKERS": "2"})
+        gateway, stack.url = start_gateway(home, {MODEL: sim_engine, SLOW: stack.engine_url},
+                                           extra_env={"SPOT_GATEWAY__WORKERS": "2"})
         try:
             yield stack
         finally:
@@ -163,10 +172,10 @@ def test_spot_keys_list_shows_spend_against_each_budget(stack: Stack) -> None:
 
 
 def test_200_concurrent_requests_on_a_budget_for_50_forward_at_most_50(stack: Stack) -> None:
-    """The issue's test. The engine takes 6 s to answer, so every request is in flight at once."""
+    """The issue's test. The engine takes 15 s to answer, so every request is in flight at once."""
     before = engine_requests(stack.engine_url)
     with ThreadPoolExecutor(200) as pool:
-        answers = list(pool.map(lambda _: ask(stack, "burst"), range(200)))
+        answers = list(pool.map(lambda _: ask(stack, "burst", SLOW_BODY), range(200)))
     served = [a for a in answers if a.status_code == 200]
     assert len(served) == 50, sorted({a.status_code for a in answers})
     assert engine_requests(stack.engine_url) - before == 50  # what reached the engine
@@ -199,6 +208,23 @@ def test_200_concurrent_requests_on_a_budget_for_50_forward_at_most_50(stack: St
     statements = {row["key_id"]: row for row in json.loads(report.stdout)["rows"]}
     statement = Decimal(str(statements[stack.key_ids["burst"]]["statement_usd"]))
     assert Decimal(0) < statement <= usd(WORST_MICRO * 50 + WORST_MICRO // 2)
+
+
+def test_an_aborted_stream_gives_back_what_it_reserved_beyond_its_tokens(stack: Stack) -> None:
+    with httpx.Client(timeout=60) as first, httpx.Client(timeout=60) as second:
+        streams = [client.stream("POST", f"{stack.url}/v1/chat/completions", content=STREAM_BODY,
+                                 headers=bearer(stack.keys["streams"])) for client in (first, second)]
+        for stream in streams:
+            assert stream.__enter__().status_code == 200  # forwarded; the engine is still thinking
+        # Two worst cases are reserved: a third does not fit while they are in flight.
+        assert ask(stack, "streams", STREAM_BODY).status_code == 429
+        for stream in streams:
+            stream.__exit__(None, None, None)  # the clients leave before any token
+    deadline = time.monotonic() + 10
+    while (answer := ask(stack, "streams", STREAM_BODY.replace(b'"stream": true', b'"stream": false'))).status_code == 429:
+        assert time.monotonic() < deadline, answer.text  # the reservations were never given back
+        time.sleep(0.2)
+    assert answer.status_code == 200, answer.text
 
 
 def test_a_key_with_a_budget_is_refused_while_no_price_is_known(tmp_path: Path, sim_engine: str) -> None:

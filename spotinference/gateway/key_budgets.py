@@ -19,8 +19,8 @@ A request is forwarded only if ``committed + settled + reserved + its worst case
 each budget the key has; otherwise 429 ``key_budget_exhausted`` saying when the period resets
 (``Retry-After``: the seconds until the next period starts). Its worst case is reserved at once and,
 when the request ends, replaced by its tokens (prompt + completion, from the engine's usage; a
-stream cut short settles the tokens counted so far; unknown usage settles the worst case) × the
-price. So concurrent requests cannot overshoot: each one's worst case is in the sum before the
+stream cut short settles the tokens counted so far; counts the engine never sent add nothing, as
+they add nothing to the statement) × the price. So concurrent requests cannot overshoot: each one's worst case is in the sum before the
 next is judged.
 
 * Price: the invoice-true dollars per token, the largest of: the fleet's and the request's tier's
@@ -142,7 +142,6 @@ class View:
 class Reservation:
     offset: int
     worst_micro: float
-    worst_tokens: int
     price: float  # micro-dollars per token
 
 
@@ -197,7 +196,7 @@ class KeyBudgets:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         if refused is not None:
             raise refused
-        return Reservation(offset, worst, worst_tokens, price)
+        return Reservation(offset, worst, price)
 
     def _refusal(self, slot: list[Any], checks: list[tuple[Period, Decimal, int]], view: View, worst: float,
                  now_minute: int) -> BudgetExhausted | None:
@@ -219,11 +218,8 @@ class KeyBudgets:
 
     def settle(self, reservation: Reservation, prompt_tokens: int | None, completion_tokens: int | None) -> None:
         """The request is over: its reservation becomes its tokens × the price it was admitted at."""
-        if prompt_tokens is None or completion_tokens is None:
-            tokens = reservation.worst_tokens  # the engine did work no usage described: the worst case
-        else:
-            tokens = prompt_tokens + completion_tokens
-        cost = tokens * reservation.price
+        # Unknown counts (a stream cut before any usage) add nothing, as in the statement.
+        cost = ((prompt_tokens or 0) + (completion_tokens or 0)) * reservation.price
         mapped = self._map
         assert mapped is not None and self._fd is not None
         now_minute = int(time.time() // 60)
