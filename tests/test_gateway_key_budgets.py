@@ -179,6 +179,7 @@ def test_200_concurrent_requests_on_a_budget_for_50_forward_at_most_50(stack: St
     served = [a for a in answers if a.status_code == 200]
     assert len(served) == 50, sorted({a.status_code for a in answers})
     assert engine_requests(stack.engine_url) - before == 50  # what reached the engine
+    assert len({a.headers["x-request-id"][:20] for a in answers}) == 2, "the burst did not reach both workers"
     for refused in (a for a in answers if a.status_code != 200):
         assert_exhausted(refused, "daily", midnight(stack.now) + timedelta(days=1))
     # A key without a budget is unaffected.
