@@ -22,6 +22,7 @@ import httpx
 import openai
 import pytest
 
+from spotinference.gateway.key_budgets import DEFAULT_OUTPUT_TOKENS, worst_case_tokens
 from spotinference.key_settings import KeySettings
 from spotinference.keys import create_key
 from spotinference.store import Store
@@ -244,3 +245,22 @@ def test_a_key_with_a_budget_is_refused_while_no_price_is_known(tmp_path: Path, 
                           timeout=30).status_code == 200
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize(("payload", "output"), [
+    ({"model": "m", "messages": [], "max_tokens": 50}, 50),
+    ({"model": "m", "messages": [], "max_completion_tokens": 70, "max_tokens": 50}, 70),  # the larger cap
+    ({"model": "m", "messages": [], "max_tokens": 50, "n": 3}, 150),
+    ({"model": "m", "prompt": ["a", "b"], "max_tokens": 10, "best_of": 4, "n": 2}, 80),  # per prompt, per choice
+    ({"model": "m", "prompt": [1, 2, 3], "max_tokens": 10}, 10),  # token ids: one prompt
+    ({"model": "m", "input": "hi", "max_output_tokens": 30}, 30),  # Responses
+    ({"model": "m", "messages": []}, DEFAULT_OUTPUT_TOKENS),  # no cap: the default
+    ({"model": "m", "messages": [], "max_tokens": True}, DEFAULT_OUTPUT_TOKENS),  # not a count
+], ids=["max_tokens", "both caps", "n", "prompts x best_of", "token ids", "responses", "no cap", "bool"])
+def test_a_requests_worst_case_is_its_bytes_plus_every_output_it_may_get(payload: dict, output: int) -> None:
+    body = json.dumps(payload).encode()
+    assert worst_case_tokens(body) == len(body) + output
+
+
+def test_a_body_that_is_not_json_is_its_bytes_plus_the_default_output() -> None:
+    assert worst_case_tokens(b"--boundary\r\n...") == len(b"--boundary\r\n...") + DEFAULT_OUTPUT_TOKENS

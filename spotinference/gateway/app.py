@@ -266,10 +266,15 @@ async def _refresh_keys(keys: KeyRing, names: KeyNames) -> None:
 
 
 async def _refresh_budgets(budgets: KeyBudgets) -> None:
-    # The ledger's side of per-key budgets: a new billing sample is seen within a second.
+    # The ledger's side of per-key budgets: a new billing sample is seen within a second, and the
+    # first key given a budget within KEY_REFRESH_S of the ring seeing it.
+    read_at, wanted = time.monotonic(), budgets.wanted()
     while True:
-        await asyncio.sleep(BUDGET_REFRESH_S)
-        await _read_budgets(budgets)
+        await asyncio.sleep(KEY_REFRESH_S)
+        was, wanted = wanted, budgets.wanted()
+        if wanted and (not was or time.monotonic() - read_at >= BUDGET_REFRESH_S):
+            read_at = time.monotonic()
+            await _read_budgets(budgets)
 
 
 async def _read_budgets(budgets: KeyBudgets) -> None:
