@@ -22,7 +22,9 @@ import httpx
 import openai
 import pytest
 
-from spotinference.gateway.key_budgets import DEFAULT_OUTPUT_TOKENS, worst_case_tokens
+from spotinference.gateway import endpoints
+from spotinference.gateway.endpoint_requests import parse_endpoint_request
+from spotinference.gateway.key_budgets import DEFAULT_OUTPUT_TOKENS, generates, worst_case_tokens
 from spotinference.key_settings import KeySettings
 from spotinference.keys import create_key
 from spotinference.store import Store
@@ -264,3 +266,17 @@ def test_a_requests_worst_case_is_its_bytes_plus_every_output_it_may_get(payload
 
 def test_a_body_that_is_not_json_is_its_bytes_plus_the_default_output() -> None:
     assert worst_case_tokens(b"--boundary\r\n...") == len(b"--boundary\r\n...") + DEFAULT_OUTPUT_TOKENS
+
+
+def test_routes_that_generate_nothing_reserve_only_their_bytes() -> None:
+    body = json.dumps({"model": "m", "input": ["a", "b"]}).encode()
+    found = endpoints.match("/v1/embeddings")
+    assert found is not None
+    embeddings = parse_endpoint_request(found[0], body, content_type=b"application/json", path="/v1/embeddings",
+                                        query=b"", response_id=None)
+    assert not generates(embeddings) and worst_case_tokens(body, generates(embeddings)) == len(body)
+    found = endpoints.match("/v1/responses")
+    assert found is not None
+    responses = parse_endpoint_request(found[0], body, content_type=b"application/json", path="/v1/responses",
+                                       query=b"", response_id=None)
+    assert generates(responses)

@@ -35,7 +35,8 @@ next is judged.
   a token of text or a token id in JSON takes at least one byte, and the chat template's markers
   are fewer than the JSON's quotes and keys) + the output cap: ``max_completion_tokens`` /
   ``max_tokens`` (chat, completions, Messages) or ``max_output_tokens`` (Responses) × ``n`` (and
-  × the number of prompts of a completions list), or without a cap ``DEFAULT_OUTPUT_TOKENS``.
+  × the number of prompts of a completions list), or without a cap ``DEFAULT_OUTPUT_TOKENS``; no
+  output for the routes that generate none (embeddings, scores, rerank, tokenize, GETs).
   Images or audio referenced by URL are not bounded by the body's bytes: their tokens are settled
   when the request ends, but not reserved.
 * No price (no billing sample yet, none within ``MAX_SAMPLE_AGE_S``, or no tokens served in the
@@ -73,7 +74,9 @@ from ..key_settings import KeySettings
 from ..keys import KeyRing
 from ..reports import query_text
 from ..store import Store
+from .endpoints import Usage
 from .errors import GatewayError
+from .requests import ClientRequest
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +163,15 @@ class KeyBudgets:
 
     # -- the request's side ------------------------------------------------------------------
 
-    def reserve(self, key_id: str, settings: KeySettings, body: bytes, tier: str | None) -> Reservation:
+    def reserve(self, key_id: str, settings: KeySettings, request: ClientRequest | None,
+                tier: str | None) -> Reservation:
         """Reserve the request's worst case against the key's budgets; BudgetExhausted past them."""
         now = time.time()
         view = self.view
         price = view.price(tier)
         if price is None or view.sample_at is None or now - view.sample_at > MAX_SAMPLE_AGE_S:
             raise GatewayError(503, _unknown_why(view, now), code="price_unknown", retry_after_s=30)
-        worst_tokens = worst_case_tokens(body)
+        worst_tokens = 0 if request is None else worst_case_tokens(request.upstream_body, generates(request))
         worst = worst_tokens * price
         day, month = self._current_periods(now)
         checks = []
@@ -360,8 +364,16 @@ class KeyBudgets:
                 mapped[at:at + 8] = b"\0" * 8
 
 
-def worst_case_tokens(body: bytes) -> int:
+def generates(request: ClientRequest) -> bool:
+    """Whether the engine may generate tokens for it: not for embeddings, scores, tokenizing, GETs."""
+    spec = getattr(request, "spec", None)  # the other endpoints' (endpoint_requests.EndpointRequest)
+    return spec is None or spec.usage not in (Usage.NONE, Usage.POOLING)
+
+
+def worst_case_tokens(body: bytes, generates: bool = True) -> int:
     """An upper bound on the request's prompt + output tokens (see the module's docstring)."""
+    if not generates:
+        return len(body)
     output = DEFAULT_OUTPUT_TOKENS
     try:
         payload = json.loads(body) if body[:1] == b"{" else None

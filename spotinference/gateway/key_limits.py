@@ -46,6 +46,7 @@ from typing import Any
 from ..keys import KeyRing
 from .errors import GatewayError
 from .key_budgets import KeyBudgets, Reservation
+from .requests import ClientRequest
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,10 @@ class KeyLimits:
 
     # -- the request's side ------------------------------------------------------------------
 
-    def admit(self, key_id: str | None, body: bytes = b"", tier: str | None = None) -> Ticket | None:
+    def admit(self, key_id: str | None, request: ClientRequest | None = None, tier: str | None = None) -> Ticket | None:
         """Count a request against its key's limits and reserve its worst case against its budgets
-        (``body``: the request's bytes, ``tier``: the tier it is routed to); None if the key has
-        neither; BudgetExhausted or RateLimited past them."""
+        (``request``: as read, ``tier``: the tier it is routed to); None if the key has neither;
+        BudgetExhausted or RateLimited past them."""
         settings = self.keys.settings.get(key_id) if key_id is not None else None
         if settings is None:
             return None
@@ -117,7 +118,7 @@ class KeyLimits:
         if self.budgets is not None and (settings.daily_usd is not None or settings.monthly_usd is not None):
             if self._map is None:
                 self.open()
-            reservation = self.budgets.reserve(key_id, settings, body, tier)
+            reservation = self.budgets.reserve(key_id, settings, request, tier)
         if settings.rpm is None and settings.tpm is None and settings.max_concurrent is None:
             return None if reservation is None else Ticket(-1, [], reservation=reservation)
         try:

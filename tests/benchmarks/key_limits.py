@@ -26,6 +26,7 @@ from decimal import Decimal
 
 from spotinference.gateway.key_budgets import KeyBudgets
 from spotinference.gateway.key_limits import KeyLimits
+from spotinference.gateway.requests import CHAT, ClientRequest
 from spotinference.key_settings import KeySettings
 from spotinference.keys import KeyRing, create_key
 from spotinference.store import Store
@@ -33,6 +34,7 @@ from tests.test_cost_queries import Seed
 
 BODY = (b'{"model":"tiny-chat","messages":[{"role":"system","content":"You are a helpful assistant."},'
         b'{"role":"user","content":"Write a haiku about spot instances."}],"max_tokens":256,"stream":true}')
+REQUEST = ClientRequest(CHAT, "tiny-chat", True, BODY, None)
 
 
 def timed(home: str, key_id: str, requests: int) -> list[float]:
@@ -44,7 +46,7 @@ def timed(home: str, key_id: str, requests: int) -> list[float]:
     took = []
     for _ in range(requests):
         started = time.perf_counter()
-        ticket = limits.admit(key_id, BODY, "t1")
+        ticket = limits.admit(key_id, REQUEST, "t1")
         assert ticket is not None
         limits.settle(ticket, key_id, 10, 20)
         took.append((time.perf_counter() - started) * 1e6)
