@@ -16,11 +16,13 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, time as dtime
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from .errors import InputError
 from .key_settings import FLAGS, KeySettings, settings_from_row
+from .reports import query_text
 from .store import Store
 
 KEY_PREFIX = "sk-spot-"
@@ -39,6 +41,9 @@ class KeyInfo:
     settings: KeySettings = KeySettings()
     tokens_today: int = 0  # prompt + completion tokens logged today (budget.timezone)
     tokens_this_month: int = 0
+    # The key's statement so far today and this month (queries/spend_by_key.sql), what its budgets count.
+    spend_today_usd: Decimal = Decimal(0)
+    spend_this_month_usd: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -125,10 +130,11 @@ def revoke_key(store: Store, name: str) -> KeyInfo:
 
 
 def list_keys(store: Store, *, timezone: str = "UTC", now: datetime | None = None) -> list[KeyInfo]:
-    """Every key with its settings and its tokens today and this month (days and months start at
-    midnight in ``timezone``, the budget's)."""
+    """Every key with its settings, its tokens today and this month, and its statement for each
+    (what its budgets count; days and months start at midnight in ``timezone``, the budget's)."""
     store.flush()  # last use and usage come from the request log
-    local = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone))
+    now = now or datetime.now(UTC)
+    local = now.astimezone(ZoneInfo(timezone))
     day_start = datetime.combine(local.date(), dtime(0), tzinfo=local.tzinfo)
     month_start = day_start.replace(day=1)
     with store.reading() as con:
@@ -144,8 +150,12 @@ def list_keys(store: Store, *, timezone: str = "UTC", now: datetime | None = Non
             "FROM api_keys k LEFT JOIN used u USING (key_id) ORDER BY k.created_at",
             [day_start, month_start],
         ).fetchall()
+        spend = [{row[0]: row[6] for row in con.execute(query_text("spend_by_key"),
+                                                        {"window_start": start, "window_end": now}).fetchall()}
+                 for start in (day_start, month_start)]
     return [KeyInfo(*row[:6], settings=settings_from_row(row[8:]), tokens_today=int(row[6]),
-                    tokens_this_month=int(row[7])) for row in rows]
+                    tokens_this_month=int(row[7]), spend_today_usd=Decimal(spend[0].get(row[1], 0)),
+                    spend_this_month_usd=Decimal(spend[1].get(row[1], 0))) for row in rows]
 
 
 def live_keys(store: Store) -> tuple[dict[str, str], dict[str, KeySettings]]:

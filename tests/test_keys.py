@@ -89,9 +89,8 @@ def test_settings_are_stored_with_the_key_listed_and_updated_from_the_cli(spot) 
     expected = {"daily_usd": 5.0, "monthly_usd": 100.25, "rpm": 60, "tpm": 20000, "max_concurrent": 4,
                 "models": ["big-chat", "tiny-chat"], "expires_at": "2027-02-01T00:00:00+00:00"}
     assert json.loads(created.stdout)["settings"] == expected
-    # Budgets are recorded, and the operator is told they are not enforced yet.
-    assert created.stderr.splitlines()[-1] == ("note: --daily-usd and --monthly-usd recorded; the gateway does not "
-                                                "enforce budgets yet")
+    # Budgets are enforced now (test_gateway_key_budgets.py): no note that they are not.
+    assert "not enforce" not in created.stderr
     (listed,) = json.loads(spot("keys", "list", "--json").stdout)
     assert listed["settings"] == expected and listed["expired"] is False
     updated = spot("keys", "update", "acme", "--rpm", "120", "--clear", "models,daily-usd", "--clear", "expires",

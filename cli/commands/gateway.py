@@ -75,9 +75,9 @@ def serve(
 
 _SETTING = "Per-key settings (also on `spot keys update`)"
 DailyUsd = Annotated[str | None, typer.Option("--daily-usd", metavar="USD", rich_help_panel=_SETTING,
-    help="Budget per day in dollars (recorded and shown; not enforced yet).")]
+    help="Budget per day in dollars, invoice-true: past it, 429 key_budget_exhausted until midnight (budget.timezone).")]
 MonthlyUsd = Annotated[str | None, typer.Option("--monthly-usd", metavar="USD", rich_help_panel=_SETTING,
-    help="Budget per calendar month in dollars (recorded and shown; not enforced yet).")]
+    help="Budget per calendar month in dollars, invoice-true: past it, 429 key_budget_exhausted until the next month.")]
 Rpm = Annotated[str | None, typer.Option("--rpm", metavar="N", rich_help_panel=_SETTING,
     help="Requests per minute, across every worker: past it, 429 rate_limit_exceeded with Retry-After.")]
 Tpm = Annotated[str | None, typer.Option("--tpm", metavar="N", rich_help_panel=_SETTING,
@@ -89,7 +89,6 @@ Models = Annotated[str | None, typer.Option("--models", metavar="A,B", rich_help
 Expires = Annotated[str | None, typer.Option("--expires", metavar="DATE", rich_help_panel=_SETTING,
     help="YYYY-MM-DD: the key works through that day (UTC), then answers 401 key_expired; "
          "or a time YYYY-MM-DDTHH:MM[+HH:MM].")]
-_NOT_ENFORCED = ("daily_usd", "monthly_usd")
 
 
 @keys_app.command("create")
@@ -110,7 +109,6 @@ def keys_create(ctx: typer.Context, name: str, daily_usd: DailyUsd = None, month
     else:
         typer.echo(new.key)
         typer.echo(f"key {new.name!r} created; store it now, it is not shown again", err=True)
-    _warn_not_enforced(given)
 
 
 @keys_app.command("update")
@@ -135,16 +133,6 @@ def keys_update(
         print_json({"name": info.name, "settings": _settings_json(info.settings)})
     else:
         typer.echo(f"key {info.name!r} updated: {_limits(info.settings) or 'no settings'}")
-    _warn_not_enforced(given)
-
-
-def _warn_not_enforced(given: dict[str, str | None]) -> None:
-    from spotinference.key_settings import FLAGS
-
-    named = [FLAGS[n] for n in _NOT_ENFORCED if given.get(n) is not None]
-    if named:
-        typer.echo(f"note: {' and '.join(named)} recorded; the gateway does not enforce budgets yet",
-                   err=True)
 
 
 def _settings_json(settings: KeySettings) -> dict:
@@ -186,7 +174,8 @@ def keys_list(ctx: typer.Context, json: JsonOption = False) -> None:
         {"name": k.name, "key_id": k.key_id, "prefix": k.key_prefix + "…", "created_at": k.created_at,
          "last_used_at": k.last_used_at, "revoked_at": k.revoked_at, "expired": k.settings.expired(),
          "settings": _settings_json(k.settings), "tokens_today": k.tokens_today,
-         "tokens_this_month": k.tokens_this_month}
+         "tokens_this_month": k.tokens_this_month, "spend_today_usd": k.spend_today_usd,
+         "spend_this_month_usd": k.spend_this_month_usd}
         for k in keys
     ]
     if json:
@@ -198,13 +187,24 @@ def keys_list(ctx: typer.Context, json: JsonOption = False) -> None:
     # Narrow terminals drop the prefix, then the creation time, before anything else.
     print_table(
         None, [Column("name", key=True), Column("state", key=True), Column("settings", drop_rank=5),
+               Column("spend", drop_rank=6),
                Column("tokens today", justify="right", drop_rank=4),
                Column("tokens this month", justify="right", drop_rank=3),
                Column("last used (UTC)", drop_rank=2), Column("created (UTC)", drop_rank=1),
                Column("prefix", drop_rank=0)],
-        [(k.name, _key_state(k), _limits(k.settings), f"{k.tokens_today:,}", f"{k.tokens_this_month:,}",
+        [(k.name, _key_state(k), _limits(k.settings), _spend(k), f"{k.tokens_today:,}", f"{k.tokens_this_month:,}",
           _when(k.last_used_at) or "never", _when(k.created_at), k.key_prefix + "…") for k in keys],
     )
+
+
+def _spend(key: KeyInfo) -> str:
+    """The key's statement against each budget it has: $1.20 of $5.00 today · $30.00 of $100.00 this month."""
+    parts = []
+    if key.settings.daily_usd is not None:
+        parts.append(f"{_usd(key.spend_today_usd)} of {_usd(key.settings.daily_usd)} today")
+    if key.settings.monthly_usd is not None:
+        parts.append(f"{_usd(key.spend_this_month_usd)} of {_usd(key.settings.monthly_usd)} this month")
+    return " · ".join(parts) or f"{_usd(key.spend_today_usd)} today"
 
 
 def _key_state(key: KeyInfo) -> str:

@@ -22,6 +22,7 @@ from .access_log import AccessLoggingRecorder, KeyNames
 from .errors import GatewayError, error_body
 from .http_limits import ClientLimits
 from .key_access import model_route, visible_models
+from .key_budgets import KeyBudgets
 from .key_limits import KeyLimits
 from .logs import fields
 from .metrics import GatewayMetrics
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEY_REFRESH_S = 0.25
+BUDGET_REFRESH_S = 1.0
 
 
 @dataclass
@@ -57,6 +59,7 @@ class GatewayOptions:
     client_limits: ClientLimits = ClientLimits()
     operator_token: str | None = None  # None: only the operator listener sees the operator's view
     operator_port: int | None = None
+    budget_timezone: str = "UTC"  # where per-key budget days and months start
 
 
 class GatewayApp:
@@ -115,7 +118,8 @@ def create_app(
     )
     relay.max_response_body_bytes = options.max_response_body_bytes
     relay.gate = gate
-    limits = KeyLimits(keys, store.home / "gateway") if keys is not None else None
+    budgets = KeyBudgets(keys, store, store.home / "gateway", options.budget_timezone) if keys is not None else None
+    limits = KeyLimits(keys, store.home / "gateway", budgets) if keys is not None else None
     relay.limits = limits
     homes = ResponseHomes(store.home / "gateway" / "responses")
     endpoint_relays = []
@@ -189,6 +193,9 @@ def create_app(
         sealer = asyncio.create_task(_seal_segments(writer, options.flush_interval_s))
         await asyncio.to_thread(key_names.load)
         refresher = asyncio.create_task(_refresh_keys(keys, key_names)) if keys is not None else None  # an empty ring too
+        if budgets is not None:
+            await _read_budgets(budgets)  # before the first request: a budget is never judged blind
+        budget_reader = asyncio.create_task(_refresh_budgets(budgets)) if budgets is not None else None
         if runtime is not None:
             runtime.start()
         if gate is not None:
@@ -209,6 +216,8 @@ def create_app(
             sealer.cancel()
             if refresher:
                 refresher.cancel()
+            if budget_reader:
+                budget_reader.cancel()
             if runtime is not None:
                 await runtime.stop()
             if gate is not None:
@@ -256,6 +265,26 @@ async def _refresh_keys(keys: KeyRing, names: KeyNames) -> None:
             log.exception("API key refresh failed; keeping the previous keys")
 
 
+async def _refresh_budgets(budgets: KeyBudgets) -> None:
+    # The ledger's side of per-key budgets: a new billing sample is seen within a second, and the
+    # first key given a budget within KEY_REFRESH_S of the ring seeing it.
+    read_at, wanted = time.monotonic(), budgets.wanted()
+    while True:
+        await asyncio.sleep(KEY_REFRESH_S)
+        was, wanted = wanted, budgets.wanted()
+        if wanted and (not was or time.monotonic() - read_at >= BUDGET_REFRESH_S):
+            read_at = time.monotonic()
+            await _read_budgets(budgets)
+
+
+async def _read_budgets(budgets: KeyBudgets) -> None:
+    try:
+        if budgets.wanted():
+            await asyncio.to_thread(budgets.refresh)
+    except Exception:  # noqa: BLE001 - keep serving with the last prices and statements
+        log.exception("per-key budget refresh failed; keeping the previous figures")
+
+
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     return {k: (str(v) if not isinstance(v, bool | int | float | str | type(None)) else v) for k, v in data.items()}
 
@@ -285,4 +314,5 @@ def options_from_settings(settings: Settings) -> GatewayOptions:
                                    max_connections=gateway.max_connections),
         operator_token=operator_token(settings, create=True),
         operator_port=gateway.operator_port,
+        budget_timezone=settings.budget.timezone,
     )

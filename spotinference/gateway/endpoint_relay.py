@@ -125,7 +125,7 @@ class EndpointRelay(Relay):
                 raise GatewayError(
                     503, f"no engine is serving tier '{route.tier}' for model '{route.model}' right now",
                     code="no_serving_node", retry_after_s=RETRY_AFTER_S)
-            if self.limits is not None and (ticket := self.limits.admit(exchange.key_id)) is not None:
+            if self.limits is not None and (ticket := self.limits.admit(exchange.key_id, exchange.request, route.tier)) is not None:
                 exchange.ticket, send = ticket, ticket.wrap(send)  # the last check: 429 past the key's limits
         except ClientGone:
             return

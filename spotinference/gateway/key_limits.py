@@ -1,5 +1,7 @@
 """Per-key rate, token and concurrency limits (``--rpm``, ``--tpm``, ``--max-concurrent``), shared by
-every worker of the gateways on one host.
+every worker of the gateways on one host; and the entry to per-key budgets (key_budgets.py), which
+use this table's worker columns: ``admit`` reserves a request's worst case before its rate limits,
+``settle`` replaces it by the request's tokens.
 
 Shared state: a fixed table in a memory-mapped file in the data directory
 (``gateway/key-limits.bin``), each read-modify-write of a key's slot under ``flock`` on that
@@ -43,6 +45,8 @@ from typing import Any
 
 from ..keys import KeyRing
 from .errors import GatewayError
+from .key_budgets import KeyBudgets, Reservation
+from .requests import ClientRequest
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +76,10 @@ class RateLimited(GatewayError):
 class Ticket:
     """An admitted request's place in its key's slot, and the headers its answer carries."""
 
-    offset: int
+    offset: int  # -1: the key has a budget but no rate limits
     headers: list[tuple[bytes, bytes]]
     settled: bool = False
+    reservation: Reservation | None = None  # its worst case against the key's budgets (key_budgets.py)
 
     def wrap(self, send: Send) -> Send:
         """``send`` with the x-ratelimit-* headers added to the response's start."""
@@ -89,8 +94,9 @@ class Ticket:
 
 
 class KeyLimits:
-    def __init__(self, keys: KeyRing, directory: Path) -> None:
+    def __init__(self, keys: KeyRing, directory: Path, budgets: KeyBudgets | None = None) -> None:
         self.keys = keys
+        self.budgets = budgets  # per-key budgets, sharing this table's worker columns
         self.directory = directory
         self._fd: int | None = None
         self._map: mmap.mmap | None = None
@@ -100,13 +106,31 @@ class KeyLimits:
 
     # -- the request's side ------------------------------------------------------------------
 
-    def admit(self, key_id: str | None) -> Ticket | None:
-        """Count a request against its key's limits; None if the key has none; RateLimited past them."""
+    def admit(self, key_id: str | None, request: ClientRequest | None = None, tier: str | None = None) -> Ticket | None:
+        """Count a request against its key's limits and reserve its worst case against its budgets
+        (``request``: as read, ``tier``: the tier it is routed to); None if the key has neither;
+        BudgetExhausted or RateLimited past them."""
         settings = self.keys.settings.get(key_id) if key_id is not None else None
-        if settings is None or (settings.rpm is None and settings.tpm is None and settings.max_concurrent is None):
+        if settings is None:
             return None
         assert key_id is not None
-        rpm, tpm, most = settings.rpm, settings.tpm, settings.max_concurrent
+        reservation = None
+        if self.budgets is not None and (settings.daily_usd is not None or settings.monthly_usd is not None):
+            if self._map is None:
+                self.open()
+            reservation = self.budgets.reserve(key_id, settings, request, tier)
+        if settings.rpm is None and settings.tpm is None and settings.max_concurrent is None:
+            return None if reservation is None else Ticket(-1, [], reservation=reservation)
+        try:
+            ticket = self._admit(key_id, settings.rpm, settings.tpm, settings.max_concurrent)
+        except BaseException:
+            if reservation is not None:
+                self.budgets.release(reservation)  # type: ignore[union-attr]
+            raise
+        ticket.reservation = reservation
+        return ticket
+
+    def _admit(self, key_id: str, rpm: int | None, tpm: int | None, most: int | None) -> Ticket:
         offset = self._offset(key_id)
         mapped = self._map
         assert mapped is not None and self._fd is not None
@@ -146,7 +170,10 @@ class KeyLimits:
             return
         ticket.settled = True
         try:
-            self._settle(ticket, key_id, (prompt_tokens or 0) + (completion_tokens or 0))
+            if ticket.reservation is not None:
+                self.budgets.settle(ticket.reservation, prompt_tokens, completion_tokens)  # type: ignore[union-attr]
+            if ticket.offset >= 0:
+                self._settle(ticket, key_id, (prompt_tokens or 0) + (completion_tokens or 0))
         except Exception:  # noqa: BLE001 - the answer and its usage row matter more than the count
             log.exception("the key limits could not be settled for %s", key_id)
 
@@ -184,10 +211,14 @@ class KeyLimits:
             self._fd = fd
             self.worker, self._worker_fd = self._take_column()
             self._zero_column(self._map, self.worker)  # what a dead worker left in this column
+            if self.budgets is not None:
+                self.budgets.open(self.worker)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
+        if self.budgets is not None:
+            self.budgets.close()
         if self._map is not None:
             self._map.close()
             self._map = None

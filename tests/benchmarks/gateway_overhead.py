@@ -21,8 +21,9 @@ tokens/s per stream at 64 streams, each client alternating direct and gateway re
 share the same load, and prints the ratio (target ≥ 97%).
 
 With --key-limits the rotation also sends the gateway requests with a key that has rpm, tpm and
-max-concurrent limits (set high enough never to refuse), and prints what the limits add to TTFT
-over the key without (issue 23: ≤ 0.1 ms at one stream).
+max-concurrent limits (set high enough never to refuse), and with a key that also has daily and
+monthly budgets (priced from a seeded ledger: a billing sample and a request row), and prints
+what each adds to TTFT over the key without (issue 23: ≤ 0.1 ms at one stream).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
@@ -190,6 +192,11 @@ def main() -> None:
         key = create_key(Store(home), "bench").key
         limited = create_key(Store(home), "bench-limits", KeySettings(rpm=10**9, tpm=10**15, max_concurrent=10**6)) \
             if args.key_limits else None  # before the gateway starts, which reads its keys then
+        budgeted = create_key(Store(home), "bench-budgets", KeySettings(
+            rpm=10**9, tpm=10**15, max_concurrent=10**6, daily_usd=Decimal(10**9), monthly_usd=Decimal(10**9))) \
+            if args.key_limits else None
+        if budgeted:
+            _priced_ledger(Store(home))
         gateway, gateway_url = start_gateway(home, {MODEL: engine_url},
                                              extra_env={"SPOT_GATEWAY__LOG_LEVEL": args.log_level})
         baseline = None
@@ -205,6 +212,8 @@ def main() -> None:
             targets[f"gw@{old.commit}"] = (f"{baseline[1]}/v1/chat/completions", {"Authorization": f"Bearer {old_key}"})
         if limited:
             targets["gw-limits"] = (f"{gateway_url}/v1/chat/completions", {"Authorization": f"Bearer {limited.key}"})
+        if budgeted:
+            targets["gw-budgets"] = (f"{gateway_url}/v1/chat/completions", {"Authorization": f"Bearer {budgeted.key}"})
         if nginx:
             targets["nginx"] = (f"{nginx[1]}/v1/chat/completions", {})
         targets["py-relay"] = (f"{relay_url}/v1/chat/completions", {})
@@ -224,6 +233,20 @@ def main() -> None:
                 nginx[0].terminate()
             relay.stop()
             asgi_relay.stop()
+
+
+def _priced_ledger(store: Store) -> None:
+    """A billing sample and a request in the last hour: the gateway knows an invoice-true price."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.test_cost_queries import Seed
+
+    seed = Seed(store)
+    now = datetime.now(UTC)
+    for at, total in ((now - timedelta(minutes=30), "0"), (now - timedelta(minutes=1), "1")):
+        seed.sample(seed.run(at), at, "vm-1", total)
+    seed.request(now - timedelta(minutes=10), 500_000, 500_000, key="warm-up")
+    seed.write()
 
 
 def run_latency(targets: dict, levels: list[int], rounds: int) -> None:
@@ -246,10 +269,11 @@ def run_latency(targets: dict, levels: list[int], rounds: int) -> None:
             else:
                 added = f"{'':>16}{'':>16}{'':>15}"
             print(f"{level:>7} {name:<11}" + "".join(f"{v:>9.2f}" for v in row) + added + f"{len(got['ttft']):>6}")
-        if "gw-limits" in results:
-            plain, limited = results["gateway"]["ttft"], results["gw-limits"]["ttft"]
-            print(f"{level:>7} a key's limits add {percentile(limited, 0.5) - percentile(plain, 0.5):+.3f} ms TTFT "
-                  f"at P50, {percentile(limited, 0.95) - percentile(plain, 0.95):+.3f} ms at P95 (gw-limits − gateway)")
+        for target, what in (("gw-limits", "limits"), ("gw-budgets", "limits and budgets")):
+            if target in results:
+                plain, limited = results["gateway"]["ttft"], results[target]["ttft"]
+                print(f"{level:>7} a key's {what} add {percentile(limited, 0.5) - percentile(plain, 0.5):+.3f} ms TTFT "
+                      f"at P50, {percentile(limited, 0.95) - percentile(plain, 0.95):+.3f} ms at P95 ({target} − gateway)")
 
 
 def run_throughput(targets: dict, seconds: float, warmup_s: float) -> None:
