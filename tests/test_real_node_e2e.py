@@ -168,7 +168,13 @@ def test_spot_up_bootstraps_a_real_node_serves_hibernates_wakes_and_terminates(
         stop = threading.Event()
         up_started = time.monotonic()
         up = {}
-        runner = threading.Thread(target=lambda: up.setdefault("result", spot("up", "demo")), daemon=True)
+        def run_up() -> None:
+            try:
+                up["result"] = spot("up", "demo")
+            except subprocess.TimeoutExpired as exc:
+                up["timeout"] = exc
+
+        runner = threading.Thread(target=run_up, daemon=True)
         runner.start()
         wait_for(lambda: any(nodes_dir.glob("*/node.json")) or not runner.is_alive(), 120, "the VM's node")
         node_dir = next(nodes_dir.glob("*/node.json")).parent
@@ -178,6 +184,7 @@ def test_spot_up_bootstraps_a_real_node_serves_hibernates_wakes_and_terminates(
         stop.set()
         copier.join(10)
         figures["spot up (cold node)"] = time.monotonic() - up_started
+        assert "result" in up, f"spot up did not finish within {SPOT_TIMEOUT_S} s"
         result = up["result"]
         assert result.returncode == 0, f"spot up exited {result.returncode}: {result.stderr[-3000:]}"
         assert copy.get("status", (None,))[0] == 0, f"copying the model onto the volume failed: {copy}"
