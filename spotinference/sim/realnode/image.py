@@ -31,9 +31,10 @@ from .mounts import unmount_all
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 #: what a cloud GPU image has that spot's bootstrap relies on (sshd, sudo, python3 -m venv, mkfs, ip)
+#: and libnuma1, which vLLM's CPU build links (its _C extension fails to load without it)
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "sudo", "python3", "python3-venv",
-    "iproute2", "e2fsprogs", "ca-certificates", "procps", "curl",
+    "iproute2", "e2fsprogs", "ca-certificates", "procps", "curl", "libnuma1",
 )
 BUILD_TIMEOUT_S = 1800.0
 MARKER = "etc/spot-real-node-image.json"

@@ -193,7 +193,7 @@ class RealNode:
             argv = ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
                     f"--directory={self.root}", f"--machine={self.slot.namespace}", f"--hostname={self.spec.hostname}",
                     f"--network-namespace-path={self.slot.namespace_path}",
-                    f"--bind={loop}:{VOLUME_DEVICE}", "--console=read-only"]
+                    f"--bind={loop}:{VOLUME_DEVICE}", f"--bind={loop}", "--console=read-only"]
             with (self.path / "console.log").open("ab") as console:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                                         start_new_session=True)

@@ -2,7 +2,9 @@
 
 The file is created (unformatted, as a fresh cloud volume is) the first time and kept across
 power-offs; each boot attaches it again (``losetup --find``: whatever loop device is free, bound
-into the node as ``/dev/vdb``, the name Hyperstack's volumes get); power-off and delete detach
+into the node as ``/dev/vdb``, the name Hyperstack's volumes get, and under its own name too:
+without udev in the node, ``mount UUID=...`` finds a device only by probing the names the kernel
+lists in /proc/partitions, which is ``loopN``, not ``vdb``); power-off and delete detach
 every loop device backed by it (``losetup -j``), so a crashed run's leftovers go too.
 """
 
