@@ -265,6 +265,8 @@ def _cell(key: str, value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, Decimal):
         places = 4 if key in ("statement_usd", "reservations_released_usd") else 2
+        if key.endswith("budget_usd"):  # as set: $0.0005 is not "$0.00"
+            places = max(2, -value.normalize().as_tuple().exponent)
         return _usd(value, places) if key.endswith("usd") or "usd_per" in key else str(value)
     if isinstance(value, float):
         return f"{value:.1%}" if key in ("share", "token_share", "coverage", "busy_share") else f"{value:,.2f}"
