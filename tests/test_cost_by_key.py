@@ -7,6 +7,8 @@ The statement itself stays the bill × token share: its sum is the window's spen
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -167,6 +169,12 @@ def test_refusals_are_counted_per_limit_and_the_budgets_shown(spot, stack: Stack
     assert Decimal(str(rows["customer"]["monthly_budget_usd"])) == Decimal("1")
     assert rows["plain"]["daily_budget_usd"] is None and rows["plain"]["monthly_budget_usd"] is None
     assert rows["customer"]["requests"] == 6 and rows["lapsed"]["requests"] == 1
+    # --csv carries the same fields under the same names.
+    result = spot("cost", "--days", "1", "--by", "key", "--csv", env={"SPOT_HOME": str(stack.home)})
+    table = {row["key_id"]: row for row in csv.DictReader(io.StringIO(result.stdout))}
+    assert set(KEY_LIMIT_FIELDS) <= set(table[stack.key_ids["customer"]])
+    customer = table[stack.key_ids["customer"]]
+    assert customer["refused_budget"] == "1" and Decimal(customer["daily_budget_usd"]) == Decimal("0.0005")
 
 
 def test_the_statement_still_sums_to_the_windows_spend(spot, stack: Stack) -> None:
