@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 
 from spotinference.jsonable import jsonable
 
-from ..output import print_json
+from ..output import Column, build_table, print_json
 from ..state import CliState
 from .options import JsonOption
 
@@ -264,7 +264,10 @@ def _cell(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, Decimal):
-        return _usd(value, 4 if key == "statement_usd" else 2) if key.endswith("usd") or "usd_per" in key else str(value)
+        places = 4 if key in ("statement_usd", "reservations_released_usd") else 2
+        if key.endswith("budget_usd"):  # as set: $0.0005 is not "$0.00"
+            places = max(2, -value.normalize().as_tuple().exponent)
+        return _usd(value, places) if key.endswith("usd") or "usd_per" in key else str(value)
     if isinstance(value, float):
         return f"{value:.1%}" if key in ("share", "token_share", "coverage", "busy_share") else f"{value:,.2f}"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -303,7 +306,41 @@ COLUMN_TITLES = {
     "paid_gpu_hours": "paid GPU hours",
     "busy_hours": "busy hours",
     "busy_share": "busy share",
+    "daily_budget_usd": "daily budget",
+    "monthly_budget_usd": "monthly budget",
+    "reservations_released_usd": "reservations released",
+    **{f"refused_{limit}": f"refused: {limit.replace('_', ' ')}" for limit in (
+        "rpm", "tpm", "concurrency", "budget", "price_unknown", "expired", "model_not_allowed")},
 }
+
+
+# `--by key` in a terminal: the statement first; budgets, releases and refusals beside it, the token
+# detail dropped first when narrow; the refusals by limit in one cell ("rpm 3, budget 1").
+_BY_KEY_COLUMNS = [
+    ("key_name", Column("key", key=True)), ("key_id", Column("key id", drop_rank=1)),
+    ("requests", Column("requests", justify="right", drop_rank=5)),
+    ("prompt_tokens", Column("prompt tokens", justify="right", drop_rank=2)),
+    ("completion_tokens", Column("output tokens", justify="right", drop_rank=3)),
+    ("token_share", Column("share of tokens", justify="right", drop_rank=4)),
+    ("statement_usd", Column("statement", key=True, justify="right")),
+    ("daily_budget_usd", Column("daily budget", justify="right", drop_rank=7)),
+    ("monthly_budget_usd", Column("monthly budget", justify="right", drop_rank=6)),
+    ("reservations_released_usd", Column("reservations released", justify="right", drop_rank=8)),
+]
+
+
+def refused_cell(row: dict[str, Any]) -> str:
+    """A key's refusals by limit in one cell: "rpm 3, budget 1" (blank when none)."""
+    from spotinference.gateway.key_refusals import REFUSALS
+    counts = [(limit.replace("_", " "), row.get(f"refused_{limit}") or 0) for limit in REFUSALS]
+    return ", ".join(f"{name} {n:,}" for name, n in counts if n)
+
+
+def _by_key_table(r: CostReport, width: int):  # noqa: ANN202 - a rich Table
+    columns = [spec for _, spec in _BY_KEY_COLUMNS] + [Column("refused (by limit)", drop_rank=9)]
+    rows = [[(row["key_name"] or row["key_id"] or "(no tokens)") if name == "key_name" else _cell(name, row[name])
+             for name, _ in _BY_KEY_COLUMNS] + [refused_cell(row)] for row in r.breakdown]
+    return build_table("by key", columns, rows, width=width)
 
 
 def column_title(key: str) -> str:
@@ -405,7 +442,9 @@ def _table(r: CostReport) -> None:
         con.print(f"  gap {g.provider}: {g.start.isoformat()} → {g.end.isoformat()} ({g.minutes} min)")
     if len(r.gaps) > 10:
         con.print(f"  … and {len(r.gaps) - 10} more gap(s) (see --json)")
-    if r.by is not None:
+    if r.by == "key" and r.breakdown:
+        con.print(_by_key_table(r, con.width))
+    elif r.by is not None:
         table = Table(title=f"by {r.by}", title_justify="left")
         cols = list(r.breakdown[0]) if r.breakdown else []
         for col in cols:

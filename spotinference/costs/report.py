@@ -270,6 +270,8 @@ def _report(run: Callable[..., Any], window: Window, *, by: str | None, hosted: 
         rows = _records(run, BREAKDOWNS[by], q_start, q_end)
         if not observable:
             rows = [{k: (None if k in _MONEY else v) for k, v in row.items()} for row in rows]
+        if by == "key":
+            rows = with_key_limits(rows, _records(run, "key_statement", q_start, q_end))
     anomalies = _records(run, "billing_anomalies", q_start, q_end) if observable else []
     prices = hosted if hosted is not None else load_hosted_prices()
     spend = head["spend_usd"] if observable else None
@@ -298,6 +300,20 @@ def _report(run: Callable[..., Any], window: Window, *, by: str | None, hosted: 
         anomalies=anomalies,
         fresh_within_s=fresh_within_s,
     )
+
+
+# What `--by key` adds beside each statement (queries/key_statement.sql), blank for a row with no key.
+KEY_LIMIT_FIELDS = ("daily_budget_usd", "monthly_budget_usd", "reservations_released_usd", "refused_rpm",
+                    "refused_tpm", "refused_concurrency", "refused_budget", "refused_price_unknown",
+                    "refused_expired", "refused_model_not_allowed")
+
+
+def with_key_limits(statements: list[dict[str, Any]], limits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each statement row with its key's budgets, released reservations and refusals by limit. The
+    statement's own fields are untouched: these are beside the bill, never part of it."""
+    by_key = {row["key_id"]: row for row in limits}
+    blank = dict.fromkeys(KEY_LIMIT_FIELDS)
+    return [{**row, **{f: by_key.get(row["key_id"], blank)[f] for f in KEY_LIMIT_FIELDS}} for row in statements]
 
 
 def _minutes(start: datetime, end: datetime) -> int:

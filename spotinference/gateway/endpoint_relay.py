@@ -57,7 +57,7 @@ class _ExtraRecorder(UsageRecorder):
     def record(self, row: UsageRow) -> None:
         extra = self.extras.pop(row.request_id, None)
         if extra is not None:
-            row.extra = extra  # type: ignore[attr-defined]  # vars(row) carries it to the spool, as JSON
+            row.extra = {**getattr(row, "extra", {}), **extra}  # type: ignore[attr-defined]  # to the spool, as JSON
         self.inner.record(row)
 
 
@@ -100,8 +100,7 @@ class EndpointRelay(Relay):
         try:
             exchange.key_id = self.authenticate(scope)
         except GatewayError as exc:
-            self.metrics.answered("", exc.status)
-            await self._send_error(send, exc, exchange.request_id)
+            await self._refuse_unauthenticated(exchange, exc, send)
             return
         try:
             body = await read_body(scope, receive, self.max_body_bytes)
@@ -131,6 +130,7 @@ class EndpointRelay(Relay):
             return
         except GatewayError as exc:
             exchange.status, exchange.error = exc.status, exc.message
+            self._note_refusal(exchange, exc)
             if exc.status == 400:
                 self.metrics.failed("client")
             self._record(exchange)

@@ -12,12 +12,20 @@ from .errors import GatewayError
 from .routing import Route, Router
 
 
+class KeyExpired(GatewayError):
+    """401 ``key_expired``; it names the key (a known one), so that its statement counts the refusal."""
+
+    def __init__(self, message: str, key_id: str) -> None:
+        super().__init__(401, message, code="key_expired")
+        self.key_id = key_id
+
+
 def refuse_if_expired(keys: KeyRing, key_id: str) -> None:
     settings = keys.settings.get(key_id)
     if settings is not None and settings.expired():
         assert settings.expires_at is not None
-        raise GatewayError(401, f"this API key expired at {settings.expires_at.isoformat()}: ask the operator "
-                                "to extend it (spot keys update NAME --expires DATE)", code="key_expired")
+        raise KeyExpired(f"this API key expired at {settings.expires_at.isoformat()}: ask the operator "
+                         "to extend it (spot keys update NAME --expires DATE)", key_id)
 
 
 def visible_models(router: Router, keys: KeyRing | None, key_id: str | None) -> list[str]:

@@ -147,6 +147,11 @@ class Reservation:
     worst_micro: float
     price: float  # micro-dollars per token
 
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+        """What the request settles at, in micro-dollars: its tokens × the price it was admitted at."""
+        # Unknown counts (a stream cut before any usage) add nothing, as in the statement.
+        return ((prompt_tokens or 0) + (completion_tokens or 0)) * self.price
+
 
 class KeyBudgets:
     def __init__(self, keys: KeyRing, store: Store, directory: Path, timezone: str = "UTC") -> None:
@@ -222,8 +227,7 @@ class KeyBudgets:
 
     def settle(self, reservation: Reservation, prompt_tokens: int | None, completion_tokens: int | None) -> None:
         """The request is over: its reservation becomes its tokens × the price it was admitted at."""
-        # Unknown counts (a stream cut before any usage) add nothing, as in the statement.
-        cost = ((prompt_tokens or 0) + (completion_tokens or 0)) * reservation.price
+        cost = reservation.cost(prompt_tokens, completion_tokens)
         mapped = self._map
         assert mapped is not None and self._fd is not None
         now_minute = int(time.time() // 60)

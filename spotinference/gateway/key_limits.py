@@ -64,9 +64,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class RateLimited(GatewayError):
     """429 ``rate_limit_exceeded``, with Retry-After and the x-ratelimit-* headers."""
 
-    def __init__(self, message: str, retry_after_s: int, limit_headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, message: str, retry_after_s: int, limit_headers: list[tuple[bytes, bytes]],
+                 limit: str = "rpm") -> None:
         super().__init__(429, message, code="rate_limit_exceeded", retry_after_s=retry_after_s)
         self.limit_headers = limit_headers
+        self.limit = limit  # "rpm" | "tpm" | "concurrency": which one refused (the key's statement counts them)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [*super().headers(), *self.limit_headers]
@@ -143,14 +145,14 @@ class KeyLimits:
             refused = None
             if rpm is not None and req < 1:
                 refused = (f"this API key's limit of {_count(rpm, 'request')} per minute is reached",
-                           (1 - req) * 60 / rpm)
+                           (1 - req) * 60 / rpm, "rpm")
             elif tpm is not None and tok <= 0:
                 refused = (f"this API key's limit of {_count(tpm, 'token')} per minute is reached",
-                           (1 - tok) * 60 / tpm)
+                           (1 - tok) * 60 / tpm, "tpm")
             elif most is not None and sum(flight) >= most:
                 flight = self._reap_dead_workers(mapped, flight)
                 if sum(flight) >= most:
-                    refused = (f"this API key's limit of {_count(most, 'request')} at once is reached", 1.0)
+                    refused = (f"this API key's limit of {_count(most, 'request')} at once is reached", 1.0, "concurrency")
             if refused is None:
                 req -= 1
                 flight[self.worker] += 1
@@ -159,8 +161,8 @@ class KeyLimits:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         headers = _headers(rpm, req, tpm, tok)
         if refused is not None:
-            message, wait_s = refused
-            raise RateLimited(f"{message}: retry after {_duration(wait_s)}", max(1, math.ceil(wait_s)), headers)
+            message, wait_s, limit = refused
+            raise RateLimited(f"{message}: retry after {_duration(wait_s)}", max(1, math.ceil(wait_s)), headers, limit)
         return Ticket(offset, headers)
 
     def settle(self, ticket: Ticket, key_id: str | None, prompt_tokens: int | None,

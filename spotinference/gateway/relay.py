@@ -25,7 +25,8 @@ from ..keys import KeyRing
 from .callback_send import CallbackSender
 from .client_auth import authenticate as authenticate_client
 from .errors import EngineFault, GatewayError, stream_error_event
-from .key_access import model_route
+from .key_access import KeyExpired, model_route
+from .key_refusals import refusal_of
 from .metrics import GatewayMetrics
 from .requests import ClientGone, ClientRequest, parse_request, read_body
 from .routing import Node, Route, Router
@@ -84,6 +85,7 @@ class Exchange:
     endpoint = None  # the route, for a row whose request could not be read
     response_id = None  # a Responses answer's id, for routing what refers to it
     ticket = None  # its place in the key's limits (key_limits.Ticket), for a key with limits
+    refused = None  # which of the key's limits refused it (key_refusals.py), for the key's statement
 
 
 class Relay:
@@ -160,9 +162,8 @@ class Relay:
         try:
             exchange.key_id = self.authenticate(scope)
         except GatewayError as exc:
-            # Unauthenticated traffic is counted, not logged row by row: anyone could flood it.
-            self.metrics.answered("", exc.status)
-            await self._send_error(send, exc, exchange.request_id)
+            exchange.endpoint = scope["path"]  # type: ignore[misc]
+            await self._refuse_unauthenticated(exchange, exc, send)
             return
         try:
             body = await read_body(scope, receive, self.max_body_bytes)
@@ -198,6 +199,7 @@ class Relay:
         except GatewayError as exc:
             exchange.status, exchange.error = exc.status, exc.message
             exchange.endpoint = scope["path"]  # type: ignore[misc]
+            self._note_refusal(exchange, exc)
             if exc.status == 400:
                 self.metrics.failed("client")
             self._record(exchange)
@@ -208,6 +210,22 @@ class Relay:
             await self._last_resort(exchange, send, exc)
             return
         await self._relay_watching_client(exchange, route, receive, send)
+
+    async def _refuse_unauthenticated(self, exchange: Exchange, exc: GatewayError, send: Any) -> None:
+        if isinstance(exc, KeyExpired):
+            # A known key refused by its own expiry: a row, so that its statement shows the refusal.
+            exchange.key_id, exchange.status, exchange.error = exc.key_id, exc.status, exc.message
+            exchange.refused = "expired"  # type: ignore[misc]
+            self._record(exchange)
+        else:
+            # Unauthenticated traffic is counted, not logged row by row: anyone could flood it.
+            self.metrics.answered("", exc.status)
+        await self._send_error(send, exc, exchange.request_id)
+
+    def _note_refusal(self, exchange: Exchange, exc: GatewayError) -> None:
+        if exchange.key_id is not None:
+            model = exchange.request.model if exchange.request is not None else None
+            exchange.refused = refusal_of(exc, self.router, model)  # type: ignore[misc]
 
     async def _relay_watching_client(self, exchange: Exchange, route: Route, receive: Any, send: Any) -> None:
         model = exchange.request.model  # type: ignore[union-attr]
@@ -566,8 +584,14 @@ class Relay:
             # The running totals vLLM sent before the abort, summed over choices and prompts.
             self._take_stream_usage(exchange, state)
         exchange.recorded = True
+        extra = None if exchange.refused is None else {"refused": exchange.refused}
         if exchange.ticket is not None:
             self.limits.settle(exchange.ticket, exchange.key_id, exchange.prompt_tokens, exchange.completion_tokens)
+            if (reservation := exchange.ticket.reservation) is not None:
+                # What was held against the key's budgets and what replaced it, in whole micro-dollars:
+                # the difference was released, not spent (`spot cost --by key`).
+                extra = {"reserved_micro": round(reservation.worst_micro),
+                         "settled_micro": round(reservation.cost(exchange.prompt_tokens, exchange.completion_tokens))}
         elapsed_s = time.perf_counter() - exchange.t0
         started_at = datetime.fromtimestamp(exchange.started_unix, UTC)
         model = request.model if request else ""
@@ -592,6 +616,8 @@ class Relay:
             streamed=bool(request and request.stream),
             error=exchange.error,
         )
+        if extra is not None:
+            row.extra = extra  # type: ignore[attr-defined]  # vars(row) carries it to the spool, as JSON
         try:
             self.recorder.record(row)
         except Exception:  # noqa: BLE001 - the client still gets its answer; the log says which row
