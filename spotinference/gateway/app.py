@@ -170,7 +170,7 @@ def create_app(
             # Anyone's view: alive, and whether the budget gate lets requests through; no models,
             # tiers or figures (those are the operator's, below).
             return {"status": "ok" if gate is None or gate.state.open else "closed"}
-        tiers = runtime.snapshots() if runtime is not None else []
+        tiers = metrics.tier_snapshots()  # held requests: every worker's
         budget = _jsonable(gate.state.to_dict()) if gate is not None else None
         return {"status": "ok", "models": router.models(), "tiers": tiers, "budget_gate": budget}
 
@@ -191,6 +191,7 @@ def create_app(
         refresher = asyncio.create_task(_refresh_keys(keys, key_names)) if keys is not None else None  # an empty ring too
         if runtime is not None:
             runtime.start()
+        held = asyncio.create_task(metrics.publish_held_forever())
         if gate is not None:
             loop = asyncio.get_running_loop()
 
@@ -207,6 +208,8 @@ def create_app(
             yield
         finally:
             sealer.cancel()
+            held.cancel()
+            metrics.worker_stopped()
             if refresher:
                 refresher.cancel()
             if runtime is not None:
