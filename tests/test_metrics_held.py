@@ -4,7 +4,8 @@ A tier of `spot sim cloud` nodes hibernated behind a real gateway with two worke
 requests, each on its own connection and sent at once, are held while the tier wakes (the engine takes 10 s to
 load, so they stay held while the test looks). Both workers hold some (the x-request-id prefix
 says which worker answered); /health's held_requests and the scrape's spot_tier_held_requests
-must be the total, whichever worker answers, and drop to 0 once the clients have left.
+must be the total, whichever worker answers, and drop to 0 once the clients have left; the
+finished wake is then in spot_tier_wake_seconds.
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ def held_stream(url: str, key: str) -> tuple[socket.socket, str]:
     return sock, request_id.group(1).decode()[:20]
 
 
-def scraped_held(url: str, home: Path) -> float:
+def scraped(url: str, home: Path, name: str) -> float:
+    """One scrape's ``name`` for tier demo."""
     text = httpx.get(f"{url}/metrics", headers=operator_headers(home), timeout=5).text
     return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples if sample.name == "spot_tier_held_requests" and sample.labels["tier"] == "demo")
+               for sample in family.samples if sample.name == name and sample.labels["tier"] == "demo")
+
+
+def scraped_held(url: str, home: Path) -> float:
+    return scraped(url, home, "spot_tier_held_requests")
 
 
 def test_health_and_metrics_sum_every_workers_held_requests(fleet: Cloud, tmp_path: Path, home: Path) -> None:  # noqa: F811
@@ -75,5 +81,10 @@ def test_health_and_metrics_sum_every_workers_held_requests(fleet: Cloud, tmp_pa
             sock.close()
         wait_for(lambda: gateway.tier("demo")["held_requests"] == 0, 10, "/health to see every client gone")
         assert scraped_held(gateway.url, home) == 0
+        # The wake goes on without them; once it is over, the scrape has its duration.
+        assert scraped(gateway.url, home, "spot_tier_wake_seconds_count") == 0
+        wait_for(lambda: gateway.tier("demo")["state"] == "serving", 60, "the tier to wake")
+        wait_for(lambda: scraped(gateway.url, home, "spot_tier_wake_seconds_count") >= 1, 10, "the wake to be counted")
+        assert scraped(gateway.url, home, "spot_tier_wake_seconds_sum") >= 10  # the engine alone loads for 10 s
     finally:
         gateway.server.stop()

@@ -101,6 +101,7 @@ def create_app(
     metrics = GatewayMetrics()
     if runtime is not None:
         metrics.track_tiers(runtime.snapshots)
+        runtime.on_decision = metrics.decision
     if gate is not None:
         metrics.track_gate(lambda: gate.state)
     keys = KeyRing(store) if options.require_keys else None

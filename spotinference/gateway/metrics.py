@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+FAILURE_SIDES = ("client", "engine", "gateway")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 HELD_PUBLISH_S = 0.25
 
@@ -42,6 +43,8 @@ def share_between_workers(directory: Path) -> None:
     directory.mkdir(parents=True)
     os.environ[MULTIPROC_ENV] = str(directory)
 
+
+_WAKE_BUCKETS_S = (5, 10, 20, 30, 45, 60, 90, 120, 180, 240, 300, 480, 600, 900, 1200)
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -82,6 +85,8 @@ class GatewayMetrics:
             "could not read), engine (an answer it could not relay or bill), gateway (its own error).",
             ["side"], registry=shared,
         )
+        for side in FAILURE_SIDES:  # at 0 from the start, so rate() and increase() see the first
+            self.failures.labels(side)
         self.unknown_usage = Counter(
             "spot_unknown_usage_requests", "Requests the engine worked on whose token counts are unknown "
             "(no usage arrived: a stream aborted before its first chunk, a non-streamed client that left).",
@@ -94,6 +99,14 @@ class GatewayMetrics:
         self.held = Gauge(
             "spot_tier_held_requests", "Requests held while the tier wakes.", ["tier"], registry=shared,
             multiprocess_mode="livesum",
+        )
+        self.wake_seconds = Histogram(
+            "spot_tier_wake_seconds", "How long each finished wake took, from its start to serving.", ["tier"],
+            buckets=_WAKE_BUCKETS_S, registry=shared,
+        )
+        self.failovers = Counter(
+            "spot_tier_failovers", "Times a tier could not serve and sent its traffic to its fallback "
+            "(or, without one, refused it).", ["tier"], registry=shared,
         )
         self.upstream_latency = Histogram(
             "spot_upstream_latency_seconds", "Request start to last byte from the engine.", ["model"],
@@ -108,6 +121,7 @@ class GatewayMetrics:
         # locks on every call, and the relay needs them on every request.
         self._by_model: dict[str, ModelMetrics] = {}
         self._requests: dict[tuple[str, int], Any] = {}
+        self._tiers_seen: set[str] = set()
 
     def model(self, model: str) -> ModelMetrics:
         found = self._by_model.get(model)
@@ -133,6 +147,13 @@ class GatewayMetrics:
         self._snapshots = snapshots
         self.registry.register(_TierCollector(snapshots))
 
+    def decision(self, tier: str, detail: dict[str, Any]) -> None:
+        """A tier's recorded decision (FleetRuntime.on_decision): wakes and failovers are counted."""
+        if detail.get("kind") == "woke":
+            self.wake_seconds.labels(tier).observe(detail["wake_s"])
+        elif detail.get("kind") == "failover":
+            self.failovers.labels(tier).inc()
+
     _snapshots: Callable[[], list[dict[str, Any]]] | None = None
 
     def publish_held(self) -> list[dict[str, Any]]:
@@ -140,6 +161,10 @@ class GatewayMetrics:
         snapshots = self._snapshots() if self._snapshots is not None else []
         for snap in snapshots:
             self.held.labels(snap["tier"]).set(snap["held_requests"])
+            if snap["tier"] not in self._tiers_seen:  # series at 0 from the start, so increase() sees the first
+                self._tiers_seen.add(snap["tier"])
+                self.failovers.labels(snap["tier"])
+                self.wake_seconds.labels(snap["tier"])
         return snapshots
 
     async def publish_held_forever(self) -> None:
