@@ -223,8 +223,8 @@ def serve(spec: GatewaySpec, *, on_bound: Callable[[], None] | None = None,
         if sampler is not None:
             _stop(sampler)
     if failed:
-        # uvicorn's STARTUP_FAILURE is exit code 3, which means "not built yet" to spot: the
-        # app's own lines above say why it could not start.
+        # uvicorn's STARTUP_FAILURE is exit code 3, which spot keeps unused (it meant "not built
+        # yet"): exit 1 instead; the app's own lines above say why it could not start.
         raise SpotError("the gateway could not start: see the lines above")
 
 
