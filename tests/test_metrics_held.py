@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def scraped_held(url: str, home: Path) -> float:
 
 
 def test_health_and_metrics_sum_every_workers_held_requests(fleet: Cloud, tmp_path: Path, home: Path) -> None:  # noqa: F811
-    tiers = {"demo": sim_tier(max_held_requests=50, wake_timeout_s=120, idle_timeout_s=600,
+    tiers = {"demo": sim_tier(max_held_requests=100, wake_timeout_s=120, idle_timeout_s=600,
                               sim={"load_seconds": 10, "ttft_ms": 5, "itl_ms": 5})}
     # About held requests, with no sampler running: the budget gate is off here (test_budget_gate.py).
     write_fleet_config(fleet.base_url, tiers, gateway={"workers": 2, "keepalive_s": 1, "health_interval_s": 0.5,
@@ -68,7 +69,10 @@ def test_health_and_metrics_sum_every_workers_held_requests(fleet: Cloud, tmp_pa
     try:
         held: list[tuple[socket.socket, str]] = []
         with ThreadPoolExecutor(HELD) as pool:  # at once, so that both workers accept some
-            while len({worker for _, worker in held}) < 2 and len(held) < 5 * HELD:
+            # /health answered once one worker was up; the other may still be starting: more until both hold.
+            while len({worker for _, worker in held}) < 2 and len(held) < 10 * HELD:
+                if held:
+                    time.sleep(1)
                 held += pool.map(lambda _: held_stream(gateway.url, gateway.key), range(HELD))
         assert len({worker for _, worker in held}) == 2, f"{len(held)} held requests all reached one worker"
         count = len(held)
