@@ -16,7 +16,7 @@ import typer
 
 from spotinference import __version__
 
-from .commands import bench, billing, config, db, events, fleet, gateway, money, planned, publish, setup, sim
+from .commands import bench, billing, config, db, events, fleet, gateway, money, publish, setup, sim
 from .commands import demo as demo_command
 from .state import CliState
 
@@ -66,12 +66,11 @@ gateway.register(app)
 fleet.register(app)
 events.register(app)
 money.register(app)
-billing.register(app)  # after money: replaces its `sample` stub
+billing.register(app)
 publish.register(app)
 app.add_typer(sim.app, name="sim")
 bench.register(app)
 demo_command.register(app)
-planned.register(app)
 
 
 _interrupted = False

@@ -6,7 +6,6 @@ with, so neither layer keeps its own mapping::
     SpotError                     exit 1   HTTP 500   an operation failed
     ├── InputError                exit 2   HTTP 400   the caller asked for something invalid
     │   └── ConfigError           exit 2   HTTP 500   the configuration file or SPOT_* env is bad
-    ├── NotBuiltError             exit 3   HTTP 501   the command exists in the frame, not yet in code
     ├── ReconcileMismatchError    exit 8   HTTP 409   our spend and the provider's history differ
     ├── PortTakenError            exit 10  HTTP 500   the gateway's port is already in use
     └── StoreError                exit 1   HTTP 500   the database could not do what was asked
@@ -40,11 +39,6 @@ class InputError(SpotError):
 class ConfigError(InputError):
     # A bad config is the operator's mistake, but over HTTP it is the server's fault.
     http_status = 500
-
-
-class NotBuiltError(SpotError):
-    exit_code = 3
-    http_status = 501
 
 
 class ReconcileMismatchError(SpotError):

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from spotinference.costs import CostReport
 
 BY_CHOICES = ("day", "tier", "model", "endpoint", "key", "resource", "type", "utilisation")
-INCOMPLETE_EXIT = 9  # `spot cost --strict` on a window that is not complete (3 is "not built yet")
+INCOMPLETE_EXIT = 9  # `spot cost --strict` on a window that is not complete (3 is reserved: it meant "not built yet")
 _FORMATS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (UTC unless an offset is given)"
 
 
@@ -41,10 +41,6 @@ class _CostGroup(TyperGroup):
 
 
 def register(app: typer.Typer) -> None:
-    from .planned import _not_built
-
-    app.command("sample", help="Sample the provider's billing (run by cron every minute). (not built yet)",
-                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_not_built("sample", 6))
     cost_app = typer.Typer(cls=_CostGroup, invoke_without_command=True, rich_markup_mode=None,
                            add_completion=False)
     cost_app.callback()(cost)

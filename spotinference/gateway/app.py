@@ -104,6 +104,7 @@ def create_app(
     metrics = GatewayMetrics()
     if runtime is not None:
         metrics.track_tiers(runtime.snapshots)
+        runtime.on_decision = metrics.decision
     if gate is not None:
         metrics.track_gate(lambda: gate.state)
     keys = KeyRing(store) if options.require_keys else None
@@ -174,7 +175,7 @@ def create_app(
             # Anyone's view: alive, and whether the budget gate lets requests through; no models,
             # tiers or figures (those are the operator's, below).
             return {"status": "ok" if gate is None or gate.state.open else "closed"}
-        tiers = runtime.snapshots() if runtime is not None else []
+        tiers = metrics.tier_snapshots()  # held requests: every worker's
         budget = _jsonable(gate.state.to_dict()) if gate is not None else None
         return {"status": "ok", "models": router.models(), "tiers": tiers, "budget_gate": budget}
 
@@ -198,6 +199,7 @@ def create_app(
         budget_reader = asyncio.create_task(_refresh_budgets(budgets)) if budgets is not None else None
         if runtime is not None:
             runtime.start()
+        held = asyncio.create_task(metrics.publish_held_forever())
         if gate is not None:
             loop = asyncio.get_running_loop()
 
@@ -214,6 +216,8 @@ def create_app(
             yield
         finally:
             sealer.cancel()
+            held.cancel()
+            metrics.worker_stopped()
             if refresher:
                 refresher.cancel()
             if budget_reader:

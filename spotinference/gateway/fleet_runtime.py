@@ -63,6 +63,7 @@ class FleetRuntime:
         self._poke = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self.on_decision: Callable[[str, dict[str, Any]], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -89,6 +90,8 @@ class FleetRuntime:
     async def record(self, *, tier: str, reason: str, node: str | None = None,
                      detail: dict[str, Any] | None = None) -> None:
         """Keep a decision in ``fleet_events`` (for `spot events`), off the event loop."""
+        if self.on_decision is not None and detail is not None:
+            self.on_decision(tier, detail)  # the gateway's metrics count wakes and failovers
         try:
             await self.call(self.context.records.decision, tier=tier, reason=reason, node=node, detail=detail)
         except Exception:  # noqa: BLE001 - an event lost to a busy database must not stop serving

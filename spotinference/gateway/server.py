@@ -29,6 +29,7 @@ from ..errors import InputError, PortTakenError, SpotError
 from ..store import Store
 from . import logs
 from .app import GatewayApp, create_app, options_from_settings
+from .metrics import share_between_workers
 from .operator import operator_token, token_path
 from .routing import build_router
 
@@ -186,6 +187,8 @@ def serve(spec: GatewaySpec, *, on_bound: Callable[[], None] | None = None,
         on_bound()
     operator_token(settings, create=True)  # before any worker starts, so that all read one token
     raise_open_files_limit(open_files_needed(gateway.max_connections))  # workers inherit it
+    if spec.workers > 1:
+        share_between_workers(settings.home / "gateway" / "prometheus")  # one scrape sees every worker
     config = uvicorn.Config(
         "spotinference.gateway.server:app_from_environment",
         factory=True,
@@ -220,8 +223,8 @@ def serve(spec: GatewaySpec, *, on_bound: Callable[[], None] | None = None,
         if sampler is not None:
             _stop(sampler)
     if failed:
-        # uvicorn's STARTUP_FAILURE is exit code 3, which means "not built yet" to spot: the
-        # app's own lines above say why it could not start.
+        # uvicorn's STARTUP_FAILURE is exit code 3, which spot keeps unused (it meant "not built
+        # yet"): exit 1 instead; the app's own lines above say why it could not start.
         raise SpotError("the gateway could not start: see the lines above")
 
 
