@@ -39,6 +39,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ SSH_PORT = 22
 BOOT_TIMEOUT_S = 180.0
 POWEROFF_TIMEOUT_S = 90.0
 VOLUME_DEVICE = "/dev/vdb"  # the name Hyperstack's attached volumes get
+NSPAWN_REBOOT = 133  # systemd-nspawn's exit status when the node's systemd rebooted
 NSPAWN_NOISE = "/run/systemd/nspawn/propagate"  # "Attempted to remove disk file system under ..."
 
 
@@ -199,9 +201,19 @@ class RealNode:
                                         start_new_session=True)
             _children[proc.pid] = proc
             self._pid_file.write_text(f"{proc.pid}\n")
+            threading.Thread(target=self._follow_reboot, args=(proc,), daemon=True).start()
         except BaseException:
             self._release_machine()
             raise
+
+    def _follow_reboot(self, proc: subprocess.Popen[bytes]) -> None:
+        """A reboot from inside (`systemctl reboot`) ends nspawn with 133: boot again, as a VM does.
+        A poweroff (ours or the node's own) ends it otherwise and leaves it off."""
+        if proc.wait() == NSPAWN_REBOOT and self._pid() == proc.pid:
+            try:
+                self._start()
+            except RealNodeError:
+                pass  # left powered off, as a VM whose boot failed; is_running() says so
 
     def wait_booted(self, timeout_s: float = BOOT_TIMEOUT_S) -> None:
         """Until the node's sshd sends its banner; RealNodeError if it stops or the time runs out."""

@@ -1,0 +1,203 @@
+"""Lifecycle drills on a real node (issue 18, item 4): what happens to a served tier when something
+breaks inside its node. One node for the module: `spot up` on `spot sim cloud --real-nodes` (the
+production bootstrap, as in test_real_node_e2e.py), a gateway, then each drill in turn.
+
+Drills: vLLM killed with SIGKILL (systemd's Restart=on-failure brings it back; the gateway holds a
+request through the gap), a wake whose node boots without sshd for 20 s (`spot wake` waits and says
+"waiting for SSH"), a reboot from inside the node (`spot ssh NODE -- sudo systemctl reboot`: the node
+boots again, the volume is mounted, the unit starts, vLLM is not reinstalled). The volume-full drill
+is not here yet.
+
+Measured here (2 cores, shared, caches warm): 3 min 20 s for the module: the fixture (node, `spot up`
+with pip from the wheelhouse, gateway) 100 s, the drills 36 s, 27 s and 26 s, the teardown 9 s.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from spotinference.sim.realnode import RealNode
+from tests.engines.real_vllm import build_tiny_model, ensure_vllm_installed
+from tests.sshd import keygen
+from tests.test_fleet import Cloud
+from tests.test_real_node import real_node_image  # noqa: F401 - the session's cached image
+from tests.test_real_node_e2e import (CLOUD_FLAGS, MAX_TOKENS, MODEL, NODE, SPOT_TIMEOUT_S, chat,
+                                      copy_model_when_mounted, on_node, spot, spot_ok, wheelhouse_url, write_config)
+from tests.servers import start_sim_cloud
+from tests.test_scale_to_zero import start_gateway, wait_for
+
+pytestmark = pytest.mark.slow
+
+__all__ = ["wheelhouse_url"]  # the module-scoped wheelhouse fixture, shared with the e2e module
+
+
+class Served:
+    def __init__(self, home: Path, gateway, node_dir: Path) -> None:  # noqa: ANN001
+        self.home, self.gateway, self.node_dir = home, gateway, node_dir
+
+
+@pytest.fixture(scope="module")
+def served(real_node_image: Path, wheelhouse_url: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
+    """A real node after `spot up`, serving through `spot serve`; terminated at the end."""
+    workdir = tmp_path_factory.mktemp("drills")
+    home = workdir / "home"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SPOT_HOME", str(home))
+        (workdir / "work").mkdir()
+        env.chdir(workdir / "work")  # ./spot.toml is the module's fleet config
+        ensure_vllm_installed()
+        model_dir = build_tiny_model()
+        key = keygen(workdir / "id_ed25519")
+        server, root = start_sim_cloud(workdir / "cloud", *CLOUD_FLAGS)
+        cloud = Cloud(f"{root}/v1", server)
+        write_config(cloud.base_url, key, wheelhouse_url)
+        nodes_dir = workdir / "cloud" / "sim-cloud" / "nodes"
+        gateway = None
+        try:
+            up: dict = {}
+            runner = threading.Thread(target=lambda: up.setdefault("result", spot("up", "demo")), daemon=True)
+            runner.start()
+            wait_for(lambda: any(nodes_dir.glob("*/node.json")) or not runner.is_alive(), 120, "the VM's node")
+            node_dir = next(nodes_dir.glob("*/node.json")).parent
+            copy: dict = {}
+            stop = threading.Event()
+            threading.Thread(target=copy_model_when_mounted, args=(node_dir, model_dir, copy, stop), daemon=True).start()
+            runner.join(SPOT_TIMEOUT_S)
+            stop.set()
+            result = up.get("result")
+            assert result is not None and result.returncode == 0, f"spot up failed: {result and result.stderr[-3000:]}"
+            gateway = start_gateway(workdir, home)
+            wait_for(lambda: gateway.tier("demo")["state"] == "serving", 60, "the gateway to route to the node")
+            yield Served(home, gateway, node_dir)
+        finally:
+            if gateway is not None:
+                gateway.server.stop()
+            spot("down", "demo", "--terminate", "--yes", timeout_s=300)
+            server.stop()
+            for leftover in nodes_dir.glob("*/node.json"):  # a failed drill must not leave a node running
+                RealNode.open(leftover.parent).delete()
+
+
+@pytest.fixture
+def drill(served: Served, monkeypatch: pytest.MonkeyPatch) -> Served:
+    monkeypatch.setenv("SPOT_HOME", str(served.home))  # the module's fleet, not this test's fresh home
+    monkeypatch.chdir(served.home.parent / "work")
+    return served
+
+
+def test_an_engine_killed_with_sigkill_is_restarted_by_systemd_and_the_gateway_bridges_the_gap(drill: Served) -> None:
+    gateway = drill.gateway
+    first_pid = on_node("systemctl", "show", "-p", "MainPID", "--value", "spot-engine").strip()
+    assert first_pid not in ("", "0")
+
+    # watch the gateway's view of the tier from now on
+    states: list[str] = []
+    watching = threading.Event()
+
+    def watch() -> None:
+        while not watching.is_set():
+            try:
+                states.append(gateway.tier("demo")["state"])
+            except Exception as exc:  # noqa: BLE001 - a gateway that stops answering /health is a finding
+                states.append(f"health failed: {exc!r}")
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        RealNode.open(drill.node_dir).run_inside(["kill", "-9", first_pid])
+        # a request during the gap: answered once the engine is back, or a clear 503; never a 500 or a hang
+        try:
+            reply = chat(gateway.url, gateway.key, "are you there")
+            assert reply.usage.completion_tokens == MAX_TOKENS
+            during_gap = "answered"
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 503, f"{exc.status_code}: {exc.response.text}"
+            assert exc.body and exc.body.get("message"), exc.response.text
+            during_gap = f"503 {exc.body.get('code')}: {exc.body.get('message')}"
+        print(f"\nrequest during the engine's gap: {during_gap}")
+
+        # systemd restarted it (Restart=on-failure): a new process, one restart counted
+        wait_for(lambda: on_node("systemctl", "is-active", "spot-engine").strip() == "active", 300,
+                 "systemd to restart the engine")
+        second_pid = on_node("systemctl", "show", "-p", "MainPID", "--value", "spot-engine").strip()
+        assert second_pid not in ("", "0", first_pid)
+        assert int(on_node("systemctl", "show", "-p", "NRestarts", "--value", "spot-engine").strip()) >= 1
+        journal = spot_ok("logs", NODE, "--lines", "400", timeout_s=120).stdout
+        assert "SIGKILL" in journal or "status=9/KILL" in journal, journal[-3000:]
+
+        # serving resumes through the gateway
+        wait_for(lambda: gateway.tier("demo")["state"] == "serving", 300, "the gateway to serve again")
+        reply = chat(gateway.url, gateway.key, "back again")
+        assert reply.usage.completion_tokens == MAX_TOKENS and reply.choices[0].message.content
+    finally:
+        watching.set()
+        watcher.join(5)
+    seen = list(dict.fromkeys(states))
+    print(f"gateway's tier states during the drill: {seen}")
+    assert not any(state.startswith("health failed") for state in seen), seen
+    assert any(state != "serving" for state in seen), f"the gateway never saw the engine's gap: {seen}"
+
+
+def test_a_wake_whose_node_boots_without_sshd_waits_for_it_and_says_so(drill: Served) -> None:
+    spot_ok("hibernate", "demo")
+    wait_for(lambda: not RealNode.open(drill.node_dir).is_running(), 120, "the node to power off")
+    # sshd will not start on the next boot (masked on the powered-off node's disk)
+    masked = drill.node_dir / "upper" / "etc" / "systemd" / "system" / "ssh.service"
+    masked.parent.mkdir(parents=True, exist_ok=True)
+    masked.symlink_to("/dev/null")
+
+    wake: dict = {}
+    runner = threading.Thread(target=lambda: wake.setdefault("result", spot("wake", "demo")), daemon=True)
+    runner.start()
+    node = RealNode.open(drill.node_dir)
+
+    def booted_without_sshd() -> bool:
+        try:
+            return node.run_inside(["systemctl", "is-system-running", "--wait"], timeout_s=60).strip() != ""
+        except Exception:  # noqa: BLE001 - not running yet, or not yet up
+            return False
+
+    wait_for(booted_without_sshd, 180, "the node to boot")
+    time.sleep(20)  # sshd down for a while after the node booted
+    assert runner.is_alive(), f"the wake ended while sshd was down: {wake}"
+    node.run_inside(["/bin/sh", "-c", "systemctl unmask ssh && systemctl start ssh"])
+    runner.join(SPOT_TIMEOUT_S)
+    result = wake.get("result")
+    assert result is not None, "spot wake did not finish"
+    said = result.stdout + result.stderr
+    assert result.returncode == 0, said[-3000:]
+    assert "waiting for SSH" in said, said[-3000:]
+
+    wait_for(lambda: drill.gateway.tier("demo")["state"] == "serving", 120, "the gateway to serve again")
+    reply = chat(drill.gateway.url, drill.gateway.key, "after sshd came back")
+    assert reply.usage.completion_tokens == MAX_TOKENS and reply.choices[0].message.content
+
+
+def test_a_node_rebooted_from_inside_boots_again_mounts_its_volume_and_serves_without_reinstalling(drill: Served) -> None:
+    marker = "/opt/spot/vllm/.spot-installed"
+    installed_at = on_node("stat", "-c", "%Y", marker).strip()
+    boot_id = on_node("cat", "/proc/sys/kernel/random/boot_id").strip()
+
+    spot("ssh", NODE, "--", "sudo", "systemctl", "reboot", timeout_s=120)  # the session may drop: any exit
+
+    def rebooted() -> bool:
+        try:
+            return RealNode.open(drill.node_dir).run_inside(["cat", "/proc/sys/kernel/random/boot_id"]).strip() != boot_id
+        except Exception:  # noqa: BLE001 - down while it reboots
+            return False
+
+    wait_for(rebooted, 180, "the node to boot again")
+    wait_for(lambda: spot("ssh", NODE, "--", "systemctl", "is-active", "spot-engine", timeout_s=120).stdout.strip()
+             == "active", 300, "the unit to start on boot (sshd may still be starting)")
+    assert on_node("mountpoint", "-d", "/mnt/weights") == on_node("mountpoint", "-x", "/dev/vdb")
+    assert on_node("stat", "-c", "%Y", marker).strip() == installed_at  # vLLM was not reinstalled
+
+    wait_for(lambda: drill.gateway.tier("demo")["state"] == "serving", 300, "the gateway to serve again")
+    reply = chat(drill.gateway.url, drill.gateway.key, "after the reboot")
+    assert reply.usage.completion_tokens == MAX_TOKENS and reply.choices[0].message.content
