@@ -77,6 +77,7 @@ from ..store import Store
 from .endpoints import Usage
 from .errors import GatewayError
 from .requests import ClientRequest
+from .worker_columns import worker_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -343,21 +344,9 @@ class KeyBudgets:
     def _reap_dead_workers(self, mapped: mmap.mmap, reserved: list[float]) -> None:
         """Zero the columns of workers that died (their key_limits lock can be taken); under the table lock."""
         for worker, amount in enumerate(reserved):
-            if amount == 0 or worker == self.worker:
-                continue
-            try:
-                fd = os.open(self.directory / f"key-limits.worker-{worker}", os.O_RDWR)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # alive
-            else:
+            if amount != 0 and worker != self.worker and worker_is_dead(self.directory, worker):
                 self._zero_column(mapped, worker)
                 reserved[worker] = 0.0
-            finally:
-                os.close(fd)
 
     @staticmethod
     def _zero_column(mapped: mmap.mmap, worker: int) -> None:

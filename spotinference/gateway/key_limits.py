@@ -47,6 +47,7 @@ from ..keys import KeyRing
 from .errors import GatewayError
 from .key_budgets import KeyBudgets, Reservation
 from .requests import ClientRequest
+from .worker_columns import worker_is_dead, worker_lock_path
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ class KeyLimits:
 
     def _take_column(self) -> tuple[int, int]:
         for worker in range(MAX_WORKERS):
-            fd = os.open(self.directory / f"key-limits.worker-{worker}", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(worker_lock_path(self.directory, worker), os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -270,21 +271,9 @@ class KeyLimits:
     def _reap_dead_workers(self, mapped: mmap.mmap, flight: list[int]) -> list[int]:
         """Zero the columns of workers that died (their lock can be taken); called under the table lock."""
         for worker, count in enumerate(flight):
-            if count == 0 or worker == self.worker:
-                continue
-            try:
-                fd = os.open(self.directory / f"key-limits.worker-{worker}", os.O_RDWR)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # alive
-            else:
+            if count != 0 and worker != self.worker and worker_is_dead(self.directory, worker):
                 self._zero_column(mapped, worker)
                 flight[worker] = 0
-            finally:
-                os.close(fd)
         return flight
 
     @staticmethod
