@@ -25,6 +25,7 @@ from spotinference.key_settings import KeySettings
 from spotinference.keys import KeyRing, create_key
 from spotinference.store import Store
 from tests.servers import ServerProcess, start_gateway, start_sim_engine
+from tests.test_scale_to_zero import wait_for
 
 MODEL = "tiny-chat"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -116,7 +117,10 @@ def test_requests_per_minute_hold_across_two_workers_within_one_request(stack: S
     assert rpm <= len(served) <= rpm + 1 + refill, [a.status_code for a in answers]
     for refused in (a for a in answers if a.status_code != 200):
         assert_refused(refused, f"limit of {rpm} requests per minute")
-    # The other gateway on this data directory sees the same spent minute.
+    # The other gateway on this data directory sees the same spent minute, once it knows the new key
+    # (keys reach a running gateway within about a second; /v1/models spends no request of the key).
+    wait_for(lambda: httpx.get(f"{stack.second_url}/v1/models", headers=bearer(key)).status_code == 200, 10,
+             "the second gateway to know the new key")
     assert_refused(httpx.post(f"{stack.second_url}/v1/chat/completions", json=CHAT, headers=bearer(key)),
                    "requests per minute")
 

@@ -26,7 +26,7 @@ from tests.engines.real_vllm import build_tiny_model, ensure_vllm_installed
 from tests.sshd import keygen
 from tests.test_fleet import Cloud
 from tests.test_real_node import real_node_image  # noqa: F401 - the session's cached image
-from tests.test_real_node_e2e import (CLOUD_FLAGS, MAX_TOKENS, MODEL, NODE, SPOT_TIMEOUT_S, chat,
+from tests.test_real_node_e2e import (CLOUD_FLAGS, MAX_TOKENS, NODE, SPOT_TIMEOUT_S, chat,
                                       copy_model_when_mounted, on_node, spot, spot_ok, wheelhouse_url, write_config)
 from tests.servers import start_sim_cloud
 from tests.test_scale_to_zero import start_gateway, wait_for
@@ -111,7 +111,23 @@ def test_an_engine_killed_with_sigkill_is_restarted_by_systemd_and_the_gateway_b
     watcher.start()
     try:
         RealNode.open(drill.node_dir).run_inside(["kill", "-9", first_pid])
-        # a request during the gap: answered once the engine is back, or a clear 503; never a 500 or a hang
+        # Sent before the gateway's health check has noticed: the dying engine may have received it, so
+        # the gateway must not send it again (it is not idempotent); a 502 engine_error that says so is
+        # the answer, as for any engine that drops a request (issue 16); never a 500 or a hang.
+        try:
+            reply = chat(gateway.url, gateway.key, "are you there")
+            assert reply.usage.completion_tokens == MAX_TOKENS
+            before_noticed = "answered"
+        except openai.APIStatusError as exc:
+            code = exc.body.get("code") if isinstance(exc.body, dict) else None
+            assert exc.status_code == 503 or (exc.status_code, code) == (502, "engine_error"), \
+                f"{exc.status_code}: {exc.response.text}"
+            assert exc.body and exc.body.get("message"), exc.response.text
+            before_noticed = f"{exc.status_code} {exc.body.get('code')}: {exc.body.get('message')}"
+        print(f"\nrequest right after the kill: {before_noticed}")
+        # Sent once the gateway has seen the gap: held until the engine is back and answered (or a clear 503).
+        wait_for(lambda: any(state != "serving" for state in states) or gateway.tier("demo")["state"] != "serving",
+                 60, "the gateway to notice the engine's gap")
         try:
             reply = chat(gateway.url, gateway.key, "are you there")
             assert reply.usage.completion_tokens == MAX_TOKENS
@@ -120,7 +136,7 @@ def test_an_engine_killed_with_sigkill_is_restarted_by_systemd_and_the_gateway_b
             assert exc.status_code == 503, f"{exc.status_code}: {exc.response.text}"
             assert exc.body and exc.body.get("message"), exc.response.text
             during_gap = f"503 {exc.body.get('code')}: {exc.body.get('message')}"
-        print(f"\nrequest during the engine's gap: {during_gap}")
+        print(f"request during the engine's gap: {during_gap}")
 
         # systemd restarted it (Restart=on-failure): a new process, one restart counted
         wait_for(lambda: on_node("systemctl", "is-active", "spot-engine").strip() == "active", 300,
