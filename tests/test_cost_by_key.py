@@ -12,7 +12,7 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time as dtime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from spotinference.key_settings import KeySettings
 from spotinference.keys import create_key
 from spotinference.reports import run_query
 from spotinference.store import Store
+from tests.budget_zone import zone_well_into_a_day
 from tests.servers import start_gateway, start_sim_engine
 from tests.test_cost_queries import Seed
 
@@ -69,8 +70,6 @@ def ledger_rows(home: Path, key_id: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def stack(sim_engine: str, tmp_path_factory: pytest.TempPathFactory):
     now = datetime.now(UTC)
-    if now - datetime.combine(now.date(), dtime(0), tzinfo=UTC) < timedelta(minutes=30):
-        pytest.skip("the scenario needs a day already 30 minutes old (its price is the day's)")
     home = tmp_path_factory.mktemp("cost-by-key")
     store = Store(home)
     store.migrate()
@@ -94,7 +93,10 @@ def stack(sim_engine: str, tmp_path_factory: pytest.TempPathFactory):
     engine, slow_url = start_sim_engine(tmp_path_factory.mktemp("slow-engine"), model=SLOW,
                                         extra=["--itl-ms", "300", "--reply-tokens-min", "400", "--reply-tokens-max", "400"])
     try:
-        gateway, stack.url = start_gateway(home, {MODEL: sim_engine, SLOW: slow_url})
+        # The budgets' day (its price is the day's) must be 30 minutes old: a zone where it is.
+        zone = zone_well_into_a_day(now, since_midnight=timedelta(minutes=30))
+        gateway, stack.url = start_gateway(home, {MODEL: sim_engine, SLOW: slow_url},
+                                           extra_env={"SPOT_BUDGET__TIMEZONE": zone})
         try:
             run_scenario(stack)
         finally:

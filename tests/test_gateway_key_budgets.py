@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time as dtime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import anthropic
 import httpx
@@ -28,6 +29,7 @@ from spotinference.gateway.key_budgets import DEFAULT_OUTPUT_TOKENS, generates, 
 from spotinference.key_settings import KeySettings
 from spotinference.keys import create_key
 from spotinference.store import Store
+from tests.budget_zone import zone_well_into_a_day
 from tests.conftest import SPOT
 from tests.servers import clean_env, start_gateway, start_sim_engine
 from tests.test_cost_queries import Seed
@@ -69,8 +71,14 @@ def ask(stack: Stack, name: str, body: bytes = BODY) -> httpx.Response:
     return httpx.post(f"{stack.url}/v1/chat/completions", content=body, headers=bearer(stack.keys[name]), timeout=60)
 
 
+# The budget periods' zone: one where today is 10 minutes old and yesterday is this month, now.
+ZONE = zone_well_into_a_day(datetime.now(UTC), since_midnight=timedelta(minutes=10), not_the_first=True)
+
+
 def midnight(now: datetime) -> datetime:
-    return datetime.combine(now.date(), dtime(0), tzinfo=UTC)
+    """The start of ``now``'s day in the budget's zone."""
+    local = now.astimezone(ZoneInfo(ZONE))
+    return datetime.combine(local.date(), dtime(0), tzinfo=ZoneInfo(ZONE))
 
 
 def next_month(now: datetime) -> datetime:
@@ -95,8 +103,6 @@ def engine_requests(engine_url: str) -> int:
 def stack(sim_engine: str, tmp_path_factory: pytest.TempPathFactory):
     now = datetime.now(UTC)
     today = midnight(now)
-    if now - today < timedelta(minutes=10) or now.day == 1:
-        pytest.skip("the scenario needs a day already 10 minutes old and a yesterday in this month")
     home = tmp_path_factory.mktemp("gateway-key-budgets")
     store = Store(home)
     store.migrate()
@@ -129,7 +135,7 @@ def stack(sim_engine: str, tmp_path_factory: pytest.TempPathFactory):
                                                 extra=["--ttft-ms", "15000"])
     try:
         gateway, stack.url = start_gateway(home, {MODEL: sim_engine, SLOW: stack.engine_url},
-                                           extra_env={"SPOT_GATEWAY__WORKERS": "2"})
+                                           extra_env={"SPOT_GATEWAY__WORKERS": "2", "SPOT_BUDGET__TIMEZONE": ZONE})
         try:
             yield stack
         finally:
@@ -159,7 +165,7 @@ def test_the_refusal_is_anthropic_shaped_on_messages_and_read_by_the_official_sd
 
 
 def test_spot_keys_list_shows_spend_against_each_budget(stack: Stack) -> None:
-    listed = subprocess.run([str(SPOT), "keys", "list", "--json"], env=clean_env(stack.home), capture_output=True,
+    listed = subprocess.run([str(SPOT), "keys", "list", "--json"], env=clean_env(stack.home, SPOT_BUDGET__TIMEZONE=ZONE), capture_output=True,
                             text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
@@ -168,7 +174,7 @@ def test_spot_keys_list_shows_spend_against_each_budget(stack: Stack) -> None:
     assert abs(Decimal(rows["spent-today"]["spend_today_usd"]) - Decimal("0.001")) <= Decimal("0.000002")
     assert Decimal(rows["spent-yesterday"]["spend_today_usd"]) < Decimal("0.0005")
     assert rows["spent-today"]["settings"]["daily_usd"] == 0.0005
-    table = subprocess.run([str(SPOT), "keys", "list"], env=clean_env(stack.home, COLUMNS="250"),
+    table = subprocess.run([str(SPOT), "keys", "list"], env=clean_env(stack.home, COLUMNS="250", SPOT_BUDGET__TIMEZONE=ZONE),
                            capture_output=True, text=True, timeout=60)
     line = next(line for line in table.stdout.splitlines() if "spent-today" in line)
     assert re.search(r"\$0\.00\d+ of \$0\.0005 today", line), table.stdout
@@ -206,7 +212,7 @@ def test_200_concurrent_requests_on_a_budget_for_50_forward_at_most_50(stack: St
     seed.write()
     time.sleep(1.5)
     report = subprocess.run([str(SPOT), "cost", "--by", "key", "--json", "--since",
-                             midnight(stack.now).strftime("%Y-%m-%d")], env=clean_env(stack.home),
+                             midnight(stack.now).isoformat()], env=clean_env(stack.home),
                             capture_output=True, text=True, timeout=60)
     assert report.returncode == 0, report.stderr
     statements = {row["key_id"]: row for row in json.loads(report.stdout)["rows"]}
