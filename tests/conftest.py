@@ -126,3 +126,16 @@ def sim_pooling_engine(tmp_path_factory: pytest.TempPathFactory):
     yield url
     server.stop()
 
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (tests/postgres_server.py), one per session: the DuckLake catalog
+    of the multi-host tests. Each test takes a database of its own with ``create_database``."""
+    from tests.postgres_server import start_postgres
+
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.remove()
