@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from .settings import Settings
 
 EMBEDDED_DEFAULT = "default.toml"
-SECRET_KEYS = {"api_key", "key_passphrase"}
+SECRET_KEYS = {"api_key", "key_passphrase", "password"}
 LOCAL_CONFIG = Path("spot.toml")
 
 

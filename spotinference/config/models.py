@@ -107,6 +107,47 @@ class GatewaySettings(_Section):
         return self
 
 
+class StoreSettings(_Section):
+    """Where the ledger lives (``[store]``): one DuckDB file in ``home`` (the default), or DuckLake
+    with its catalog in PostgreSQL and its data in a shared directory, for gateways on several
+    hosts (README, "Several hosts"). The catalog's password comes from SPOT_STORE__PASSWORD or
+    ``password_file``, never from the config or the URL."""
+
+    kind: Literal["file", "ducklake"] = "file"
+    # A libpq URL without a password: postgresql://USER@HOST:PORT/DATABASE
+    catalog: str | None = None
+    # The directory every host reads and writes the lake's Parquet files in (shared storage).
+    data_path: Path | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+    @field_validator("catalog")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = re.match(r"^postgres(?:ql)?://(?P<userinfo>[^@/]*@)?[^/@]+(/[^/?]+)?(\?.*)?$", value)
+        if not match:
+            raise ValueError("expected a PostgreSQL URL: postgresql://USER@HOST:PORT/DATABASE")
+        if match["userinfo"] and ":" in match["userinfo"]:
+            raise ValueError(
+                "the catalog URL holds a password; set SPOT_STORE__PASSWORD or store.password_file instead"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _lake_is_complete(self) -> StoreSettings:
+        if self.kind == "ducklake":
+            missing = [k for k in ("catalog", "data_path") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"kind = \"ducklake\" needs {' and '.join(missing)} (expected "
+                                 "catalog = \"postgresql://USER@HOST:PORT/DATABASE\" and data_path = a shared directory)")
+            object.__setattr__(self, "data_path", self.data_path.expanduser())  # type: ignore[union-attr]
+        if self.password is None and self.password_file is not None:
+            object.__setattr__(self, "password", _read_secret_file(self.password_file, "password"))
+        return self
+
+
 class BudgetSettings(_Section):
     """The daily budget the gateway's gate enforces from billing samples (``[budget]``)."""
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .models import TIER_NAME, BudgetSettings, GatewaySettings, ProviderSettings, SshSettings, Tier, _default_home
+from .models import TIER_NAME, BudgetSettings, GatewaySettings, ProviderSettings, SshSettings, StoreSettings, Tier, _default_home
 
 
 class Settings(BaseSettings):
@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderSettings] = {}
     tiers: dict[str, Tier] = {}
     budget: BudgetSettings = BudgetSettings()
+    store: StoreSettings = StoreSettings()
 
     @field_validator("home")
     @classmethod
