@@ -62,7 +62,6 @@ import mmap
 import os
 import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time as dtime, timedelta
 from decimal import Decimal
@@ -77,7 +76,7 @@ from ..store import Store
 from .endpoints import Usage
 from .errors import GatewayError
 from .requests import ClientRequest
-from .worker_columns import worker_is_dead
+from .worker_columns import slot_offset, worker_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -322,22 +321,8 @@ class KeyBudgets:
             return found
         mapped = self._map
         assert mapped is not None and self._fd is not None
-        name = key_id.encode()[:32].ljust(32, b"\0")
-        start = zlib.crc32(name) % SLOTS
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            for probe in range(SLOTS):
-                offset = _HEADER + ((start + probe) % SLOTS) * _SLOT.size
-                stored = mapped[offset:offset + 32]
-                if stored == name:
-                    break
-                if stored == b"\0" * 32:
-                    mapped[offset:offset + 32] = name
-                    break
-            else:
-                raise RuntimeError(f"the key budgets table is full ({SLOTS} keys with budgets)")
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        offset = slot_offset(mapped, self._fd, key_id, slots=SLOTS, header=_HEADER, slot_bytes=_SLOT.size,
+                             claim=_claim_slot, table="key budgets")
         self._offsets[key_id] = offset
         return offset
 
@@ -400,3 +385,7 @@ def _unknown_why(view: View, now: float) -> str:
         why = "no tokens were served in the day before the last billing sample"
     return (f"this API key has a budget, and its spend cannot be judged: {why}, so the invoice-true price "
             "of a token is unknown (is `spot sample` running?)")
+
+
+def _claim_slot(mapped: mmap.mmap, offset: int, name: bytes) -> None:
+    mapped[offset:offset + len(name)] = name  # the rest of a new slot is already zero

@@ -37,7 +37,6 @@ import mmap
 import os
 import struct
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from ..keys import KeyRing
 from .errors import GatewayError
 from .key_budgets import KeyBudgets, Reservation
 from .requests import ClientRequest
-from .worker_columns import worker_is_dead, worker_lock_path
+from .worker_columns import slot_offset, worker_is_dead, worker_lock_path
 
 log = logging.getLogger(__name__)
 
@@ -249,22 +248,8 @@ class KeyLimits:
             self.open()
         mapped = self._map
         assert mapped is not None and self._fd is not None
-        name = key_id.encode()[:32].ljust(32, b"\0")
-        start = zlib.crc32(name) % SLOTS
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            for probe in range(SLOTS):
-                offset = _HEADER + ((start + probe) % SLOTS) * _SLOT.size
-                stored = mapped[offset:offset + 32]
-                if stored == name:
-                    break
-                if stored == b"\0" * 32:
-                    _SLOT.pack_into(mapped, offset, name, _FULL, 0.0, _FULL, 0.0, *([0] * MAX_WORKERS))
-                    break
-            else:
-                raise RuntimeError(f"the key limits table is full ({SLOTS} keys with limits)")
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        offset = slot_offset(mapped, self._fd, key_id, slots=SLOTS, header=_HEADER, slot_bytes=_SLOT.size,
+                             claim=_claim_slot, table="key limits")
         self._offsets[key_id] = offset
         return offset
 
@@ -317,3 +302,8 @@ def _duration(seconds: float) -> str:
         return f"{math.ceil(seconds * 1000)}ms"
     minutes, rest = divmod(round(seconds, 3), 60)
     return f"{int(minutes)}m{rest:g}s" if minutes else f"{rest:g}s"
+
+
+def _claim_slot(mapped: mmap.mmap, offset: int, name: bytes) -> None:
+    # Full buckets to start with: a new key may spend its whole burst at once.
+    _SLOT.pack_into(mapped, offset, name, _FULL, 0.0, _FULL, 0.0, *([0] * MAX_WORKERS))
