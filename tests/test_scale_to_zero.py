@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -272,3 +274,37 @@ def test_when_the_spot_tier_is_back_traffic_returns_and_the_fallback_hibernates(
 async def _burst(gateway: Gateway, n: int) -> list[tuple[str, int]]:
     async with gateway.client() as client:
         return list(await asyncio.gather(*(one_request(client, i) for i in range(n))))
+
+
+def _engine_pid(port: int) -> int:
+    """The pid of the emulated node's `spot sim engine` listening on ``port``."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"sim" in argv and b"engine" in argv and str(port).encode() in argv and b"--port" in argv:
+            return int(proc.name)
+    raise AssertionError(f"no `spot sim engine --port {port}` process")
+
+
+def test_a_running_tier_whose_engine_died_is_unhealthy_not_asleep(fleet: Cloud, tmp_path: Path, home: Path) -> None:
+    # A VM whose engine crashed still bills as a running GPU: calling its tier "asleep" (as the
+    # gateway did) tells the operator the opposite of what is true.
+    write_config(fleet.base_url, fallback=False)
+    ok("up", "demo")
+    gateway = start_gateway(tmp_path, home)
+    try:
+        wait_for(lambda: gateway.tier("demo")["state"] == "serving", 30, "the gateway to route to the node")
+        engine_url = FleetRecords(Store(home)).nodes()["spot-demo-1"].engine_url
+        os.kill(_engine_pid(int(engine_url.rsplit(":", 1)[1])), signal.SIGKILL)
+        wait_for(lambda: gateway.tier("demo")["state"] != "serving", 30, "the gateway to notice the dead engine")
+        assert gateway.tier("demo")["state"] == "unhealthy"
+        assert vm_status(fleet, "spot-demo-1") == "ACTIVE"
+        metrics = httpx.get(f"{gateway.url}/metrics", headers=operator_headers(home), timeout=5).text
+        assert 'spot_tier_state{state="unhealthy",tier="demo"} 1.0' in metrics
+        assert 'spot_tier_state{state="asleep",tier="demo"} 0.0' in metrics
+    finally:
+        gateway.server.stop()

@@ -176,6 +176,7 @@ class FleetRuntime:
             nodes.append(node)
         static = [n for n in controller.route.nodes if n.authorization is None]  # config upstreams
         controller.engine_busy = busy
+        controller.engines_down = bool(candidates) and not any(healthy for healthy, _, _ in checks)
         controller.set_nodes(static + nodes)
         controller.maybe_hibernate()
         controller.retry_if_degraded()

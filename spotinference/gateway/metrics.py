@@ -203,7 +203,7 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
-TIER_STATES = ("serving", "waking", "asleep", "hibernating", "degraded")
+TIER_STATES = ("serving", "waking", "asleep", "unhealthy", "hibernating", "degraded")
 
 
 class _TierCollector(Collector):

@@ -40,6 +40,9 @@ class TierState(StrEnum):
     SERVING = "serving"
     WAKING = "waking"
     ASLEEP = "asleep"  # no serving node and no wake under way (hibernated, or never created)
+    # A VM of the tier runs but no engine on it passes its health check (crashed and restarting,
+    # still loading, or broken): not asleep, since it bills as a running GPU.
+    UNHEALTHY = "unhealthy"
     HIBERNATING = "hibernating"
     DEGRADED = "degraded"  # could not wake or lost its nodes: traffic goes to the fallback
 
@@ -63,6 +66,7 @@ class TierController:
         self.last_request_wall: float | None = None
         self.awake_since: float | None = None
         self.engine_busy = False  # the engines report requests running or waiting
+        self.engines_down = False  # a VM runs, but none of its engines answers /health
 
     # -- what the relay calls ----------------------------------------------------------------
 
@@ -76,6 +80,8 @@ class TierController:
             return TierState.DEGRADED
         if self.wake_task is not None:
             return TierState.WAKING
+        if self.engines_down:
+            return TierState.UNHEALTHY
         return TierState.ASLEEP
 
     def hold(self) -> asyncio.Future[Node]:
