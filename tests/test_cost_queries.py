@@ -99,8 +99,10 @@ class Seed:
 def record_all_runs(con, first: datetime, last: datetime) -> None:
     """What `anomalies.record` records for every run sampled in [first, last], in one statement:
     the sampler's own SQL with the one-run filters taken off and the window widened to all the runs.
-    The ledger's verdicts do not depend on the window asked (that is what the roll-up test checks),
-    so the rows are the same as one call per run; small seeds keep the per-run call."""
+    On a fresh ledger (nothing rolled up) billing_increases reads every sample from the first
+    whatever the window, so each sample's verdict is the one its own run's call gives: the rows are
+    the same (compared on the roll-up, focus and plot seeds). Small seeds, and so every anomaly
+    test, keep the per-run call."""
     sql = anomalies._RECORD
     for one_run, every_run in [("billing_increases($at, $at + INTERVAL 1 MICROSECOND)", "billing_increases($first, $last)"),
                                ("WHERE i.run_id = $run_id AND ", "WHERE "),
