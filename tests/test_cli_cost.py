@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -17,12 +18,14 @@ from tests.test_cost_queries import Seed, at
 WINDOW = ["--since", "2026-03-01T10:00", "--until", "2026-03-01T11:00"]
 
 
-@pytest.fixture
-def seeded(home: Path) -> Path:
+@pytest.fixture(scope="module")
+def seeded_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """09:59-11:00 one run a minute except 10:30-10:39; the fleet: vm +0.10/min and its volume
     +0.01/min (tier t1); outside the fleet, in the same account: a developer's VM +1.00/min;
-    3 requests: key-a 1500 prompt + 500 completion, key-b 300 + 100 (m1), 100 + 0."""
-    seed = Seed(Store(home))
+    3 requests: key-a 1500 prompt + 500 completion, key-b 300 + 100 (m1), 100 + 0.
+    Written once and copied into each test's own data directory (a second or two each)."""
+    built = tmp_path_factory.mktemp("cli-cost-ledger") / "home"
+    seed = Seed(Store(built))
     t, k = at(9, 59), 0
     while t < at(11, 1):
         if not at(10, 30) <= t < at(10, 40):
@@ -35,6 +38,12 @@ def seeded(home: Path) -> Path:
     seed.request(at(10, 20), 300, 100, key="key-b")
     seed.request(at(10, 50), 100, 0, key="key-b")
     seed.write()
+    return built
+
+
+@pytest.fixture
+def seeded(seeded_once: Path, home: Path) -> Path:
+    shutil.copytree(seeded_once, home)
     return home
 
 

@@ -50,7 +50,7 @@ def year_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     while day <= LAST_RUN.date():
         seed.request(datetime(day.year, day.month, day.day, 12, tzinfo=UTC), 1000, 2000)
         day += timedelta(days=1)
-    seed.write()
+    seed.write(anomalies_at_once=True)
     return built
 
 

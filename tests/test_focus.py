@@ -54,7 +54,7 @@ def seeded_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
     seed.request(at(10, 10), 1500, 500)
     seed.request(at(10, 20), 300, 100)
     seed.request(at(18, 5, day=2), 100, 0)  # served, but no output tokens
-    seed.write()
+    seed.write(anomalies_at_once=True)
     return built
 
 

@@ -425,9 +425,16 @@ def scaled_cloud(tmp_path):
 @pytest.mark.slow
 def test_a_time_scaled_hour_reconciles_with_every_boundary_carried_not_mismatched(scaled_cloud: Emulator) -> None:
     ok("up", "demo")
-    first = emulated_now(scaled_cloud)
+    # Jump to 3 emulated minutes before an hour boundary B, then sample at whatever offsets the
+    # machine gives until 5 minutes past B + 1 h: a first partial hour, a whole one, a last partial
+    # one (~68 real seconds, where starting wherever `up` left the clock took 70 to 130).
+    now = emulated_now(scaled_cloud)
+    boundary = floor_hour_of(now) + timedelta(hours=1)
+    if boundary - now < timedelta(minutes=3):
+        boundary += timedelta(hours=1)
+    scaled_cloud.advance((boundary - timedelta(minutes=3) - now).total_seconds())
     samples = 0
-    while emulated_now(scaled_cloud) < floor_hour_of(first) + timedelta(hours=2, minutes=10):  # ~75 real seconds
+    while emulated_now(scaled_cloud) < boundary + timedelta(hours=1, minutes=5):
         sample()
         samples += 1
         time.sleep(0.2)
@@ -443,8 +450,7 @@ def test_a_time_scaled_hour_reconciles_with_every_boundary_carried_not_mismatche
     # Our spend is what the provider billed up to our last sample: its history can only be ahead.
     assert usd(data["provider_usd"]) >= usd(data["ours_usd"]) > 0
     assert usd(data["difference_usd"]) == usd(data["carried_usd"])
-    vm_whole = [h for h in hours if h["resource_type"] == "vm" and h["hour_start"] == (
-        floor_hour_of(first) + timedelta(hours=1)).isoformat()]
+    vm_whole = [h for h in hours if h["resource_type"] == "vm" and h["hour_start"] == boundary.isoformat()]
     assert [usd(h["provider_usd"]) for h in vm_whole] == [D("0.5")]  # a whole hour at $0.50/h, by the provider
 
 
