@@ -61,6 +61,7 @@ class Store:
     def __init__(self, home: Path, *, lock_timeout_s: float = 10.0, lake: lake_mod.LakeTarget | None = None) -> None:
         self.home = home
         self.lake = lake
+        self._lake_connections = lake_mod.LakeConnections(lake) if lake is not None else None
         self.path = home / DATABASE_FILE
         self.spool_dir = home / SPOOL_DIR
         self.lock = DatabaseLock(self.path, timeout_s=lock_timeout_s)
@@ -102,12 +103,16 @@ class Store:
         two hosts never migrate at once (issue 20's cross-host locks); until then, a no-op."""
         return self._exclusive()
 
+    def _failed(self, exc: BaseException) -> None:
+        if self._lake_connections is not None:
+            self._lake_connections.failed(exc)
+
     def _exists(self) -> bool:
         return self.lake is not None or self.path.exists()
 
     def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
-        if self.lake is not None:
-            return lake_mod.connect(self.lake)
+        if self._lake_connections is not None:
+            return self._lake_connections.cursor()
         try:
             con = duckdb.connect(str(self.path), read_only=read_only)
             con.execute("SET TimeZone = 'UTC'")  # times are UTC everywhere, whatever the host says
@@ -129,6 +134,9 @@ class Store:
             con = self._connect(read_only=False)
             try:
                 yield con
+            except BaseException as exc:
+                self._failed(exc)
+                raise
             finally:
                 con.close()
 
@@ -152,6 +160,9 @@ class Store:
             con = self._connect(read_only=True)
             try:
                 yield con
+            except BaseException as exc:
+                self._failed(exc)
+                raise
             finally:
                 con.close()
 

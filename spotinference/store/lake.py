@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,6 +98,48 @@ def _one_line(message: str, password: str | None) -> str:
     if password:
         message = message.replace(password, "***")
     return re.sub(r"\s+", " ", message).strip()
+
+
+class LakeConnections:
+    """One attached lake per process, a cursor of it per piece of work.
+
+    Loading the extensions and attaching costs ~0.7 s (a PostgreSQL session, the catalog's
+    snapshot); a report that opens the store forty times would spend half a minute on it. So the
+    attach is kept, and each ``reading()``/``writing()`` gets a cursor: its own connection to the
+    same DuckDB, safe from another thread. A connection error drops the attach; the next piece of
+    work attaches again (PostgreSQL restarted, say).
+    """
+
+    def __init__(self, target: LakeTarget) -> None:
+        self.target = target
+        self._base: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.Lock()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            if self._base is None:
+                self._base = connect(self.target)
+            cursor = self._base.cursor()
+        cursor.execute(f"USE {LAKE_ALIAS}")
+        cursor.execute("SET TimeZone = 'UTC'")
+        return cursor
+
+    def failed(self, exc: BaseException) -> None:
+        """After an error in a piece of work: if it was the connection, attach afresh next time."""
+        if isinstance(exc, (duckdb.IOException, duckdb.ConnectionException)):
+            with self._lock:
+                base, self._base = self._base, None
+            if base is not None:
+                try:
+                    base.close()
+                except duckdb.Error:
+                    pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._base is not None:
+                self._base.close()
+                self._base = None
 
 
 def connect(target: LakeTarget) -> duckdb.DuckDBPyConnection:
