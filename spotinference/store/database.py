@@ -42,6 +42,10 @@ SPOOLED_TABLES = frozenset({"requests"})
 REJECTED_SUFFIX = ".rejected"
 
 
+class FileTooNewError(StoreError):
+    """The file store's DuckDB file has a storage version this duckdb cannot read."""
+
+
 @dataclass(frozen=True)
 class FlushResult:
     segments: int
@@ -123,6 +127,12 @@ class Store:
                 raise StoreBusyError(
                     f"the database {self.path} is held open by a program outside spot",
                     hint="close any duckdb shell or notebook that has the file open",
+                ) from None
+            if "version number" in str(exc):
+                raise FileTooNewError(
+                    f"the database {self.path} was written by a newer DuckDB than the installed "
+                    f"{duckdb.__version__} can read",
+                    hint="run spot where it was written (the ducklake extra pins duckdb 1.5.5; README, \"Several hosts\")",
                 ) from None
             raise StoreError(f"cannot open the database {self.path}: {exc}") from None
 
