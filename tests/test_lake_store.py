@@ -3,7 +3,9 @@ suite's own PostgreSQL as the catalog and a directory as the shared data path.""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 
 import duckdb
 import pytest
@@ -121,3 +123,47 @@ def test_transformed_migrations_give_the_same_columns_on_plain_duckdb():
     con.execute(for_ducklake("CREATE TABLE x (a INTEGER); ALTER TABLE x ADD COLUMN e BOOLEAN DEFAULT false;"))
     con.execute("INSERT INTO x (a) VALUES (1)")
     assert con.execute("SELECT e FROM x").fetchone() == (False,)
+
+
+RECONNECT_SCRIPT = """
+import sys
+from pathlib import Path
+from spotinference.config import load_settings
+from spotinference.errors import SpotError
+from spotinference.store import Store
+settings, _ = load_settings(Path(sys.argv[1]))
+store = Store.from_settings(settings)
+def count():
+    try:
+        with store.reading() as con:
+            return str(con.execute("SELECT count(*) FROM api_keys").fetchone()[0])
+    except SpotError as exc:
+        return f"SpotError:{exc.exit_code}"
+    except Exception as exc:
+        return type(exc).__name__
+for step in ("up", "down", "back"):
+    sys.stdin.readline()  # the test stops or starts PostgreSQL between steps
+    print(step, count(), flush=True)
+"""
+
+
+def test_a_process_keeps_using_the_lake_across_a_postgresql_outage(lake_venv, lake, postgres):
+    assert lake_venv.run_spot("keys", "create", "app", env=lake.env).returncode == 0
+    proc = subprocess.Popen([str(lake_venv.python), "-c", RECONNECT_SCRIPT, str(lake.config)], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **lake.env})
+    seen = []
+    try:
+        for action in (None, postgres.stop, postgres.start):
+            if action:
+                action()
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            seen.append(proc.stdout.readline().split())
+    finally:
+        postgres.start() if postgres._run("pg_isready", "-h", postgres.host, "-p", str(postgres.port),
+                                          check=False).returncode else None
+        proc.kill()
+    assert seen[0] == ["up", "1"]
+    assert seen[1] == ["down", "SpotError:4"]  # StoreBusyError: one line, exit 4 / HTTP 503
+    assert seen[2] == ["back", "1"], seen  # the broken attach was dropped and made anew

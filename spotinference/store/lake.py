@@ -120,20 +120,30 @@ class LakeConnections:
             if self._base is None:
                 self._base = connect(self.target)
             cursor = self._base.cursor()
-        cursor.execute(f"USE {LAKE_ALIAS}")
-        cursor.execute("SET TimeZone = 'UTC'")
+        try:
+            cursor.execute(f"USE {LAKE_ALIAS}")
+            cursor.execute("SET TimeZone = 'UTC'")
+        except duckdb.Error as exc:
+            cursor.close()
+            self.failed(exc)
+            raise
         return cursor
 
     def failed(self, exc: BaseException) -> None:
-        """After an error in a piece of work: if it was the connection, attach afresh next time."""
-        if isinstance(exc, (duckdb.IOException, duckdb.ConnectionException)):
-            with self._lock:
-                base, self._base = self._base, None
-            if base is not None:
-                try:
-                    base.close()
-                except duckdb.Error:
-                    pass
+        """After an error in a piece of work: if it was the connection (or the shared files), attach
+        afresh next time and say so in one line (exit 4, HTTP 503: the store is unreachable)."""
+        if not isinstance(exc, (duckdb.IOException, duckdb.ConnectionException)):
+            return
+        with self._lock:
+            base, self._base = self._base, None
+        if base is not None:
+            try:
+                base.close()
+            except duckdb.Error:
+                pass
+        raise StoreBusyError(f"lost the DuckLake store {self.target.description}: "
+                             f"{_one_line(str(exc), self.target.password)}",
+                             hint="is PostgreSQL running and the data path mounted? the next try attaches again") from None
 
     def close(self) -> None:
         with self._lock:
