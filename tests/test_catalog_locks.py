@@ -181,3 +181,19 @@ print("ok")
     env = {**os.environ, "PYTHONPATH": str(blocker)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+
+
+def test_a_lock_lost_with_its_connection_is_reported_when_left(lake_hosts, postgres, caplog) -> None:
+    from spotinference.store.catalog_locks import named_locks
+
+    locks = named_locks(settings_here())
+    with caplog.at_level("WARNING", logger="spotinference.store.catalog_locks"):
+        with locks.hold("locks/tier-small.lock", timeout_s=10):
+            postgres.restart()  # every session dies, this lock's with it
+            with locks.try_hold("locks/tier-small.lock") as held_by:
+                assert held_by is None  # free for any other host now
+        with locks.hold("locks/tier-small.lock", timeout_s=10):
+            pass  # a lock kept to its end says nothing
+    lost = [r.getMessage() for r in caplog.records if "lost while held" in r.getMessage()]
+    assert len(lost) == 1 and lost[0].startswith("lock locks/tier-small.lock was lost while held"), lost
+    assert postgres.password not in lost[0]

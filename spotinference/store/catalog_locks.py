@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -35,6 +36,8 @@ from ..errors import StoreBusyError, StoreError
 if TYPE_CHECKING:
     from ..config import Settings
     from ..config.models import StoreSettings
+
+log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
 # A dead host's connection must drop in seconds, not the kernel's two hours, or its locks stay.
@@ -163,7 +166,13 @@ class CatalogLocks:
         note = row[0] if row else ""
         return note.split(": ", 1)[1] if ": " in note else (note or "holder unknown")
 
-    def _release(self, conn: Any) -> None:
+    def _release(self, conn: Any, name: str) -> None:
+        try:
+            # A session that died while held (PostgreSQL restarted, the network cut) lost the lock
+            # then, and another host may have taken it meanwhile: say so for the operator.
+            conn.execute("SELECT 1")
+        except Exception:  # noqa: BLE001 - any failure here means the session is gone
+            log.warning("lock %s was lost while held: the catalog's connection dropped (%s)", name, self.url)
         try:
             conn.close()  # PostgreSQL drops a session's advisory locks with the session
         except Exception:  # noqa: BLE001 - a connection already gone has released its locks too
@@ -187,7 +196,7 @@ class CatalogLocks:
                 raise StoreBusyError(f"lost the store's catalog at {self.url}: {self._scrub(exc)}") from None
             yield
         finally:
-            self._release(conn)
+            self._release(conn, name)
 
     @contextmanager
     def try_hold(self, name: str) -> Iterator[str | None]:
@@ -203,4 +212,4 @@ class CatalogLocks:
                 raise StoreBusyError(f"lost the store's catalog at {self.url}: {self._scrub(exc)}") from None
             yield holder
         finally:
-            self._release(conn)
+            self._release(conn, name)
