@@ -4,7 +4,8 @@ homes of their own sharing one catalog in the suite's real PostgreSQL and one em
 Two `spot sample` runs at once on two hosts: one samples, the other says it skipped. `spot wake`
 of one hibernated tier on three hosts at once: exactly one restore reaches the provider, and every
 wake ends with the tier serving. Two gateways on two hosts that both find a tier idle: it is
-hibernated once. The emulator's ledger of API calls is the witness.
+hibernated once. Fifty requests for a hibernated tier spread over three gateways: one restore.
+Each case makes the provider slow where the race is, so it fails (two calls) without the lock. The emulator's ledger of API calls is the witness.
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ def start_gateway(host: Host) -> tuple[ServerProcess, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
+@pytest.mark.slow
 def test_two_gateways_on_two_hosts_that_find_a_tier_idle_hibernate_it_once(fleet_hosts) -> None:  # noqa: ANN001
     cloud, hosts = fleet_hosts
     a, b = hosts[:2]
@@ -212,6 +214,45 @@ def test_two_gateways_on_two_hosts_that_find_a_tier_idle_hibernate_it_once(fleet
         # One gateway decided and hibernated it; the other found the tier's lock taken and left it.
         assert sorted("hibernated: tier demo" in log for log in logs) == [False, True], logs
         assert sorted("hibernate skipped: tier demo" in log for log in logs) == [False, True], logs
+    finally:
+        for server, _ in gateways:
+            server.stop()
+
+
+@pytest.mark.slow
+def test_fifty_requests_for_a_hibernated_tier_over_three_gateways_restore_it_once(fleet_hosts) -> None:  # noqa: ANN001
+    import asyncio
+
+    import openai
+
+    cloud, hosts = fleet_hosts
+    ok(hosts[0], "hibernate", "demo")
+    keys = [json.loads(ok(host, "keys", "create", f"client-{host.root.name}", "--json").stdout)["key"]
+            for host in hosts]
+    gateways = [start_gateway(host) for host in hosts]
+    try:
+        # A slow provider: the first restore lands 3 s late, while the other gateways' wakes look.
+        [vm] = [vm for vm in cloud.vms() if vm["name"] == "spot-demo-1"]
+        cloud.fault(kind="slow", count=1, delay_s=3,
+                    path_prefix=f"/v1/core/virtual-machines/{vm['id']}/hibernate-restore")
+
+        async def burst() -> list[str]:
+            clients = [openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=180)
+                       for (_, url), key in zip(gateways, keys, strict=True)]
+            try:
+                replies = await asyncio.gather(*(
+                    clients[i % 3].chat.completions.create(
+                        model="tiny-chat", messages=[{"role": "user", "content": f"hello {i}"}], max_tokens=4)
+                    for i in range(50)))
+            finally:
+                for client in clients:
+                    await client.close()
+            return [r.choices[0].message.content for r in replies]
+
+        answers = asyncio.run(burst())
+        assert len(answers) == 50 and all(answers)
+        assert calls(cloud, "/hibernate-restore") == 1
+        assert vm_status(cloud) == "ACTIVE"
     finally:
         for server, _ in gateways:
             server.stop()
