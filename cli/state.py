@@ -30,4 +30,4 @@ class CliState:
     def store(self) -> Store:
         from spotinference.store import Store
 
-        return Store(self.settings.home)
+        return Store.from_settings(self.settings)

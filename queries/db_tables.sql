@@ -5,5 +5,5 @@ SELECT
     table_name     AS table_name,
     estimated_size AS row_count
 FROM duckdb_tables()
-WHERE schema_name = 'main'
+WHERE schema_name = 'main' AND database_name = current_database()  -- a lake's, not its catalog's
 ORDER BY table_name;

@@ -41,7 +41,7 @@ def run_checks(config_path: Path | None = None) -> list[Check]:
         return checks
     checks.append(check_config(settings, source))
     checks.append(check_data_dir(settings.home))
-    checks.append(check_database(settings.home))
+    checks.append(check_database(settings))
     checks.append(check_sampler(settings))
     checks.append(check_ledger(settings))
     checks.extend(check_provider_credentials(settings))
@@ -97,9 +97,9 @@ def check_data_dir(home: Path) -> Check:
     return Check("data directory", True, str(home))
 
 
-def check_database(home: Path) -> Check:
+def check_database(settings: Settings) -> Check:
     try:
-        store = Store(home)
+        store = Store.from_settings(settings)
         applied = store.migrate()
         status = store.schema_status()
         waiting, rejected = store.spool_files()
@@ -129,7 +129,7 @@ def check_sampler(settings: Settings, now: datetime | None = None) -> Check:
     limit = settings.budget.max_sample_age_s
     fix = "install the cron line from `spot cron`, or run `spot sample --every 60`"
     try:
-        with Store(settings.home).reading() as con:
+        with Store.from_settings(settings).reading() as con:
             runs = last_good_runs(con, providers)
     except SpotError as exc:
         return Check("sampler", False, f"cannot read the samples: {exc}", exc.hint)
@@ -169,7 +169,7 @@ def check_ledger(settings: Settings, now: datetime | None = None, days: int = 7)
     """What the ledger refused to count, and clock steps, over the last ``days`` days."""
     now = now or datetime.now(UTC)
     try:
-        with Store(settings.home).reading() as con:
+        with Store.from_settings(settings).reading() as con:
             decreases, missing, latest, steps, most = con.execute(
                 _LEDGER, {"since": now - timedelta(days=days)}).fetchone()
     except SpotError as exc:

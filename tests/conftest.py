@@ -139,3 +139,11 @@ def postgres():
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture(scope="session")
+def lake_venv():
+    """The venv with `spotinference[ducklake]` (duckdb 1.5.5 and its extensions): tests/lake_env.py."""
+    from tests.lake_env import lake_env
+
+    return lake_env()

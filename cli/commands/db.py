@@ -22,7 +22,7 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
     schema = store.schema_status()
     waiting, rejected = store.spool_files()
     data = {
-        "database": str(store.path),
+        "database": store.location,
         "version": schema.version,
         "latest": schema.latest,
         "pending": schema.pending,
@@ -33,7 +33,7 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
     if json:
         print_json(data)
         return
-    typer.echo(f"database  {store.path}")
+    typer.echo(f"database  {store.location}")
     typer.echo(f"schema    v{schema.version} of {schema.latest}" + (f", pending: {', '.join(schema.pending)}" if schema.pending else ""))
     typer.echo(f"spool     {waiting} segment(s) waiting, {rejected} rejected")
     print_table(None, ["table", "rows"], [(t["table_name"], t["row_count"]) for t in tables])

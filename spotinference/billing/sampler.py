@@ -261,8 +261,11 @@ SELECT resource_type, resource_id, name FROM billing_samples
 WHERE active AND run_id = (SELECT run_id FROM sample_runs WHERE ok AND provider = ? ORDER BY seq DESC LIMIT 1)
 ORDER BY resource_type, resource_id
 """
+# Adopted once: checked rather than left to the key (a DuckLake store holds no keys).
 _ADOPT = """
-INSERT INTO fleet_resources VALUES (?, ?, ?, ?, ?, ?, 'adopted') ON CONFLICT DO NOTHING
+INSERT INTO fleet_resources SELECT $provider, $type, $id, $name, $tier, $at, 'adopted'
+WHERE NOT EXISTS (SELECT 1 FROM fleet_resources
+                  WHERE provider = $provider AND resource_type = $type AND resource_id = $id)
 """
 # The run's own increases, by the ledger's rules (migration 0008): the fleet's, and the account's.
 _SINCE_LAST = """
@@ -306,7 +309,8 @@ def _record_one(con: duckdb.DuckDBPyConnection, settings: Settings, r: _Reading,
                      _micro(item.usd_per_hour), _micro(item.total_bill_usd), item.active,
                      json.dumps(item.raw, default=str), item.created_at, item.excluded])
         if tier is not None:  # named by spot's convention for a configured tier: the fleet's
-            con.execute(_ADOPT, [r.provider, item.resource_type, item.resource_id, item.name, tier, r.sampled_at])
+            con.execute(_ADOPT, {"provider": r.provider, "type": item.resource_type, "id": item.resource_id,
+                                 "name": item.name, "tier": tier, "at": r.sampled_at})
     finished_at = clock()
     con.execute(_INSERT_RUN, [r.run_id, r.provider, r.started_at, finished_at, True, None, len(rows),
                               r.provider_clock_at, behind_s, r.sampled_at])

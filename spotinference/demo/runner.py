@@ -140,7 +140,7 @@ class Demo:
                   "# pointed at the demo's own emulator and gateway, with timeouts scaled down.")
         self.config_path.write_text(setup.to_toml(data, header))
         self.settings = setup.load_demo_settings(self.config_path)
-        self.store = Store(self.home)
+        self.store = Store.from_settings(self.settings)
         self.store.migrate()
         self._write_manifest("running")
         self.step(f"demo directory {self.run_dir}")

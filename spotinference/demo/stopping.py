@@ -89,7 +89,7 @@ def stop_demo(run_dir: Path, on_event: Callable[[DemoEvent], None] | None = None
             def progress(update: Any) -> None:
                 emit(DemoEvent("fleet", f"{update.node or update.tier}: {update.message}"))
 
-            context = FleetContext(settings, Store(settings.home), on_progress=progress, poll_interval_s=0.5)
+            context = FleetContext(settings, Store.from_settings(settings), on_progress=progress, poll_interval_s=0.5)
             delete_demo_vms(context, run_dir, "spot demo --stop")
         for name in ("billing sampler", "cloud emulator"):
             if name in pids and cmdline_names(pids[name], run_dir):

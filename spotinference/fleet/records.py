@@ -89,8 +89,11 @@ class FleetRecords:
                 up_since = None
             if state is NodeState.SERVING and up_since is None:
                 up_since = now
+            # Delete then insert in this transaction, not INSERT OR REPLACE: a DuckLake store
+            # holds no primary key to replace by.
+            con.execute("DELETE FROM nodes WHERE name = ?", [name])
             con.execute(
-                "INSERT OR REPLACE INTO nodes (name, tier, provider, provider_id, state, ip, engine_url, flavor,"
+                "INSERT INTO nodes (name, tier, provider, provider_id, state, ip, engine_url, flavor,"
                 " gpu, gpu_count, up_since, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     name, tier, provider, vm.provider_id if vm else None, state.value,
@@ -110,9 +113,13 @@ class FleetRecords:
     def own(self, *, provider: str, resource_type: str, resource_id: str, name: str | None, tier: str) -> None:
         """Record that spot created this resource: from now on its bill is the fleet's."""
         with self.store.writing() as con:
+            # Recorded once: checked rather than left to the key (a DuckLake store holds no keys).
             con.execute(
-                "INSERT INTO fleet_resources VALUES (?, ?, ?, ?, ?, ?, 'created') ON CONFLICT DO NOTHING",
-                [provider, resource_type, str(resource_id), name, tier, self.clock()],
+                "INSERT INTO fleet_resources SELECT $provider, $type, $id, $name, $tier, $at, 'created' "
+                "WHERE NOT EXISTS (SELECT 1 FROM fleet_resources "
+                "WHERE provider = $provider AND resource_type = $type AND resource_id = $id)",
+                {"provider": provider, "type": resource_type, "id": str(resource_id), "name": name,
+                 "tier": tier, "at": self.clock()},
             )
 
     def decision(self, *, tier: str, reason: str, node: str | None = None, detail: dict[str, Any] | None = None) -> None:

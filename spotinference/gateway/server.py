@@ -127,7 +127,7 @@ def _last_sample_age_s(settings: Settings) -> float | None:
 
     from ..billing.runs import last_good_runs, sampled_providers
 
-    store = Store(settings.home)
+    store = Store.from_settings(settings)
     store.migrate()
     providers = sampled_providers(settings)
     with store.reading() as con:
@@ -139,7 +139,7 @@ def _last_sample_age_s(settings: Settings) -> float | None:
 
 def build_app(spec: GatewaySpec) -> GatewayApp:
     settings, _ = load_settings(Path(spec.config_path) if spec.config_path else None)
-    store = Store(settings.home)
+    store = Store.from_settings(settings)
     store.migrate()
     router = build_router(settings, spec.static_upstreams)
     runtime = gate = None

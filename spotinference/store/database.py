@@ -8,23 +8,32 @@ Access protocol (see DESIGN.md, "Processes and the database"):
   (``spool.SpoolWriter``); ``flush()`` copies sealed spool segments into their tables, each
   segment and its ledger row in one transaction, so rows are neither lost nor doubled.
 * Schema migrations run automatically the first time a process opens the database.
+
+With ``[store] kind = "ducklake"`` the same API reads and writes a DuckLake (``lake.py``): the
+catalog in PostgreSQL is transactional and DuckLake retries conflicting commits, so there is no
+flock around it; the spool stays local, under ``home``.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from ..errors import StoreBusyError, StoreError
+from . import lake as lake_mod
 from . import migrations as migrations_mod
 from .locking import DatabaseLock
 from .spool import SealedSegment, SpoolWriter, claim_sealed_segments, drop_partial_tail
+
+if TYPE_CHECKING:
+    from ..config.models import Settings
 
 DATABASE_FILE = "spot.duckdb"
 SPOOL_DIR = "spool"
@@ -49,14 +58,25 @@ class SchemaStatus:
 
 
 class Store:
-    def __init__(self, home: Path, *, lock_timeout_s: float = 10.0) -> None:
+    def __init__(self, home: Path, *, lock_timeout_s: float = 10.0, lake: lake_mod.LakeTarget | None = None) -> None:
         self.home = home
+        self.lake = lake
         self.path = home / DATABASE_FILE
         self.spool_dir = home / SPOOL_DIR
         self.lock = DatabaseLock(self.path, timeout_s=lock_timeout_s)
         self._migrations = migrations_mod.bundled_migrations()
         self._schema_checked = False
         self._check_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: float) -> Store:
+        """The store the settings name: the file in ``home``, or the DuckLake of ``[store]``."""
+        lake = lake_mod.LakeTarget.from_settings(settings.store) if settings.store.kind == "ducklake" else None
+        return cls(settings.home, lake=lake, **options)
+
+    @property
+    def location(self) -> str:
+        return self.lake.description if self.lake is not None else str(self.path)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -70,7 +90,24 @@ class Store:
                 hint="set SPOT_HOME (or `home` in the config) to a writable directory",
             ) from None
 
+    def _exclusive(self) -> AbstractContextManager[object]:
+        # A lake needs no flock: its catalog is transactional and DuckLake retries conflicts.
+        return self.lock.exclusive() if self.lake is None else nullcontext()
+
+    def _shared(self) -> AbstractContextManager[object]:
+        return self.lock.shared() if self.lake is None else nullcontext()
+
+    def migration_guard(self) -> AbstractContextManager[object]:
+        """Held while migrations are applied. On a lake, a lock held in the catalog belongs here so
+        two hosts never migrate at once (issue 20's cross-host locks); until then, a no-op."""
+        return self._exclusive()
+
+    def _exists(self) -> bool:
+        return self.lake is not None or self.path.exists()
+
     def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+        if self.lake is not None:
+            return lake_mod.connect(self.lake)
         try:
             con = duckdb.connect(str(self.path), read_only=read_only)
             con.execute("SET TimeZone = 'UTC'")  # times are UTC everywhere, whatever the host says
@@ -88,7 +125,7 @@ class Store:
     def writing(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """An exclusive read-write connection, held for one short piece of work."""
         self.migrate()
-        with self.lock.exclusive():
+        with self._exclusive():
             con = self._connect(read_only=False)
             try:
                 yield con
@@ -111,7 +148,7 @@ class Store:
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection; other readers may hold one at the same time."""
         self.migrate()
-        with self.lock.shared():
+        with self._shared():
             con = self._connect(read_only=True)
             try:
                 yield con
@@ -123,16 +160,16 @@ class Store:
     def migrate(self) -> list[str]:
         """Apply pending migrations; checked once per process, under a shared lock when current."""
         with self._check_lock:
-            if self._schema_checked and self.path.exists():
+            if self._schema_checked and self._exists():
                 return []
             self._prepare_home()
-            if self.path.exists() and not self._pending_under_shared_lock():
+            if self._exists() and not self._pending_under_shared_lock():
                 self._schema_checked = True
                 return []
-            with self.lock.exclusive():
+            with self.migration_guard():
                 con = self._connect(read_only=False)
                 try:
-                    applied = migrations_mod.apply(con, self._migrations)
+                    applied = migrations_mod.apply(con, self._migrations, for_lake=self.lake is not None)
                 finally:
                     con.close()
             self._schema_checked = True
@@ -140,7 +177,7 @@ class Store:
 
     def _pending_under_shared_lock(self) -> bool:
         # Most opens find the schema current: look without excluding other readers.
-        with self.lock.shared():
+        with self._shared():
             con = self._connect(read_only=True)
             try:
                 return bool(migrations_mod.pending(con, self._migrations))
@@ -180,7 +217,7 @@ class Store:
                     rows += count
                     if problem:
                         rejected.append(problem)
-                self._forget_deleted_segments(con)
+                self._forget_deleted_segments(con, [s.path.name for s in segments])
         finally:
             for segment in segments:
                 segment.release()
@@ -241,10 +278,14 @@ class Store:
         ).fetchone()
         return int(inserted[0]) if inserted else 0
 
-    def _forget_deleted_segments(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _forget_deleted_segments(self, con: duckdb.DuckDBPyConnection, flushed: list[str]) -> None:
         # Ledger rows only guard against a crash between commit and unlink; once the file is
-        # gone they have done their job.
-        names = [row[0] for row in con.execute("SELECT segment FROM spool_ingested").fetchall()]
+        # gone they have done their job. A lake's ledger also holds other hosts' segments, whose
+        # files are not in this spool: forget only what this round flushed.
+        if self.lake is not None:
+            names = flushed
+        else:
+            names = [row[0] for row in con.execute("SELECT segment FROM spool_ingested").fetchall()]
         gone = [n for n in names if not (self.spool_dir / n).exists()]
         if gone:
             con.executemany("DELETE FROM spool_ingested WHERE segment = ?", [[n] for n in gone])

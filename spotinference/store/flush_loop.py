@@ -1,4 +1,8 @@
-"""A flusher in a process of its own: ``python -m spotinference.store.flush_loop HOME INTERVAL_S``.
+"""A flusher in a process of its own:
+``python -m spotinference.store.flush_loop HOME INTERVAL_S [PARENT_PID [CATALOG DATA_PATH]]``.
+
+With CATALOG and DATA_PATH it flushes into that DuckLake; the catalog's password is the first
+line of stdin (``flush_process.py`` writes it there, so it is never in argv, the environment or a file).
 
 The gateway spools rows and seals segments on its event loop (cheap system calls), but copying
 them into DuckDB takes tens of milliseconds of CPU a round, and in a thread of the gateway that
@@ -16,12 +20,13 @@ from pathlib import Path
 
 from ..errors import SpotError
 from .database import Store
+from .lake import LakeTarget
 
 log = logging.getLogger("spotinference.flush_loop")
 
 
-def run(home: Path, interval_s: float, parent_pid: int) -> None:
-    store = Store(home)
+def run(home: Path, interval_s: float, parent_pid: int, lake: LakeTarget | None = None) -> None:
+    store = Store(home, lake=lake)
     while os.getppid() == parent_pid:
         try:
             store.flush()
@@ -38,8 +43,12 @@ def main() -> None:
     os.nice(19)
     home, interval_s = Path(sys.argv[1]), float(sys.argv[2])
     parent_pid = int(sys.argv[3]) if len(sys.argv) > 3 else os.getppid()
+    lake = None
+    if len(sys.argv) > 5:
+        password = sys.stdin.readline().rstrip("\n")
+        lake = LakeTarget(sys.argv[4], Path(sys.argv[5]), password or None)
     try:
-        run(home, interval_s, parent_pid)
+        run(home, interval_s, parent_pid, lake)
     except KeyboardInterrupt:
         pass
 

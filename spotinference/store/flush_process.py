@@ -18,11 +18,17 @@ class SpoolFlushProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self._proc = subprocess.Popen(
-            [*python_module("spotinference.store.flush_loop"), str(self.store.home),
-             str(self.interval_s), str(os.getpid())],
-            stdin=subprocess.DEVNULL,
-        )
+        lake = self.store.lake
+        argv = [*python_module("spotinference.store.flush_loop"), str(self.store.home),
+                str(self.interval_s), str(os.getpid())]
+        if lake is None:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+            return
+        # The lake's catalog password travels through a pipe: never argv, the environment or a file.
+        self._proc = subprocess.Popen([*argv, lake.catalog, str(lake.data_path)], stdin=subprocess.PIPE)
+        assert self._proc.stdin is not None
+        self._proc.stdin.write((lake.password or "").encode() + b"\n")
+        self._proc.stdin.close()
 
     @property
     def pid(self) -> int | None:

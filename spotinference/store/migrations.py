@@ -11,6 +11,7 @@ from importlib import resources
 import duckdb
 
 from ..errors import SchemaTooNewError, StoreError
+from .lake_sql import for_ducklake
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -50,7 +51,8 @@ def bundled_migrations() -> list[Migration]:
 
 def applied_versions(con: duckdb.DuckDBPyConnection) -> list[int]:
     exists = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_migrations'"
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_migrations' "
+        "AND database_name = current_database()"
     ).fetchone()
     if not exists or not exists[0]:
         return []
@@ -69,14 +71,20 @@ def pending(con: duckdb.DuckDBPyConnection, migrations: list[Migration]) -> list
     return [m for m in migrations if m.version not in done]
 
 
-def apply(con: duckdb.DuckDBPyConnection, migrations: list[Migration]) -> list[Migration]:
-    """Apply what is pending; each migration and its ledger row commit together or not at all."""
-    con.execute(_LEDGER)
+def apply(con: duckdb.DuckDBPyConnection, migrations: list[Migration], *, for_lake: bool = False) -> list[Migration]:
+    """Apply what is pending; each migration and its ledger row commit together or not at all.
+
+    On a DuckLake (``for_lake``) the same files run without their PRIMARY KEY and UNIQUE
+    constraints, which DuckLake cannot hold, and with quoted boolean defaults (``lake_sql``); the recorded checksum is the file's."""
+    def sql(text: str) -> str:
+        return for_ducklake(text) if for_lake else text
+
+    con.execute(sql(_LEDGER))
     applied = []
     for migration in pending(con, migrations):
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(migration.sql)
+            con.execute(sql(migration.sql))
             con.execute(
                 "INSERT INTO schema_migrations VALUES (?, ?, ?, ?)",
                 [migration.version, migration.name, migration.checksum, datetime.now(UTC)],
