@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SPOT
 from tests.fleet_config import sim_tier, write_fleet_config
 from tests.servers import ServerProcess, free_port, start_sim_cloud
 from tests.test_fleet import Cloud
@@ -33,10 +32,11 @@ def store_section(catalog: str, data_path: Path) -> str:
 
 
 class Host:
-    """One "host": its working directory (spot.toml), its home, the catalog's password."""
+    """One "host": its working directory (spot.toml), its home, the catalog's password, and the
+    `spot` of the venv with the ducklake extra (tests/lake_env.py), as an operator installs it."""
 
-    def __init__(self, root: Path, password: str) -> None:
-        self.root, self.home, self.password = root, root / "home", password
+    def __init__(self, root: Path, password: str, spot: Path) -> None:
+        self.root, self.home, self.password, self.spot_path = root, root / "home", password, spot
         root.mkdir(parents=True, exist_ok=True)
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -45,11 +45,11 @@ class Host:
                 "SPOT_STORE__PASSWORD": self.password, **extra}
 
     def spot(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(SPOT), *args], cwd=self.root, env=self.env(**extra), capture_output=True,
+        return subprocess.run([str(self.spot_path), *args], cwd=self.root, env=self.env(**extra), capture_output=True,
                               text=True, timeout=300)
 
     def popen(self, *args: str, **extra: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([str(SPOT), *args], cwd=self.root, env=self.env(**extra), text=True,
+        return subprocess.Popen([str(self.spot_path), *args], cwd=self.root, env=self.env(**extra), text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -84,7 +84,8 @@ def catalog(postgres) -> tuple[str, str]:  # noqa: ANN001
 
 # -- one sampler run across hosts ---------------------------------------------------------------
 
-def test_two_hosts_sampling_at_once_sample_once(postgres, catalog, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_two_hosts_sampling_at_once_sample_once(postgres, catalog, lake_venv, tmp_path: Path,  # noqa: ANN001
+                                                monkeypatch) -> None:
     from tests.test_sampler import Cloud as BillingCloud
     from tests.test_sampler import make_resources, write_config
 
@@ -93,7 +94,7 @@ def test_two_hosts_sampling_at_once_sample_once(postgres, catalog, tmp_path: Pat
                                    "--delete-seconds", "1")
     try:
         cloud = BillingCloud(root)
-        hosts = [Host(tmp_path / name, postgres.password) for name in ("host-a", "host-b")]
+        hosts = [Host(tmp_path / name, postgres.password, lake_venv.spot) for name in ("host-a", "host-b")]
         for host in hosts:
             monkeypatch.chdir(host.root)
             write_config(f"{root}/v1")
@@ -101,6 +102,7 @@ def test_two_hosts_sampling_at_once_sample_once(postgres, catalog, tmp_path: Pat
                 config.write(store_section(url, tmp_path / "lake") + "[budget]\nenforce = false\n")
         make_resources(cloud)
         a, b = hosts
+        ok(a, "db", "migrate")  # one lake for both hosts
         cloud.fault(kind="slow", count=1, delay_s=4, path_prefix="/v1/billing")  # host A's read hangs
         first = a.popen("sample", "--json", SPOT_PROVIDERS__SIM__RETRY_DEADLINE_S="30")
         deadline = time.monotonic() + 30
@@ -129,12 +131,12 @@ def test_two_hosts_sampling_at_once_sample_once(postgres, catalog, tmp_path: Pat
 # -- one wake, one hibernation across hosts -----------------------------------------------------
 
 @pytest.fixture
-def fleet_hosts(postgres, catalog, tmp_path: Path):  # noqa: ANN001
+def fleet_hosts(postgres, catalog, lake_venv, tmp_path: Path):  # noqa: ANN001
     """An emulated fleet and three hosts on one catalog, tier `demo` up then hibernated from host A."""
     _, url = catalog
     server, root = start_sim_cloud(tmp_path / "cloud", *FLEET_FLAGS)
     cloud = Cloud(f"{root}/v1", server)
-    hosts = [Host(tmp_path / f"host-{name}", postgres.password) for name in "abc"]
+    hosts = [Host(tmp_path / f"host-{name}", postgres.password, lake_venv.spot) for name in "abc"]
     tiers = {"demo": sim_tier(idle_timeout_s=8, min_awake_s=0, wake_timeout_s=120,
                               sim={"load_seconds": 0.5, "ttft_ms": 20, "itl_ms": 5})}
     gateway = {"keepalive_s": 1, "health_interval_s": 0.5, "provider_refresh_s": 1}
@@ -142,6 +144,7 @@ def fleet_hosts(postgres, catalog, tmp_path: Path):  # noqa: ANN001
         write_fleet_config(cloud.base_url, tiers, gateway=gateway, path=host.root / "spot.toml",
                            extra=store_section(url, tmp_path / "lake") + "[budget]\nenforce = false\n")
     a = hosts[0]
+    ok(a, "db", "migrate")  # one lake for the three hosts
     ok(a, "up", "demo")
     share_fleet_secrets(a, *hosts[1:])
     yield cloud, hosts
@@ -171,9 +174,9 @@ def test_three_hosts_waking_one_tier_at_once_restore_it_once(fleet_hosts) -> Non
     assert vm_status(cloud) == "ACTIVE"
 
 
-def start_gateway(host: Host) -> tuple[ServerProcess, str]:
+def start_gateway(host: Host, *args: str) -> tuple[ServerProcess, str]:
     port = free_port()
-    server = ServerProcess([str(SPOT), "serve", "--port", str(port)], env=host.env(),
+    server = ServerProcess([str(host.spot_path), "serve", "--port", str(port), *args], env=host.env(),
                            log_path=host.root / "gateway.log",
                            health_url=f"http://127.0.0.1:{port}/health").start()
     return server, f"http://127.0.0.1:{port}"
@@ -256,3 +259,33 @@ def test_fifty_requests_for_a_hibernated_tier_over_three_gateways_restore_it_onc
     finally:
         for server, _ in gateways:
             server.stop()
+
+
+def test_a_key_revoked_on_one_host_is_refused_by_another_hosts_gateway_within_5_s(  # noqa: ANN001
+        postgres, catalog, lake_venv, tmp_path: Path) -> None:
+    _, url = catalog
+    a, b = (Host(tmp_path / name, postgres.password, lake_venv.spot) for name in ("host-a", "host-b"))
+    for host in (a, b):
+        (host.root / "spot.toml").write_text(store_section(url, tmp_path / "lake") + "\n[budget]\nenforce = false\n")
+    ok(a, "db", "migrate")
+    server, gateway = start_gateway(b, "--upstream", "tiny-chat=http://127.0.0.1:9/v1")
+    try:
+        key = json.loads(ok(a, "keys", "create", "roaming", "--json").stdout)["key"]  # made on host A
+
+        def status() -> int:
+            return httpx.get(f"{gateway}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code
+
+        deadline = time.monotonic() + 5
+        while status() != 200:
+            assert time.monotonic() < deadline, "host B's gateway did not accept host A's new key within 5 s"
+            time.sleep(0.1)
+        ok(a, "keys", "revoke", "roaming")
+        deadline = time.monotonic() + 5
+        while (code := status()) == 200:
+            assert time.monotonic() < deadline, "host B's gateway still accepts the key 5 s after its revocation"
+            time.sleep(0.1)
+        assert code == 401
+        body = httpx.get(f"{gateway}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+        assert body["error"]["code"] == "invalid_api_key"
+    finally:
+        server.stop()

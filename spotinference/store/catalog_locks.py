@@ -55,7 +55,7 @@ def named_locks(settings: Settings, home: Path | None = None) -> NamedLocks:
     """The locks of this store: flocks in ``home`` (settings.home unless given) on a file store,
     catalog locks on a lake."""
     if settings.store.kind == "ducklake":
-        return CatalogLocks(settings.store)
+        return CatalogLocks.from_settings(settings.store)
     return FileLocks(home if home is not None else settings.home)
 
 
@@ -127,10 +127,14 @@ class CatalogLocks:
     """PostgreSQL advisory locks in the lake's catalog database: every host's processes exclude
     each other. One connection per held lock, closed (so the lock released) when it is left."""
 
-    def __init__(self, store: StoreSettings) -> None:
+    def __init__(self, catalog: str, password: str | None) -> None:
+        self.url = catalog  # without the password, which travels apart
+        self._password = password
+
+    @classmethod
+    def from_settings(cls, store: StoreSettings) -> CatalogLocks:
         assert store.catalog is not None  # the settings refuse a lake without its catalog
-        self.url = store.catalog
-        self._password = store.password.get_secret_value() if store.password is not None else None
+        return cls(store.catalog, store.password.get_secret_value() if store.password is not None else None)
 
     def _connect(self, name: str) -> Any:
         import psycopg  # only a lake store needs it (the `ducklake` extra)
