@@ -5,7 +5,10 @@ Two `spot sample` runs at once on two hosts: one samples, the other says it skip
 of one hibernated tier on three hosts at once: exactly one restore reaches the provider, and every
 wake ends with the tier serving. Two gateways on two hosts that both find a tier idle: it is
 hibernated once. Fifty requests for a hibernated tier spread over three gateways: one restore.
-Each case makes the provider slow where the race is, so it fails (two calls) without the lock. The emulator's ledger of API calls is the witness.
+Each case makes the provider slow where the race is, so it fails (two calls) without the lock.
+A key revoked on one host is refused by another's gateway within 5 s. 3,000 requests over three
+gateways, one killed -9 mid-way: a fourth host's `spot requests` and `spot cost` count every
+acknowledged request exactly once. The emulator's ledger of API calls is the witness.
 """
 
 from __future__ import annotations
@@ -289,3 +292,66 @@ def test_a_key_revoked_on_one_host_is_refused_by_another_hosts_gateway_within_5_
         assert body["error"]["code"] == "invalid_api_key"
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_3000_requests_over_three_gateways_one_killed_are_each_counted_once_on_a_fourth_host(  # noqa: ANN001
+        postgres, catalog, lake_venv, tmp_path: Path) -> None:
+    import asyncio
+    import signal
+
+    import openai
+
+    from tests.servers import start_sim_engine
+
+    _, url = catalog
+    engine, engine_url = start_sim_engine(tmp_path, extra=["--ttft-ms", "5", "--itl-ms", "1"])
+    hosts = [Host(tmp_path / f"host-{name}", postgres.password, lake_venv.spot) for name in "abcd"]
+    for host in hosts:
+        (host.root / "spot.toml").write_text(store_section(url, tmp_path / "lake") + "\n[budget]\nenforce = false\n")
+    a, b, c, d = hosts
+    ok(a, "db", "migrate")
+    key = json.loads(ok(a, "keys", "create", "drill", "--json").stdout)["key"]
+    gateways = [start_gateway(host, "--upstream", f"tiny-chat={engine_url}/v1") for host in (a, b, c)]
+    acked: dict[str, int] = {}  # request id → completion tokens, for every 200 a client got
+    served = [0, 0, 0]  # acknowledged per gateway
+    try:
+        async def drill() -> None:
+            clients = [openai.AsyncOpenAI(base_url=f"{gw}/v1", api_key=key, max_retries=0, timeout=60)
+                       for _, gw in gateways]
+            todo = iter(range(3000))
+
+            async def one_client(n: int) -> None:
+                for i in todo:
+                    if len(acked) >= 1000 and gateways[2][0].proc.poll() is None:
+                        os.killpg(gateways[2][0].proc.pid, signal.SIGKILL)  # host C dies, flusher and all
+                    try:
+                        raw = await clients[i % 3].chat.completions.with_raw_response.create(
+                            model="tiny-chat", messages=[{"role": "user", "content": f"hello {i}"}], max_tokens=4)
+                    except openai.APIConnectionError:
+                        continue  # host C is gone: not acknowledged, so not owed to the ledger
+                    acked[raw.headers["x-request-id"]] = raw.parse().usage.completion_tokens
+                    served[i % 3] += 1
+
+            try:
+                await asyncio.gather(*(one_client(n) for n in range(24)))
+            finally:
+                for client in clients:
+                    await client.close()
+
+        asyncio.run(drill())
+        assert gateways[2][0].proc.returncode == -signal.SIGKILL
+        assert len(acked) > 2000 and served[2] > 0, served  # host C served before it died
+        for server, _ in gateways[:2]:
+            server.stop()  # a clean stop flushes the rest of their spools
+        ok(c, "db", "flush")  # host C's spool outlived it: copied once, now
+        rows = json.loads(ok(d, "requests", "--last", "5000", "--json").stdout)  # a fourth host reads the lake
+        ids = [row["id"] for row in rows]
+        assert len(ids) == len(set(ids)), "a request was counted twice"
+        assert set(ids) == set(acked), (len(set(acked) - set(ids)), len(set(ids) - set(acked)))
+        cost = json.loads(ok(d, "cost", "--json").stdout)
+        assert cost["completion_tokens"] == sum(acked.values())  # the report counts each row once too
+    finally:
+        for server, _ in gateways:
+            server.stop()
+        engine.stop()
