@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, time as dtime
 from decimal import Decimal
@@ -27,6 +28,9 @@ from .store import Store
 
 KEY_PREFIX = "sk-spot-"
 VERSION_FILE = "keys.version"
+# On a lake store a key may be created or revoked on another host, whose version file this host
+# never sees: the ring reads the lake's keys this often instead (one small query per gateway).
+LAKE_KEYS_POLL_S = 2.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 
@@ -169,12 +173,14 @@ def live_keys(store: Store) -> tuple[dict[str, str], dict[str, KeySettings]]:
 
 
 class KeyRing:
-    """The gateway's view of live keys, reloaded when the version file changes."""
+    """The gateway's view of live keys, reloaded when the version file changes (and, on a lake
+    store, every LAKE_KEYS_POLL_S, for the keys other hosts change)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._version_path = store.home / VERSION_FILE
         self._seen_version: int | None = None
+        self._loaded_at = 0.0
         self._hashes: dict[str, str] = {}
         # key_id → settings, for the keys that have any: a key without is one failed dict lookup.
         self.settings: dict[str, KeySettings] = {}
@@ -185,9 +191,14 @@ class KeyRing:
             version = self._version_path.stat().st_mtime_ns
         except FileNotFoundError:
             version = 0
-        if not force and version == self._seen_version:
+        polled = self.store.lake is not None and time.monotonic() - self._loaded_at >= LAKE_KEYS_POLL_S
+        if not force and not polled and version == self._seen_version:
             return False
+        self._loaded_at = time.monotonic()
         hashes, settings = live_keys(self.store)
+        if not force and polled and version == self._seen_version and hashes == self._hashes \
+                and settings == self.settings:
+            return False  # nothing changed on any host
         # Settings first (this runs in a thread beside the serving loop): a new key is never
         # accepted before its limits are in place.
         self.settings = settings

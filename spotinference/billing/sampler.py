@@ -8,10 +8,11 @@ read gets a failed ``sample_runs`` row (``ok = false`` and the one-line error, w
 the API key) and none of its resources.
 
 Overlap (cron every minute while a slow run is still retrying): runs take a non-blocking
-``flock`` on ``$SPOT_HOME/sample.lock`` for their whole length. A run that finds it held writes
+``flock`` on ``$SPOT_HOME/sample.lock`` for their whole length (on a lake store, the same lock
+held in the catalog's PostgreSQL, so crons on several hosts exclude each other). A run that finds it held writes
 nothing and returns ``skipped``: the run in progress will record this minute (as ok or failed),
 so skipping neither double-writes nor hides a failure; if that run never records anything, the
-minute is a coverage gap, as it should be. The kernel drops the lock of a killed run.
+minute is a coverage gap, as it should be. The kernel (or PostgreSQL) drops the lock of a killed run.
 
 Times are ours, UTC: ``started_at`` before the provider call, ``sampled_at`` when the last
 provider's answer arrived (the provider gives no "as of"; one time for every account of the run,
@@ -20,19 +21,15 @@ so that they bound a report's window together), ``finished_at`` when the rows ar
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -43,6 +40,7 @@ from ..fleet.naming import parse_node_name
 from ..providers.base import BillingItem, Provider
 from ..providers.registry import open_provider
 from ..store import Store
+from ..store.catalog_locks import named_locks
 from . import anomalies
 from .runs import sampled_providers
 
@@ -198,7 +196,9 @@ def sample(
             hint="add a [providers.NAME] table to the config file",
         )
     began = time.perf_counter()
-    with _exclusive_run(store.home) as holder:
+    # One run at a time: an flock in home on a file store, a lock in the catalog on a lake
+    # (every host's cron), so two runs never double-sample.
+    with named_locks(settings, store.home).try_hold(LOCK_FILE) as holder:
         if holder is not None:
             return SampleRun((), time.perf_counter() - began, skipped=True,
                              skipped_because=f"another `spot sample` is in progress ({holder}); this run skipped")
@@ -378,34 +378,3 @@ def _refresh_rollup(store: Store, now: datetime) -> tuple[str, ...]:
         log.info("billing roll-up not refreshed: %s", exc)
         return (f"roll-up not refreshed: {' '.join(str(exc).split())}",)
     return ()
-
-
-# -- overlap ------------------------------------------------------------------------------------
-
-@contextmanager
-def _exclusive_run(home: Path) -> Iterator[str | None]:
-    """Yields None while this process holds the sample lock, else who holds it (no waiting)."""
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StoreError(
-            f"cannot open {home / LOCK_FILE}: {exc.strerror}",
-            hint="set SPOT_HOME (or `home` in the config) to a writable directory",
-        ) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-            yield holder or "holder unknown"
-            return
-        note = f"pid {os.getpid()}, since {datetime.now(UTC).isoformat(timespec='seconds')}".encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, note, 0)
-        try:
-            yield None
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)

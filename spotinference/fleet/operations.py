@@ -109,7 +109,7 @@ class Fleet:
                     ctx.records.own(provider=tier.provider, resource_type=resource_type, resource_id=resource_id,
                                     name=resource_name, tier=tier.name)
 
-                with tier_lock(ctx.settings.home, tier.name):
+                with tier_lock(ctx.settings, tier.name):
                     # Under the lock too: the tier's nodes share its key pair and volumes, and two
                     # threads that both look first and find nothing would both create them.
                     spec = prepare(ctx.settings, tier, provider, index, own)
@@ -136,7 +136,7 @@ class Fleet:
                         f"the restore of node {name} did not complete: the VM went back to {vm.status}",
                         provider=tier.provider, hint="no GPU capacity for this restore now: try later or a fallback tier",
                     )
-                with tier_lock(ctx.settings.home, tier.name):
+                with tier_lock(ctx.settings, tier.name):
                     # Single flight across processes: restore only a VM still HIBERNATED under the lock.
                     current = provider.get_vm(vm.provider_id)
                     if current is not None and current.phase is VmPhase.HIBERNATED:

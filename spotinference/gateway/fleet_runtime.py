@@ -25,6 +25,7 @@ from ..config import Settings
 from ..fleet.connect import engine_url
 from ..fleet.context import FleetContext
 from ..fleet.engine_keys import engine_key
+from ..fleet.locks import try_tier_lock
 from ..fleet.naming import PREFIX, parse_node_name
 from ..fleet.operations import Fleet
 from ..fleet.states import NodeState
@@ -198,6 +199,16 @@ class FleetRuntime:
         busy = values.get("vllm:num_requests_running", 0) + values.get("vllm:num_requests_waiting", 0) > 0
         tokens = values.get("vllm:generation_tokens_total", 0) + values.get("vllm:prompt_tokens_total", 0)
         return True, busy, tokens
+
+    def hibernate_once(self, tier: str, *, reason: str) -> str | None:
+        """Hibernate the tier under its lock (every host's gateways and `spot wake` share it on a
+        lake store), or, if another process holds it, nothing: returns who holds it. Held for the
+        whole hibernation, so no other gateway decides it again and no wake restores a VM that is
+        still going to sleep."""
+        with try_tier_lock(self.settings, tier) as held_by:
+            if held_by is None:
+                self.fleet.down(tier, reason=reason)
+            return held_by
 
     def hibernate_all(self, reason: str) -> None:
         """Hibernate every tier that has VMs running (the budget is spent: refusing requests

@@ -313,7 +313,13 @@ class TierController:
     async def _hibernate(self, reason: str) -> None:
         started = self.clock()
         try:
-            await self.runtime.call(self.runtime.fleet.down, self.tier.name, reason=f"gateway: {reason}")
+            held_by = await self.runtime.call(self.runtime.hibernate_once, self.tier.name, reason=f"gateway: {reason}")
+            if held_by is not None:
+                # Another process (on a lake store, maybe another host) is waking or hibernating
+                # this tier right now: its decision stands; the refresh below shows the outcome.
+                log.info("hibernate skipped: tier %s, another process has the tier (%s)", self.tier.name, held_by,
+                         extra=fields(event="hibernate_skipped", tier=self.tier.name, why=held_by))
+                return
             took_s = round(self.clock() - started, 1)
             log.info("hibernated: tier %s in %.1f s (%s)", self.tier.name, took_s, reason,
                      extra=fields(event="hibernated", tier=self.tier.name, why=reason, hibernate_s=took_s))

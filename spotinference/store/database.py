@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from ..config.models import Settings
 
 DATABASE_FILE = "spot.duckdb"
+# The lake's one-writer lock, held in its catalog (store.catalog_locks): named as the file lock is.
+WRITER_LOCK = "spot.duckdb.lock"
 SPOOL_DIR = "spool"
 # Tables whose rows may arrive through spool files.
 SPOOLED_TABLES = frozenset({"requests"})
@@ -96,15 +98,20 @@ class Store:
             ) from None
 
     def _exclusive(self) -> AbstractContextManager[object]:
-        # A lake needs no flock: its catalog is transactional and DuckLake retries conflicts.
-        return self.lock.exclusive() if self.lake is None else nullcontext()
+        if self.lake is None:
+            return self.lock.exclusive()
+        # One writer at a time on a lake too, across hosts (a lock in the catalog): DuckLake does
+        # not retry every conflict (two hosts rewriting one table's inlined rows fail to commit).
+        from .catalog_locks import CatalogLocks
+
+        return CatalogLocks(self.lake.catalog, self.lake.password).hold(WRITER_LOCK, timeout_s=self.lock.timeout_s)
 
     def _shared(self) -> AbstractContextManager[object]:
         return self.lock.shared() if self.lake is None else nullcontext()
 
     def migration_guard(self) -> AbstractContextManager[object]:
-        """Held while migrations are applied. On a lake, a lock held in the catalog belongs here so
-        two hosts never migrate at once (issue 20's cross-host locks); until then, a no-op."""
+        """Held while migrations are applied: on a lake, the writer lock in the catalog, so two
+        hosts never migrate at once."""
         return self._exclusive()
 
     def _failed(self, exc: BaseException) -> None:
