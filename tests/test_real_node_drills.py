@@ -217,3 +217,50 @@ def test_a_node_rebooted_from_inside_boots_again_mounts_its_volume_and_serves_wi
     wait_for(lambda: drill.gateway.tier("demo")["state"] == "serving", 300, "the gateway to serve again")
     reply = chat(drill.gateway.url, drill.gateway.key, "after the reboot")
     assert reply.usage.completion_tokens == MAX_TOKENS and reply.choices[0].message.content
+
+
+
+CRASH_LOOP_BOUND_S = 600  # generous (vLLM's start-up, three times, on 2 shared cores); `spot up` waits 3600 s
+
+
+def test_a_crash_looping_engine_stops_spot_up_early_with_one_line_and_the_node_left_for_inspection(
+    drill: Served, tmp_path: Path,
+) -> None:
+    from spotinference.fleet.operations import UP_DEADLINE_S
+
+    assert CRASH_LOOP_BOUND_S < UP_DEADLINE_S / 2
+    config = Path("spot.toml")
+    good = config.read_text()
+    bad_flag = "--no-such-vllm-flag"
+    assert '"--enforce-eager"]' in good
+    try:
+        # vLLM refuses an argument it does not know and exits; systemd restarts it every RestartSec, for ever
+        config.write_text(good.replace('"--enforce-eager"]', f'"--enforce-eager", "{bad_flag}"]'))
+        started = time.monotonic()
+        result = spot("up", "demo", timeout_s=CRASH_LOOP_BOUND_S + 120)
+        took_s = time.monotonic() - started
+        print(f"\nspot up on a crash-looping engine returned in {took_s:.0f} s: {result.stderr.strip()[-600:]}")
+        assert result.returncode == 7, result.stdout + result.stderr
+        assert took_s < CRASH_LOOP_BOUND_S, f"spot up took {took_s:.0f} s to notice the crash loop"
+        [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.stderr.strip().splitlines()[-1] == line
+        assert f"node {NODE}:" in line and "engine unit spot-engine is crash-looping" in line, line
+        assert "(systemd: " in line and "restarts" in line, line
+        assert bad_flag in line, line  # the gist: vLLM's own complaint
+        assert f"spot logs {NODE}" in line, line
+
+        # left for inspection: the node runs, the unit still restarting, its journal readable
+        assert RealNode.open(drill.node_dir).is_running()
+        assert on_node("systemctl", "show", "-p", "Restart", "--value", "spot-engine").strip() == "on-failure"
+        journal = spot_ok("logs", NODE, "--lines", "400", timeout_s=120).stdout
+        assert bad_flag in journal, journal[-3000:]
+        status = spot("status", timeout_s=120)
+        assert NODE in status.stdout and "failed" in status.stdout, status.stdout + status.stderr
+    finally:
+        config.write_text(good)
+    # fixed, `spot up` brings it back
+    again = spot_ok("up", "demo")
+    assert "restarted spot-engine" in again.stdout + again.stderr, again.stdout + again.stderr
+    wait_for(lambda: drill.gateway.tier("demo")["state"] == "serving", 300, "the gateway to serve again")
+    reply = chat(drill.gateway.url, drill.gateway.key, "after the fix")
+    assert reply.usage.completion_tokens == MAX_TOKENS and reply.choices[0].message.content
