@@ -21,7 +21,7 @@ from .transport import Transport
 CRASH_LOOP_RESTARTS = 2
 GIST_LINES = 2
 GIST_LINE_CHARS = 200
-_ERRORISH = re.compile(r"error|exception|traceback|no such file|not found|denied|invalid|fatal|killed", re.I)
+_ERRORISH = re.compile(r"error|exception|no such file|not found|denied|invalid|fatal|killed", re.I)
 
 
 class EngineUnitFailedError(NodeError):
