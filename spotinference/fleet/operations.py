@@ -196,7 +196,7 @@ class Fleet:
                     watch = steps.engine_watch = EngineWatch(transport, started_by_us=started_by_us)
                 watch.transport = transport
                 watch.check()
-        except EngineUnitFailedError as exc:
+        except EngineUnitFailedError:
             steps.note(vm, NodeState.FAILED, f"{reason}: engine unit failing", message=None)
             raise
         except NodeError:
