@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.sshd"]
+# tests.real_node_fleet: the session's shared real node (real_node_image, real_fleet,
+# real_node_served), one fixture instance for every real-node module, which importing it into
+# each module would not give.
+pytest_plugins = ["tests.sshd", "tests.real_node_fleet"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SPOT = Path(sys.executable).with_name("spot")
-# The session's shared real node (real_node_image, real_fleet, served): one fixture instance for
-# every real-node module, which importing it into each module would not give.
-pytest_plugins = ["tests.real_node_fleet"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
