@@ -10,10 +10,23 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.sshd"]
+# tests.real_node_fleet: the session's shared real node (real_node_image, real_fleet,
+# real_node_served), one fixture instance for every real-node module, which importing it into
+# each module would not give.
+pytest_plugins = ["tests.sshd", "tests.real_node_fleet"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SPOT = Path(sys.executable).with_name("spot")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked ``last("fixture")`` ends what the tests using that fixture share (the shared
+    real node, which it terminates): it runs right after the last of them, not at the session's end."""
+    for item in [item for item in items if item.get_closest_marker("last")]:
+        fixture = item.get_closest_marker("last").args[0]
+        items.remove(item)
+        users = [i for i, other in enumerate(items) if fixture in getattr(other, "fixturenames", ())]
+        items.insert(users[-1] + 1 if users else len(items), item)
 
 
 def pytest_configure(config: pytest.Config) -> None:

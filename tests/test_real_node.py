@@ -25,10 +25,8 @@ import pytest
 from spotinference.sim.cloud import catalog
 from spotinference.sim.cloud.billing import per_minute_usd, usd_of
 from spotinference.sim.realnode import RealNode, RealNodeError, RealNodeSpec
-from spotinference.sim.realnode.image import ensure_image
 from spotinference.sim.realnode.network import SLOTS_DIR
 from tests.sshd import keygen
-from tests.system_packages import ensure_program
 from tests.conftest import run_spot
 from tests.servers import start_sim_cloud
 from tests.test_sim_cloud import KEY, Sim
@@ -40,21 +38,6 @@ SSH_WAIT_S = 120.0  # generous: a boot takes about a second here, but the machin
 
 
 # -- the machine, the image, a key -------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def real_node_image() -> Path:
-    """The cached bookworm image (built on first use: ~1-3 min); the programs installed first."""
-    for program, package in (("debootstrap", "debootstrap"), ("systemd-nspawn", "systemd-container")):
-        ensure_program(program, package, required=True)
-    started = time.monotonic()
-    try:
-        image = ensure_image()
-    except RealNodeError as exc:
-        pytest.fail(f"the real-node image could not be built on this machine: {exc}", pytrace=False)
-    print(f"\nreal-node image: {'built in %.1f s' % image.built_in_s if image.built_in_s else 'cached'} "
-          f"({time.monotonic() - started:.1f} s)")
-    return image.root
-
 
 @pytest.fixture(scope="module")
 def key(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -1,19 +1,20 @@
 """Lifecycle drills on a real node (issue 18, item 4): what happens to a served tier when something
-breaks inside its node. One node for the module: `spot up` on `spot sim cloud --real-nodes` (the
-production bootstrap, as in test_real_node_e2e.py), a gateway, then each drill in turn.
+breaks inside its node. The session's shared node (tests/real_node_fleet.py: `spot up` on `spot sim
+cloud --real-nodes`, the production bootstrap, and a gateway), shared with test_real_node_e2e.py;
+each drill in turn, each leaving it serving.
 
 Drills: vLLM killed with SIGKILL (systemd's Restart=on-failure brings it back; the gateway holds a
 request through the gap), a wake whose node boots without sshd for 20 s (`spot wake` waits and says
 "waiting for SSH"), a reboot from inside the node (`spot ssh NODE -- sudo systemctl reboot`: the node
-boots again, the volume is mounted, the unit starts, vLLM is not reinstalled). The volume-full drill
-is not here yet.
-
-Measured here (2 cores, shared, caches warm): 3 min 20 s for the module: the fixture (node, `spot up`
-with pip from the wheelhouse, gateway) 100 s, the drills 36 s, 27 s and 26 s, the teardown 9 s.
+boots again, the volume is mounted, the unit starts, vLLM is not reinstalled), the weights volume
+full (the engine serving keeps serving; the bootstrap's model upload fails in one line naming the
+device, the mount point, the space needed and free, copies nothing half, and completes once space
+is freed), a crash-looping engine (a bad vLLM flag: `spot up` stops early, exit 7, one line).
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -21,76 +22,22 @@ from pathlib import Path
 import openai
 import pytest
 
+from spotinference.fleet.operations import UP_DEADLINE_S
 from spotinference.sim.realnode import RealNode
-from tests.engines.real_vllm import build_tiny_model, ensure_vllm_installed
-from tests.sshd import keygen
-from tests.test_fleet import Cloud
-from tests.test_real_node import real_node_image  # noqa: F401 - the session's cached image
-from tests.test_real_node_e2e import (CLOUD_FLAGS, MAX_TOKENS, NODE, SPOT_TIMEOUT_S, chat,
-                                      copy_model_when_mounted, on_node, spot, spot_ok, wheelhouse_url, write_config)
-from tests.servers import start_sim_cloud
-from tests.test_scale_to_zero import start_gateway, wait_for
+from tests.engines.real_vllm import build_tiny_model
+from tests.real_node_fleet import MAX_TOKENS, NODE, NODE_MODEL_DIR, SPOT_TIMEOUT_S, RealFleet, chat, on_node, spot, spot_ok
+from tests.test_scale_to_zero import wait_for
 
 pytestmark = pytest.mark.slow
 
-__all__ = ["wheelhouse_url"]  # the module-scoped wheelhouse fixture, shared with the e2e module
-
-
-class Served:
-    def __init__(self, home: Path, gateway, node_dir: Path) -> None:  # noqa: ANN001
-        self.home, self.gateway, self.node_dir = home, gateway, node_dir
-
-
-@pytest.fixture(scope="module")
-def served(real_node_image: Path, wheelhouse_url: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
-    """A real node after `spot up`, serving through `spot serve`; terminated at the end."""
-    workdir = tmp_path_factory.mktemp("drills")
-    home = workdir / "home"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("SPOT_HOME", str(home))
-        (workdir / "work").mkdir()
-        env.chdir(workdir / "work")  # ./spot.toml is the module's fleet config
-        ensure_vllm_installed()
-        model_dir = build_tiny_model()
-        key = keygen(workdir / "id_ed25519")
-        server, root = start_sim_cloud(workdir / "cloud", *CLOUD_FLAGS)
-        cloud = Cloud(f"{root}/v1", server)
-        write_config(cloud.base_url, key, wheelhouse_url)
-        nodes_dir = workdir / "cloud" / "sim-cloud" / "nodes"
-        gateway = None
-        try:
-            up: dict = {}
-            runner = threading.Thread(target=lambda: up.setdefault("result", spot("up", "demo")), daemon=True)
-            runner.start()
-            wait_for(lambda: any(nodes_dir.glob("*/node.json")) or not runner.is_alive(), 120, "the VM's node")
-            node_dir = next(nodes_dir.glob("*/node.json")).parent
-            copy: dict = {}
-            stop = threading.Event()
-            threading.Thread(target=copy_model_when_mounted, args=(node_dir, model_dir, copy, stop), daemon=True).start()
-            runner.join(SPOT_TIMEOUT_S)
-            stop.set()
-            result = up.get("result")
-            assert result is not None and result.returncode == 0, f"spot up failed: {result and result.stderr[-3000:]}"
-            gateway = start_gateway(workdir, home)
-            wait_for(lambda: gateway.tier("demo")["state"] == "serving", 60, "the gateway to route to the node")
-            yield Served(home, gateway, node_dir)
-        finally:
-            if gateway is not None:
-                gateway.server.stop()
-            spot("down", "demo", "--terminate", "--yes", timeout_s=300)
-            server.stop()
-            for leftover in nodes_dir.glob("*/node.json"):  # a failed drill must not leave a node running
-                RealNode.open(leftover.parent).delete()
-
 
 @pytest.fixture
-def drill(served: Served, monkeypatch: pytest.MonkeyPatch) -> Served:
-    monkeypatch.setenv("SPOT_HOME", str(served.home))  # the module's fleet, not this test's fresh home
-    monkeypatch.chdir(served.home.parent / "work")
-    return served
+def drill(real_node_served: RealFleet) -> RealFleet:
+    """The session's shared real node, serving (tests/real_node_fleet.py); each drill leaves it serving."""
+    return real_node_served
 
 
-def test_an_engine_killed_with_sigkill_is_restarted_by_systemd_and_the_gateway_bridges_the_gap(drill: Served) -> None:
+def test_an_engine_killed_with_sigkill_is_restarted_by_systemd_and_the_gateway_bridges_the_gap(drill: RealFleet) -> None:
     gateway = drill.gateway
     first_pid = on_node("systemctl", "show", "-p", "MainPID", "--value", "spot-engine").strip()
     assert first_pid not in ("", "0")
@@ -160,7 +107,7 @@ def test_an_engine_killed_with_sigkill_is_restarted_by_systemd_and_the_gateway_b
     assert any(state != "serving" for state in seen), f"the gateway never saw the engine's gap: {seen}"
 
 
-def test_a_wake_whose_node_boots_without_sshd_waits_for_it_and_says_so(drill: Served) -> None:
+def test_a_wake_whose_node_boots_without_sshd_waits_for_it_and_says_so(drill: RealFleet) -> None:
     spot_ok("hibernate", "demo")
     wait_for(lambda: not RealNode.open(drill.node_dir).is_running(), 120, "the node to power off")
     # sshd will not start on the next boot (masked on the powered-off node's disk)
@@ -195,7 +142,7 @@ def test_a_wake_whose_node_boots_without_sshd_waits_for_it_and_says_so(drill: Se
     assert reply.usage.completion_tokens == MAX_TOKENS and reply.choices[0].message.content
 
 
-def test_a_node_rebooted_from_inside_boots_again_mounts_its_volume_and_serves_without_reinstalling(drill: Served) -> None:
+def test_a_node_rebooted_from_inside_boots_again_mounts_its_volume_and_serves_without_reinstalling(drill: RealFleet) -> None:
     marker = "/opt/spot/vllm/.spot-installed"
     installed_at = on_node("stat", "-c", "%Y", marker).strip()
     boot_id = on_node("cat", "/proc/sys/kernel/random/boot_id").strip()
@@ -216,4 +163,111 @@ def test_a_node_rebooted_from_inside_boots_again_mounts_its_volume_and_serves_wi
 
     wait_for(lambda: drill.gateway.tier("demo")["state"] == "serving", 300, "the gateway to serve again")
     reply = chat(drill.gateway.url, drill.gateway.key, "after the reboot")
+    assert reply.usage.completion_tokens == MAX_TOKENS and reply.choices[0].message.content
+
+
+
+def free_bytes_on_volume(node: RealNode) -> int:
+    return int(node.run_inside(["df", "-P", "-B1", "/mnt/weights"]).splitlines()[-1].split()[3])
+
+
+def test_a_full_weights_volume_fails_the_model_upload_in_one_line_leaves_no_half_copy_and_a_rerun_completes(
+    drill: RealFleet,
+) -> None:
+    node = RealNode.open(drill.node_dir)
+    model_dir = build_tiny_model()
+    engine_pid = on_node("systemctl", "show", "-p", "MainPID", "--value", "spot-engine").strip()
+    config = Path("spot.toml")
+    good = config.read_text()
+    uploaded = "/mnt/weights/models/tiny-chat-uploaded"
+    assert f'model = "{NODE_MODEL_DIR}"' in good
+    try:
+        # the volume fills (another model, the engine's caches): 1 MiB left, the model needs ~3
+        node.run_inside(["fallocate", "-l", str(free_bytes_on_volume(node) - 2**20), "/mnt/weights/filler"])
+        free = free_bytes_on_volume(node)
+        assert free < 2 * 2**20
+
+        # the engine already serving keeps serving: its weights are loaded, it writes nothing it needs
+        reply = chat(drill.gateway.url, drill.gateway.key, "on a full volume")
+        assert reply.usage.completion_tokens == MAX_TOKENS and reply.choices[0].message.content
+
+        # the bootstrap uploading a model onto it: one line, nothing half-copied, the engine untouched
+        config.write_text(good.replace(f'model = "{NODE_MODEL_DIR}"',
+                                       f'model = "{uploaded}"\nmodel_upload = "{model_dir}"'))
+        result = spot("up", "demo")
+        assert result.returncode == 7, result.stdout + result.stderr
+        [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.stderr.strip().splitlines()[-1] == line
+        assert f"node {NODE}: weights volume /dev/vdb at /mnt/weights is full: uploading the model to {uploaded} needs " \
+               in line, line
+        needed = float(line.split(" needs ")[1].split(" MiB")[0])
+        said_free = float(line.split(", ")[-1].split(" MiB free")[0])
+        assert needed >= 2.8 and said_free < 2 and abs(said_free - free / 2**20) < 0.5, line
+        assert on_node("ls", "-a", "/mnt/weights/models").split() == [".", "..", "tiny-chat"]  # no partial copy
+        assert on_node("systemctl", "show", "-p", "MainPID", "--value", "spot-engine").strip() == engine_pid
+        reply = chat(drill.gateway.url, drill.gateway.key, "still serving")
+        assert reply.usage.completion_tokens == MAX_TOKENS
+
+        # space freed: the same command completes, and the engine serves the uploaded copy
+        node.run_inside(["rm", "/mnt/weights/filler"])
+        again = spot_ok("up", "demo")
+        said = again.stdout + again.stderr
+        assert "uploading the model (" in said and "restarted spot-engine" in said, said
+        assert on_node("sha256sum", f"{uploaded}/model.safetensors").split()[0] == \
+            hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+        assert sorted(on_node("ls", "-a", "/mnt/weights/models").split()) == [".", "..", "tiny-chat", "tiny-chat-uploaded"]
+        assert f"--model {uploaded}" in on_node("cat", "/opt/spot/run-engine.sh")
+        wait_for(lambda: drill.gateway.tier("demo")["state"] == "serving", 300, "the gateway to serve again")
+        reply = chat(drill.gateway.url, drill.gateway.key, "from the uploaded copy")
+        assert reply.usage.completion_tokens == MAX_TOKENS and reply.choices[0].message.content
+        # a third run uploads nothing
+        third = spot_ok("up", "demo")
+        assert "uploading" not in third.stdout + third.stderr and "already serving" in third.stdout + third.stderr
+    finally:
+        config.write_text(good)
+        node.run_inside(["rm", "-f", "/mnt/weights/filler"])
+    spot_ok("up", "demo")  # back to the module's model for the drills after this one
+    wait_for(lambda: drill.gateway.tier("demo")["state"] == "serving", 300, "the gateway to serve again")
+
+CRASH_LOOP_BOUND_S = 600  # generous (vLLM's start-up, three times, on 2 shared cores); `spot up` waits 3600 s
+
+
+def test_a_crash_looping_engine_stops_spot_up_early_with_one_line_and_the_node_left_for_inspection(
+    drill: RealFleet,
+) -> None:
+    assert CRASH_LOOP_BOUND_S < UP_DEADLINE_S / 2
+    config = Path("spot.toml")
+    good = config.read_text()
+    bad_flag = "--no-such-vllm-flag"
+    assert '"--enforce-eager"]' in good
+    try:
+        # vLLM refuses an argument it does not know and exits; systemd restarts it every RestartSec, for ever
+        config.write_text(good.replace('"--enforce-eager"]', f'"--enforce-eager", "{bad_flag}"]'))
+        started = time.monotonic()
+        result = spot("up", "demo", timeout_s=CRASH_LOOP_BOUND_S + 120)
+        took_s = time.monotonic() - started
+        print(f"\nspot up on a crash-looping engine returned in {took_s:.0f} s: {result.stderr.strip()[-600:]}")
+        assert result.returncode == 7, result.stdout + result.stderr
+        assert took_s < CRASH_LOOP_BOUND_S, f"spot up took {took_s:.0f} s to notice the crash loop"
+        [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.stderr.strip().splitlines()[-1] == line
+        assert f"node {NODE}:" in line and "engine unit spot-engine is crash-looping" in line, line
+        assert "(systemd: " in line and "restarts" in line, line
+        assert bad_flag in line, line  # the gist: vLLM's own complaint
+        assert f"spot logs {NODE}" in line, line
+
+        # left for inspection: the node runs, the unit still restarting, its journal readable
+        assert RealNode.open(drill.node_dir).is_running()
+        assert on_node("systemctl", "show", "-p", "Restart", "--value", "spot-engine").strip() == "on-failure"
+        journal = spot_ok("logs", NODE, "--lines", "400", timeout_s=120).stdout
+        assert bad_flag in journal, journal[-3000:]
+        status = spot("status", timeout_s=120)
+        assert NODE in status.stdout and "failed" in status.stdout, status.stdout + status.stderr
+    finally:
+        config.write_text(good)
+    # fixed, `spot up` brings it back
+    again = spot_ok("up", "demo")
+    assert "restarted spot-engine" in again.stdout + again.stderr, again.stdout + again.stderr
+    wait_for(lambda: drill.gateway.tier("demo")["state"] == "serving", 300, "the gateway to serve again")
+    reply = chat(drill.gateway.url, drill.gateway.key, "after the fix")
     assert reply.usage.completion_tokens == MAX_TOKENS and reply.choices[0].message.content

@@ -352,6 +352,10 @@ class Tier(_Section):
     # The device the attached weights volume appears as on the node (Hyperstack's VMs are
     # KVM guests: the boot disk is virtio /dev/vda, the first attached volume /dev/vdb).
     weights_device: Annotated[str, Field(pattern=r"^/dev/[A-Za-z0-9/_.-]+$")] = "/dev/vdb"
+    # A directory on the machine running spot whose files the bootstrap uploads (over SSH) to
+    # ``model``, a path on the weights volume, once: a copy under a temporary name, renamed when
+    # complete. None: the weights are there already, or vLLM downloads a hub id itself.
+    model_upload: Path | None = None
     # Idle tiers and `spot down` hibernate (only storage bills). Flavors labelled
     # `no-hibernation` are refused for such tiers; set false to run them, then only
     # `spot down --terminate` stops their bill.
@@ -373,6 +377,13 @@ class Tier(_Section):
     def model_name(self) -> str:
         """The name clients put in a request's ``model``."""
         return self.served_model_name or self.model
+
+    @model_validator(mode="after")
+    def _model_upload_target(self) -> Tier:
+        if self.model_upload is not None and not (self.weights_volume and self.model.startswith("/mnt/weights/")):
+            raise ValueError(f"model_upload needs a weights_volume and a model path under /mnt/weights/ to upload to "
+                             f"(model is {self.model!r})")
+        return self
 
     @model_validator(mode="after")
     def _node_bounds(self) -> Tier:

@@ -13,6 +13,7 @@ from ..config import Tier
 from ..errors import InputError, SpotError
 from ..nodes.bootstrap import Bootstrap
 from ..nodes.engine_unit import EnginePlan
+from ..nodes.engine_watch import EngineUnitFailedError, EngineWatch
 from ..nodes.errors import NodeError, NodeUnreachableError
 from ..nodes.transport import Transport
 from ..providers import InsufficientCapacityError, Provider, Vm, VmPhase
@@ -33,6 +34,8 @@ SSH_BOOT_WAIT_S = 300.0
 #: gives up after a few seconds (a command that cannot start should say so at once), but a
 #: restart of the provider's API must not abort a wake or a create already in progress.
 OUTAGE_GRACE_S = 30.0
+#: while waiting for /health, how often systemd is asked how the engine unit is doing (over SSH)
+UNIT_CHECK_EVERY_S = 5.0
 
 
 class FleetTimeoutError(SpotError):
@@ -103,6 +106,7 @@ class Fleet:
             steps.note(vm, state, f"{reason}: found", message=f"found {state.value}")
         was_serving = state is NodeState.SERVING
         recreated = bootstrapped = engine_started = restore_called = restore_seen = False
+        unit_checked_at: float | None = None
         while True:
             if vm is None:
                 def own(resource_type: str, resource_id: str, resource_name: str | None) -> None:
@@ -160,6 +164,10 @@ class Fleet:
                     else:
                         steps.note(vm, NodeState.SERVING, f"{reason}: engine healthy")
                     return name
+                if layout_for(vm).supervisor == "systemd" and (
+                        unit_checked_at is None or steps.elapsed_s - unit_checked_at >= UNIT_CHECK_EVERY_S):
+                    unit_checked_at = steps.elapsed_s
+                    self._check_engine_unit(tier, vm, steps, reason, started_by_us=engine_started)
                 steps.say(f"{state.value}: the engine is loading (waiting for its /health)", state, vm)
             else:
                 steps.say(_waiting_for(vm), state, vm)
@@ -177,6 +185,22 @@ class Fleet:
                 last = ctx.records.nodes().get(name)
                 state = node_state(vm, engine_healthy=False, last_state=last.state if last else None)
                 steps.note(vm, state, reason, message=_waiting_for(vm))
+
+    def _check_engine_unit(self, tier: Tier, vm: Vm, steps: _NodeSteps, reason: str, *, started_by_us: bool) -> None:
+        """Stop waiting for /health once systemd says the engine unit crash-loops or stopped;
+        the node is left running as it is, for `spot logs` and `spot ssh`."""
+        watch = steps.engine_watch
+        try:
+            with self.ctx.transport(vm, tier) as transport:
+                if watch is None:
+                    watch = steps.engine_watch = EngineWatch(transport, started_by_us=started_by_us)
+                watch.transport = transport
+                watch.check()
+        except EngineUnitFailedError:
+            steps.note(vm, NodeState.FAILED, f"{reason}: engine unit failing", message=None)
+            raise
+        except NodeError:
+            pass  # SSH hiccup (a reboot, sshd restarting): /health and the deadline still decide
 
     def _bootstrap(self, tier: Tier, provider: Provider, vm: Vm, steps: _NodeSteps, reason: str, *,
                    was_serving: bool, deadline_s: float) -> bool:
@@ -339,6 +363,7 @@ class _NodeSteps:
     def __init__(self, ctx: FleetContext, tier: Tier, name: str) -> None:
         self.ctx, self.tier, self.name = ctx, tier, name
         self.started = ctx.monotonic()
+        self.engine_watch: EngineWatch | None = None  # the engine unit's restart count, once asked
         self._last: tuple[str, NodeState | None, str | None] | None = None
 
     @property

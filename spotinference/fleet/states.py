@@ -49,4 +49,6 @@ def node_state(vm: Vm | None, *, engine_healthy: bool, last_state: NodeState | N
         return NodeState.SERVING
     if last_state in (NodeState.WAKING, NodeState.HIBERNATED):
         return NodeState.WAKING
+    if last_state is NodeState.FAILED:
+        return NodeState.FAILED  # its engine unit failed (crash loop): so until it answers or is bootstrapped again
     return NodeState.BOOTSTRAPPING

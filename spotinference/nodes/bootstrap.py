@@ -2,7 +2,8 @@
 
 Steps, each a no-op when already done: prepare directories (and, on a real VM, mount the weights
 volume), install vLLM at the tier's pinned version (unless the tier names its own ``vllm.executable``
-or ``vllm.command``, which is only checked), write the engine's files, enable and
+or ``vllm.command``, which is only checked), upload the tier's ``model_upload`` onto the volume
+(model_upload.py), write the engine's files, enable and
 (re)start the engine. Running it twice changes nothing and restarts nothing; a changed plan
 (another model, port or vLLM version) rewrites the files and restarts the engine once.
 Waiting for ``/health`` is the fleet's job (over HTTP, from where the gateway runs).
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 from ..config import VllmSettings
 from .engine_unit import UNIT_NAME, EnginePlan
 from .errors import NodeError
+from .model_upload import ModelUpload
 from .transport import Transport
 
 INSTALL_TIMEOUT_S = 1800.0  # pip install vllm: minutes on a fresh VM
@@ -88,9 +90,10 @@ class Bootstrap:
         result = BootstrapResult()
         self._prepare(result)
         installed = self._install(result)
+        uploaded = self._upload_model(result)
         files_changed = self._write_files(result)
-        # A new vLLM under an engine that runs the old one: restart it once, as for new files.
-        self._start(result, restart=files_changed or installed)
+        # A new vLLM (or new weights) under an engine that runs the old: restart it once, as for new files.
+        self._start(result, restart=files_changed or installed or uploaded)
         return result
 
     # -- steps -------------------------------------------------------------------------------
@@ -156,6 +159,20 @@ class Bootstrap:
         steps.append(f"printf '%s\\n' {shlex.quote(spec)} > {marker}")
         self.transport.run(" && ".join(steps), timeout_s=INSTALL_TIMEOUT_S)
         result.changed.append(f"installed {tier.vllm.package} {tier.vllm.version}")
+        return True
+
+    def _upload_model(self, result: BootstrapResult) -> bool:
+        """Whether the tier's ``model_upload`` was copied onto the volume (else it was there)."""
+        tier, layout = self.plan.tier, self.layout
+        if tier.model_upload is None:
+            return False
+        target = layout.path(tier.model.lstrip("/"))
+        upload = ModelUpload(self.transport, source=tier.model_upload, target=target, weights_dir=layout.weights_dir,
+                             device=tier.weights_device, as_root=layout.supervisor == "systemd",
+                             progress=self._progress)
+        if not upload.run():
+            return False
+        result.changed.append(f"uploaded the model to {target}")
         return True
 
     def _write_files(self, result: BootstrapResult) -> bool:

@@ -173,6 +173,24 @@ class SshTransport(Transport):
         finally:
             sftp.close()
 
+    def put_local_file(self, path: str, local: Path, *, mode: int = 0o644) -> None:
+        directory, name = posixpath.split(path)
+        self.run(f"mkdir -p -- {shlex.quote(directory or '/')}")
+        tmp = posixpath.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        sftp = self._sftp()
+        try:
+            sftp.put(str(local), tmp, confirm=True)  # streamed in chunks; confirm: the size is checked
+            sftp.chmod(tmp, mode)
+            sftp.posix_rename(tmp, path)
+        except (OSError, paramiko.SSHException) as exc:
+            try:
+                sftp.remove(tmp)
+            except (OSError, paramiko.SSHException):
+                pass
+            raise self._file_error("write", path, exc) from exc
+        finally:
+            sftp.close()
+
     def read_file(self, path: str) -> bytes | None:
         sftp = self._sftp()
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import NodeCommandError
 
@@ -46,6 +47,11 @@ class Transport(ABC):
     def put_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         """Write ``data`` to ``path`` atomically (a temporary file renamed over it), creating
         parent directories."""
+
+    def put_local_file(self, path: str, local: Path, *, mode: int = 0o644) -> None:
+        """Copy the file ``local`` (on this machine) to ``path``, as put_file does. Transports that
+        can stream (SSH) override this, so a model's multi-GB shards never sit in memory."""
+        self.put_file(path, local.read_bytes(), mode=mode)
 
     @abstractmethod
     def read_file(self, path: str) -> bytes | None:

@@ -103,8 +103,8 @@ def real_node_wakes(runs: int) -> None:
     from tests.engines.real_vllm import REQUIREMENTS, build_tiny_model, ensure_vllm_installed
     from tests.servers import ServerProcess, clean_env, free_port
     from tests.sshd import keygen
-    from tests.test_real_node_e2e import (CLOUD_FLAGS, MODEL, address_nodes_reach, copy_model_when_mounted,
-                                          write_config)
+    from tests.real_node_fleet import (CLOUD_FLAGS, MODEL, address_nodes_reach, copy_model_when_mounted,
+                                       write_config)
     from tests.test_scale_to_zero import start_gateway, wait_for
 
     work = Path(tempfile.mkdtemp(prefix="spot-wake-real-"))
