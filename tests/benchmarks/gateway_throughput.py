@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.benchmarks.gateway_throughput [--engine-url URL] [--rounds 2] [--levels 16,64]
     .venv/bin/python -m tests.benchmarks.gateway_throughput --quick      # a smoke test: small, one round
+    .venv/bin/python -m tests.benchmarks.gateway_throughput --levels 64 --baseline main   # before/after in one run
 
 Runs `vllm bench serve` (installed in the CPU vLLM environment; random dataset, 32 input / 64
 output tokens, --ignore-eos, 256 prompts) at each --max-concurrency level against:
@@ -10,15 +11,17 @@ output tokens, --ignore-eos, 256 prompts) at each --max-concurrency level agains
 * ``direct+cus``: the same, the client asking for ``continuous_usage_stats`` as the gateway does
   (``--extra-body``), so the engine-side cost of asking for usage on every chunk is a number;
 * ``gateway``: ``spot serve`` in front of that vLLM;
-* ``nginx``: nginx as a plain reverse proxy (buffering off), the floor of any proxy, if installed.
+* ``nginx``: nginx as a plain reverse proxy (buffering off), the floor of any proxy, if installed;
+* ``gw@COMMIT`` (with ``--baseline REF``): that commit's gateway (tests/benchmarks/baseline.py), one
+  more target in the same rotation, so a change's before/after is measured in one run.
 
 Rounds are interleaved (every target once per round and level, in a rotating order), because
 the machine is shared and its figures drift; the table gives medians over rounds and the
 spread (min–max). Per target and level it prints output tok/s as a share of direct's in the
 same round, TPOT p50/p99, failed requests, and CPU seconds per 1,000 output tokens of the proxy
 process (the gateway: its process, all threads; its flusher child apart; nginx: master and
-workers) and of vLLM's API server process. After each gateway round it checks the gateway's
-token log against vLLM's own /metrics counters (deltas over the round) and prints both.
+workers) and of vLLM's API server process. After each gateway round (the baseline's too) it checks
+that gateway's token log against vLLM's own /metrics counters (deltas over the round) and prints both.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import httpx
 from spotinference.gateway.reconcile import engine_tokens, reconcile
 from spotinference.keys import create_key
 from spotinference.store import Store
+from tests.benchmarks.baseline import BaselineGateway
 from tests.benchmarks.gateway_overhead import start_nginx
 from tests.engines.real_vllm import MODEL_NAME, VllmServer, default_model_dir, env_python
 from tests.servers import start_gateway
@@ -67,6 +71,7 @@ class Target:
     extra_body: dict | None = None
     pids: tuple[int, ...] = ()  # the proxy's processes whose CPU is counted
     helper_pids: tuple[int, ...] = ()  # counted apart (the gateway's flusher)
+    home: Path | None = None  # a gateway's data directory: its token log is checked after each run
 
 
 @dataclass
@@ -204,7 +209,7 @@ def check_token_log(home: Path, engine_url: str, before, since: datetime, reques
             f"{result.unknown_prompt_rows + result.unknown_completion_rows} unknown)")
 
 
-def measure(targets: list[Target], plan: Plan, work: Path, engine_url: str, gateway_home: Path,
+def measure(targets: list[Target], plan: Plan, work: Path, engine_url: str,
             engine_pid: int | None, echo=print) -> list[Run]:
     runs: list[Run] = []
     for round_ in range(plan.rounds):
@@ -213,9 +218,9 @@ def measure(targets: list[Target], plan: Plan, work: Path, engine_url: str, gate
             for target in targets[shift:] + targets[:shift]:
                 before, since = counters(engine_url), datetime.now(UTC)
                 run = run_bench(target, plan, level, round_, work, engine_pid)
-                if target.name == "gateway":
+                if target.home is not None:
                     # Every prompt is a row (this vLLM bench sends no separate test request).
-                    run.tokens_check = check_token_log(gateway_home, engine_url, before, since, plan.prompts)
+                    run.tokens_check = check_token_log(target.home, engine_url, before, since, plan.prompts)
                 runs.append(run)
                 echo(f"round {round_ + 1} streams {level:>3} {target.name:<11} {run.output_tok_s:8.1f} tok/s "
                      f"TPOT p50/p99 {run.tpot_p50:6.2f}/{run.tpot_p99:6.2f} ms  failed {run.failed}"
@@ -249,25 +254,40 @@ def table(runs: list[Run], levels: list[int]) -> list[str]:
 
 
 def run(plan: Plan, engine_url: str, work: Path, *, with_nginx: bool = True, log_level: str = "info",
-        echo=print) -> list[Run]:
-    """Start the gateway (and nginx) in front of ``engine_url``, measure, stop them."""
+        baseline: str | None = None, echo=print) -> list[Run]:
+    """Start the gateway (and nginx, and ``baseline``'s gateway) in front of ``engine_url``,
+    measure, stop them."""
     home = work / "gw"
     home.mkdir(parents=True, exist_ok=True)
     key = create_key(Store(home), "bench").key
-    gateway, gateway_url = start_gateway(home, {MODEL_NAME: engine_url},
-                                         extra_env={"SPOT_GATEWAY__LOG_LEVEL": log_level})
+    old = None
+    if baseline:  # before any server starts, so a failed install leaves none behind
+        old = BaselineGateway(baseline, work)
+        old.install()
+        old_key = old.create_key()
+    log_env = {"SPOT_GATEWAY__LOG_LEVEL": log_level}
+    gateway, gateway_url = start_gateway(home, {MODEL_NAME: engine_url}, extra_env=log_env)
+    old_gateway = old.start({MODEL_NAME: engine_url}, extra_env=log_env) if old else None
     nginx = start_nginx(work, engine_url) if with_nginx else None
     try:
         assert gateway.proc is not None
         gateway_pid = gateway.proc.pid
         targets = [Target("direct", engine_url), Target("direct+cus", engine_url, extra_body=CONTINUOUS_USAGE),
-                   Target("gateway", gateway_url, api_key=key, pids=(gateway_pid,), helper_pids=children(gateway_pid))]
+                   Target("gateway", gateway_url, api_key=key, pids=(gateway_pid,), helper_pids=children(gateway_pid),
+                          home=home)]
+        if old and old_gateway:
+            assert old_gateway[0].proc is not None
+            old_pid = old_gateway[0].proc.pid
+            targets.append(Target(f"gw@{old.commit}", old_gateway[1], api_key=old_key, pids=(old_pid,),
+                                  helper_pids=children(old_pid), home=old.home))
         if nginx:
             targets.append(Target("nginx", nginx[1], pids=(nginx[0].pid, *children(nginx[0].pid))))
         engine_pid = api_server_pid(int(engine_url.rsplit(":", 1)[1]))
-        return measure(targets, plan, work, engine_url, home, engine_pid, echo)
+        return measure(targets, plan, work, engine_url, engine_pid, echo)
     finally:
         gateway.stop()
+        if old_gateway:
+            old_gateway[0].stop()
         if nginx:
             nginx[0].terminate()
             nginx[0].wait(10)
@@ -307,11 +327,14 @@ def main() -> None:
                         help="instead: sample the gateway with py-spy at the highest level, collapsed stacks to FILE")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="the gateway's --log-level: info (the default) writes an access line per request")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also run this git commit's gateway as target gw@COMMIT, in the same rotation")
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan(args.prompts, 32, 64, [int(x) for x in args.levels.split(",")], args.rounds)
     print(f"vllm bench serve: random {plan.input_len} in / {plan.output_len} out, --ignore-eos, {plan.prompts} "
           f"prompts, --max-concurrency {','.join(map(str, plan.levels))}, {plan.rounds} interleaved round(s); "
-          f"gateway --log-level {args.log_level}")
+          f"gateway --log-level {args.log_level}"
+          + (f"; baseline gateway {args.baseline}" if args.baseline else ""))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         server = None
@@ -323,7 +346,7 @@ def main() -> None:
             if args.profile:
                 profile(plan, engine_url.rstrip("/"), work, max(plan.levels), args.profile)
                 return
-            runs = run(plan, engine_url.rstrip("/"), work, log_level=args.log_level)
+            runs = run(plan, engine_url.rstrip("/"), work, log_level=args.log_level, baseline=args.baseline)
         finally:
             if server:
                 server.stop()
