@@ -337,8 +337,13 @@ class _Connection(asyncio.Protocol):
             self._deliver_batch()  # what came before the error still goes out, as it would have
             self._parser_failed(exc)
             return
-        if self.batch is not None:
-            self._deliver_batch()
+        batch = self.batch
+        if batch is not None:  # _deliver_batch, inlined: this runs for every read of every stream
+            self.batch = None
+            response = self.response
+            sink = response._sink if response is not None else None
+            if sink is not None:
+                sink(batch if type(batch) is bytes else b"".join(batch))
         if self.in_head:
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
