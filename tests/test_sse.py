@@ -125,10 +125,12 @@ def test_usage_the_engine_cannot_mean_is_an_error_not_a_bill(bad: bytes) -> None
         state.usage()
 
 
-def test_an_event_that_is_not_utf8_is_a_stream_error() -> None:
+@pytest.mark.parametrize("one_choice", [False, True])
+def test_an_event_that_is_not_utf8_is_a_stream_error(one_choice: bool) -> None:
     from spotinference.gateway.sse import StreamFormatError
 
     state = StreamState(client_include_usage=False, client_continuous_usage=False)
+    state.one_choice = one_choice  # one prompt, n=1: the relay's usual stream
     state.feed(events(TOKEN + usage(1) + b"}"))
     with pytest.raises(StreamFormatError):
         state.feed(events(TOKEN.replace(b'"hi"', b'"\xff\xfe"') + usage(2) + b"}"))
@@ -163,3 +165,35 @@ def test_a_deeply_nested_usage_object_is_cut_in_one_pass() -> None:
     state = StreamState(client_include_usage=False, client_continuous_usage=False)
     out, _ = state.feed(events(TOKEN + nested + b"}"))
     assert out == events(TOKEN + b"}")
+
+
+def test_one_event_per_read_gives_the_client_and_the_bill_what_any_other_split_gives() -> None:
+    # The relay's usual read is one whole event of one choice (a fast path in StreamState.feed);
+    # what leaves for the client, the running total an abort is billed, the finish reason and
+    # the first token must not depend on how the engine's bytes were split, for every option set
+    # and for the chunks that are not plain tokens (non-ASCII text, nested usage, the finish, the
+    # usage-only chunk).
+    accented = HEAD + '[{"index":0,"delta":{"content":"é"},"logprobs":null,"finish_reason":null,"token_ids":null}]'.encode()
+    nested = b',"usage":{"prompt_tokens":9,"total_tokens":13,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":8}}'
+    stream = [ROLE + usage(0) + ROLE_TAIL, TOKEN + usage(1) + b"}", accented + usage(2) + b"}", TOKEN + usage(3) + b"}",
+              TOKEN + nested + b"}", FINISH + usage(5) + b"}", USAGE_CHUNK, DONE]
+    for include, continuous in ((False, False), (True, False), (True, True)):
+        for one_choice in (True, False):
+            def fresh() -> StreamState:
+                state = StreamState(client_include_usage=include, client_continuous_usage=continuous)
+                state.one_choice = one_choice
+                return state
+
+            by_event, whole, pieces = fresh(), fresh(), fresh()
+            sent_by_event, firsts = b"", []
+            for i, event in enumerate(stream):
+                out, first = by_event.feed(event + b"\n\n")
+                sent_by_event += out
+                firsts.append(first)
+                prefix = fresh()
+                relay(prefix, events(*stream[: i + 1]), 100_000)
+                # An abort after this event bills what reading it whole would bill.
+                assert (by_event.usage(), by_event.finish_reason) == (prefix.usage(), prefix.finish_reason), (i, include)
+            assert sent_by_event == relay(whole, events(*stream), 100_000) == relay(pieces, events(*stream), 7)
+            assert firsts == [False, True] + [False] * 6
+            assert by_event.usage() == whole.usage() == (9, 2) and by_event.done and by_event.finish_reason == "length"

@@ -143,6 +143,55 @@ def test_chunked_bodies_arrive_as_they_are_sent() -> None:
     run(scenario())
 
 
+def test_chunks_that_arrive_together_are_delivered_in_one_call_and_none_waits_for_the_next() -> None:
+    # Several events already read from the engine leave for the client in one send (the relay's
+    # sink is called once per read); an event that arrived alone is not held for the next.
+    async def scenario() -> None:
+        gate = asyncio.Event()
+
+        async def chunked(server: ScriptedServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            await writer.drain()
+            await gate.wait()
+            writer.write(b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n9\r\ndata: 3\n\n\r\n")  # one write, three chunks
+            await writer.drain()
+            await gate.wait()
+            writer.write(b"9\r\ndata: 4\n\n\r\n")
+            await writer.drain()
+            await gate.wait()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            await server.read_request(reader)
+
+        async with ScriptedServer(chunked) as server:
+            pool = UpstreamPool(server.url, connect_timeout_s=2)
+            response = await pool.request("POST", "/v1/completions", b"{}")
+            calls: list[bytes] = []
+            arrived = asyncio.Event()
+
+            def sink(data: bytes) -> None:
+                calls.append(data)
+                arrived.set()
+
+            delivering = asyncio.ensure_future(response.deliver(sink))
+            for expected in ([b"data: 1\n\ndata: 2\n\ndata: 3\n\n"],
+                             [b"data: 1\n\ndata: 2\n\ndata: 3\n\n", b"data: 4\n\n"]):
+                arrived.clear()
+                gate.set()
+                gate.clear()
+                await asyncio.wait_for(arrived.wait(), 5)  # delivered without the next write
+                assert calls == expected
+            gate.set()
+            await asyncio.wait_for(delivering, 5)
+            assert len(calls) == 2
+            response.close()
+            assert pool.idle_connections == 1
+            await pool.close()
+
+    run(scenario())
+
+
 def test_an_idle_connection_the_engine_closed_is_replaced_transparently() -> None:
     async def one_then_close(server: ScriptedServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)

@@ -125,6 +125,12 @@ class StreamState:
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         """Take bytes from upstream; return (bytes to send the client now, first token among them)."""
         pending = self._pending
+        if not pending and self.first_token_seen and self.one_choice and self._rewrite and self._held is None \
+                and data.find(EVENT_END) == len(data) - 2:
+            # Most reads of a stream after its first token: one whole token chunk of one choice.
+            out = self._token_event(data)
+            if out is not None:
+                return out, False
         if pending:
             if data.find(EVENT_END) < 0 and not (data[:1] == b"\n" and pending[-1][-1:] == b"\n"):
                 self._keep(data)  # still inside one long event: joined once, when it ends
@@ -148,6 +154,24 @@ class StreamState:
         else:
             out = b"".join([self._event(event) for event in data.split(EVENT_END) if event])
         return (out if self._rewrite else data), (self.first_token_seen and not first_before)
+
+    def _token_event(self, data: bytes) -> bytes | None:
+        """``_event``'s answer for a plain token chunk (one event, its blank line included), in
+        fewer steps; None for anything else (a finish, the usage-only chunk, nested usage, text
+        that is not ASCII), which ``_event`` handles."""
+        cut = data.rfind(_USAGE)
+        if cut < 0:
+            return None
+        begin = cut + len(_USAGE)
+        usage_end = data.find(b"}", begin)
+        if usage_end < 0 or data.find(b"{", begin + 1, usage_end) >= 0:
+            return None
+        at = data.find(_CHOICES, 0, cut)
+        if at < 0 or data[at + len(_CHOICES)] == 0x5D or data.find(_FINISH, at, cut) >= 0 or not data.isascii():
+            return None  # 0x5D: "]", the usage-only chunk
+        self.events += 1
+        self._running[0] = data[begin : usage_end + 1]
+        return data[:cut] + data[usage_end + 1 :]
 
     def _keep(self, piece: bytes) -> None:
         self._pending.append(piece)

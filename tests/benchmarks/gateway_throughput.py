@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.benchmarks.gateway_throughput [--engine-url URL] [--rounds 2] [--levels 16,64]
     .venv/bin/python -m tests.benchmarks.gateway_throughput --quick      # a smoke test: small, one round
+    .venv/bin/python -m tests.benchmarks.gateway_throughput --levels 64 --baseline main   # before/after in one run
 
 Runs `vllm bench serve` (installed in the CPU vLLM environment; random dataset, 32 input / 64
 output tokens, --ignore-eos, 256 prompts) at each --max-concurrency level against:
@@ -10,15 +11,19 @@ output tokens, --ignore-eos, 256 prompts) at each --max-concurrency level agains
 * ``direct+cus``: the same, the client asking for ``continuous_usage_stats`` as the gateway does
   (``--extra-body``), so the engine-side cost of asking for usage on every chunk is a number;
 * ``gateway``: ``spot serve`` in front of that vLLM;
-* ``nginx``: nginx as a plain reverse proxy (buffering off), the floor of any proxy, if installed.
+* ``nginx``: nginx as a plain reverse proxy (buffering off), the floor of any proxy, if installed;
+* ``gw@COMMIT`` (with ``--baseline REF``): that commit's gateway (tests/benchmarks/baseline.py), one
+  more target in the same rotation, so a change's before/after is measured in one run.
 
 Rounds are interleaved (every target once per round and level, in a rotating order), because
 the machine is shared and its figures drift; the table gives medians over rounds and the
 spread (min–max). Per target and level it prints output tok/s as a share of direct's in the
 same round, TPOT p50/p99, failed requests, and CPU seconds per 1,000 output tokens of the proxy
 process (the gateway: its process, all threads; its flusher child apart; nginx: master and
-workers) and of vLLM's API server process. After each gateway round it checks the gateway's
-token log against vLLM's own /metrics counters (deltas over the round) and prints both.
+workers) and of vLLM's API server process; the proxy's also net of its idle CPU (its timers, measured
+with no traffic before the rounds, times the round's length: on a loaded machine a round lasts
+minutes, and idle time would pass for per-token cost) and the part spent in the kernel. After each gateway round (the baseline's too) it checks
+that gateway's token log against vLLM's own /metrics counters (deltas over the round) and prints both.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import httpx
 from spotinference.gateway.reconcile import engine_tokens, reconcile
 from spotinference.keys import create_key
 from spotinference.store import Store
+from tests.benchmarks.baseline import BaselineGateway
 from tests.benchmarks.gateway_overhead import start_nginx
 from tests.engines.real_vllm import MODEL_NAME, VllmServer, default_model_dir, env_python
 from tests.servers import start_gateway
@@ -67,6 +73,8 @@ class Target:
     extra_body: dict | None = None
     pids: tuple[int, ...] = ()  # the proxy's processes whose CPU is counted
     helper_pids: tuple[int, ...] = ()  # counted apart (the gateway's flusher)
+    home: Path | None = None  # a gateway's data directory: its token log is checked after each run
+    idle_cpu_per_s: float = 0.0  # the proxy's CPU seconds per second with no traffic (idle_rates)
 
 
 @dataclass
@@ -80,9 +88,12 @@ class Run:
     tpot_p99: float
     failed: int
     proxy_cpu_s: float | None
+    proxy_sys_s: float | None  # of proxy_cpu_s, in the kernel
     helper_cpu_s: float | None
     engine_cpu_s: float | None
     tokens_check: str = ""
+    wall_s: float = 0.0  # the bench client's run, start to end
+    idle_cpu_s: float = 0.0  # what the proxy spends idle over wall_s (its timers), at the rate measured idle
 
 
 @dataclass
@@ -97,15 +108,17 @@ class Plan:
 QUICK = Plan(prompts=24, input_len=32, output_len=16, levels=[8], rounds=1)
 
 
-def cpu_seconds(pids: tuple[int, ...]) -> float:
-    """utime + stime of these processes, all their threads (children's own time not included)."""
+def cpu_seconds(pids: tuple[int, ...], *, system_only: bool = False) -> float:
+    """utime + stime of these processes, all their threads (children's own time not included);
+    stime alone (the kernel's time on their behalf: the socket calls) with ``system_only``."""
     total = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5), after "pid (comm)"
+        # fields 14 and 15 of stat(5), after "pid (comm)"
+        total += int(fields[12]) if system_only else int(fields[11]) + int(fields[12])
     return total / TICKS
 
 
@@ -120,6 +133,19 @@ def children(pid: int) -> tuple[int, ...]:
             if int(fields[1]) == pid:
                 found.append(int(entry.name))
     return tuple(found)
+
+
+def measure_idle(targets: list[Target], seconds: float = 20.0) -> None:
+    """Each proxy's CPU per second with no traffic (timers: the gateway's key and budget reloads,
+    uvicorn's tick), measured for all at once, so that a round can be charged net of it: on a
+    loaded machine a round takes minutes instead of seconds, and idle time would otherwise pass
+    for per-token cost."""
+    time.sleep(2.0)  # past start-up's own work
+    before, started = [cpu_seconds(t.pids) for t in targets], time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    for target, cpu in zip(targets, before, strict=True):
+        target.idle_cpu_per_s = (cpu_seconds(target.pids) - cpu) / elapsed
 
 
 def api_server_pid(port: int) -> int | None:
@@ -160,17 +186,22 @@ def run_bench(target: Target, plan: Plan, level: int, round_: int, work: Path, e
     env.pop("OPENAI_API_KEY", None)
     if target.api_key:
         env["OPENAI_API_KEY"] = target.api_key
-    cpu_before = cpu_seconds(target.pids), cpu_seconds(target.helper_pids), cpu_seconds((engine_pid,) if engine_pid else ())
+    def sample() -> tuple[float, float, float, float]:
+        return (cpu_seconds(target.pids), cpu_seconds(target.helper_pids),
+                cpu_seconds((engine_pid,) if engine_pid else ()), cpu_seconds(target.pids, system_only=True))
+    cpu_before, started = sample(), time.monotonic()
     done = subprocess.run(bench_command(target, plan, level, work, name), env=env, capture_output=True, text=True)
-    cpu_after = cpu_seconds(target.pids), cpu_seconds(target.helper_pids), cpu_seconds((engine_pid,) if engine_pid else ())
+    cpu_after, wall_s = sample(), time.monotonic() - started
     if done.returncode != 0:
         raise RuntimeError(f"vllm bench serve against {target.name} exited {done.returncode}:\n{done.stderr[-3000:]}")
     result = json.loads((work / name).read_text())
     return Run(target.name, level, round_, result["output_throughput"], result["total_output_tokens"],
                result["median_tpot_ms"], result["p99_tpot_ms"], result["failed"],
                cpu_after[0] - cpu_before[0] if target.pids else None,
+               cpu_after[3] - cpu_before[3] if target.pids else None,
                cpu_after[1] - cpu_before[1] if target.helper_pids else None,
-               cpu_after[2] - cpu_before[2] if engine_pid else None)
+               cpu_after[2] - cpu_before[2] if engine_pid else None,
+               wall_s=wall_s, idle_cpu_s=target.idle_cpu_per_s * wall_s)
 
 
 def counters(engine_url: str):
@@ -204,7 +235,7 @@ def check_token_log(home: Path, engine_url: str, before, since: datetime, reques
             f"{result.unknown_prompt_rows + result.unknown_completion_rows} unknown)")
 
 
-def measure(targets: list[Target], plan: Plan, work: Path, engine_url: str, gateway_home: Path,
+def measure(targets: list[Target], plan: Plan, work: Path, engine_url: str,
             engine_pid: int | None, echo=print) -> list[Run]:
     runs: list[Run] = []
     for round_ in range(plan.rounds):
@@ -213,9 +244,9 @@ def measure(targets: list[Target], plan: Plan, work: Path, engine_url: str, gate
             for target in targets[shift:] + targets[:shift]:
                 before, since = counters(engine_url), datetime.now(UTC)
                 run = run_bench(target, plan, level, round_, work, engine_pid)
-                if target.name == "gateway":
+                if target.home is not None:
                     # Every prompt is a row (this vLLM bench sends no separate test request).
-                    run.tokens_check = check_token_log(gateway_home, engine_url, before, since, plan.prompts)
+                    run.tokens_check = check_token_log(target.home, engine_url, before, since, plan.prompts)
                 runs.append(run)
                 echo(f"round {round_ + 1} streams {level:>3} {target.name:<11} {run.output_tok_s:8.1f} tok/s "
                      f"TPOT p50/p99 {run.tpot_p50:6.2f}/{run.tpot_p99:6.2f} ms  failed {run.failed}"
@@ -226,7 +257,8 @@ def measure(targets: list[Target], plan: Plan, work: Path, engine_url: str, gate
 def table(runs: list[Run], levels: list[int]) -> list[str]:
     """Medians over rounds (min–max in brackets); shares are of direct in the same round."""
     lines = [f"{'streams':>7} {'target':<11}{'tok/s':>8}{'of direct':>20}{'TPOT p50':>10}{'TPOT p99':>19}"
-             f"{'failed':>7}{'proxy CPU s/1k tok':>20}{'flusher':>9}{'vLLM API CPU s/1k':>19}"]
+             f"{'failed':>7}{'proxy CPU s/1k tok':>20}{'net of idle':>12}{'of it sys':>10}{'flusher':>9}"
+             f"{'vLLM API CPU s/1k':>19}"]
     for level in levels:
         at = [r for r in runs if r.level == level]
         direct = {r.round: r.output_tok_s for r in at if r.target == "direct"}
@@ -237,37 +269,56 @@ def table(runs: list[Run], levels: list[int]) -> list[str]:
             tokens = sum(r.output_tokens for r in mine) / 1000
 
             def per_k(values: list[float | None]) -> str:
-                return "-" if values[0] is None else f"{sum(values) / tokens:.3f}"  # type: ignore[arg-type]
+                return "-" if values[0] is None else f"{sum(values) / tokens:.4f}"  # type: ignore[arg-type]
             lines.append(
                 f"{level:>7} {name:<11}{statistics.median(r.output_tok_s for r in mine):>8.0f}"
                 f"{statistics.median(shares):>9.1%} ({min(shares):.1%}–{max(shares):.1%})"
                 f"{statistics.median(r.tpot_p50 for r in mine):>10.2f}"
                 f"{statistics.median(p99):>9.2f} ({min(p99):.1f}–{max(p99):.1f})"
                 f"{sum(r.failed for r in mine):>7}{per_k([r.proxy_cpu_s for r in mine]):>20}"
+                f"{per_k([None if r.proxy_cpu_s is None else r.proxy_cpu_s - r.idle_cpu_s for r in mine]):>12}"
+                f"{per_k([r.proxy_sys_s for r in mine]):>10}"
                 f"{per_k([r.helper_cpu_s for r in mine]):>9}{per_k([r.engine_cpu_s for r in mine]):>19}")
     return lines
 
 
 def run(plan: Plan, engine_url: str, work: Path, *, with_nginx: bool = True, log_level: str = "info",
-        echo=print) -> list[Run]:
-    """Start the gateway (and nginx) in front of ``engine_url``, measure, stop them."""
+        baseline: str | None = None, echo=print) -> list[Run]:
+    """Start the gateway (and nginx, and ``baseline``'s gateway) in front of ``engine_url``,
+    measure, stop them."""
     home = work / "gw"
     home.mkdir(parents=True, exist_ok=True)
     key = create_key(Store(home), "bench").key
-    gateway, gateway_url = start_gateway(home, {MODEL_NAME: engine_url},
-                                         extra_env={"SPOT_GATEWAY__LOG_LEVEL": log_level})
+    old = None
+    if baseline:  # before any server starts, so a failed install leaves none behind
+        old = BaselineGateway(baseline, work)
+        old.install()
+        old_key = old.create_key()
+    log_env = {"SPOT_GATEWAY__LOG_LEVEL": log_level}
+    gateway, gateway_url = start_gateway(home, {MODEL_NAME: engine_url}, extra_env=log_env)
+    old_gateway = old.start({MODEL_NAME: engine_url}, extra_env=log_env) if old else None
     nginx = start_nginx(work, engine_url) if with_nginx else None
     try:
         assert gateway.proc is not None
         gateway_pid = gateway.proc.pid
         targets = [Target("direct", engine_url), Target("direct+cus", engine_url, extra_body=CONTINUOUS_USAGE),
-                   Target("gateway", gateway_url, api_key=key, pids=(gateway_pid,), helper_pids=children(gateway_pid))]
+                   Target("gateway", gateway_url, api_key=key, pids=(gateway_pid,), helper_pids=children(gateway_pid),
+                          home=home)]
+        if old and old_gateway:
+            assert old_gateway[0].proc is not None
+            old_pid = old_gateway[0].proc.pid
+            targets.append(Target(f"gw@{old.commit}", old_gateway[1], api_key=old_key, pids=(old_pid,),
+                                  helper_pids=children(old_pid), home=old.home))
         if nginx:
             targets.append(Target("nginx", nginx[1], pids=(nginx[0].pid, *children(nginx[0].pid))))
         engine_pid = api_server_pid(int(engine_url.rsplit(":", 1)[1]))
-        return measure(targets, plan, work, engine_url, home, engine_pid, echo)
+        measure_idle([t for t in targets if t.pids])
+        echo("idle CPU, ms per s: " + ", ".join(f"{t.name} {t.idle_cpu_per_s * 1000:.1f}" for t in targets if t.pids))
+        return measure(targets, plan, work, engine_url, engine_pid, echo)
     finally:
         gateway.stop()
+        if old_gateway:
+            old_gateway[0].stop()
         if nginx:
             nginx[0].terminate()
             nginx[0].wait(10)
@@ -307,11 +358,14 @@ def main() -> None:
                         help="instead: sample the gateway with py-spy at the highest level, collapsed stacks to FILE")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="the gateway's --log-level: info (the default) writes an access line per request")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also run this git commit's gateway as target gw@COMMIT, in the same rotation")
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan(args.prompts, 32, 64, [int(x) for x in args.levels.split(",")], args.rounds)
     print(f"vllm bench serve: random {plan.input_len} in / {plan.output_len} out, --ignore-eos, {plan.prompts} "
           f"prompts, --max-concurrency {','.join(map(str, plan.levels))}, {plan.rounds} interleaved round(s); "
-          f"gateway --log-level {args.log_level}")
+          f"gateway --log-level {args.log_level}"
+          + (f"; baseline gateway {args.baseline}" if args.baseline else ""))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         server = None
@@ -323,12 +377,13 @@ def main() -> None:
             if args.profile:
                 profile(plan, engine_url.rstrip("/"), work, max(plan.levels), args.profile)
                 return
-            runs = run(plan, engine_url.rstrip("/"), work, log_level=args.log_level)
+            runs = run(plan, engine_url.rstrip("/"), work, log_level=args.log_level, baseline=args.baseline)
         finally:
             if server:
                 server.stop()
     print()
-    print("medians over rounds (min–max); 'of direct' is against direct in the same round; CPU is utime+stime")
+    print("medians over rounds (min–max); 'of direct' is against direct in the same round; CPU is utime+stime, "
+          "summed over rounds; 'net of idle' less the proxy's idle CPU rate times the round's length")
     print("\n".join(table(runs, plan.levels)))
 
 
