@@ -521,7 +521,9 @@ def test_a_drip_feeding_engine_is_cut_by_the_total_timeout() -> None:
             started = time.monotonic()
             with pytest.raises(UpstreamTimeoutError, match="upstream_total_timeout_s"):
                 await ask(pool_for(server, read=0.5, total=0.6))
-            assert 0.6 <= time.monotonic() - started < 2
+            # libuv keeps its loop time in whole milliseconds, so its timer may fire up to 1 ms
+            # before time.monotonic() says 0.6 s (seen: 0.5998 s); earlier than that is a bug.
+            assert 0.6 - 0.001 <= time.monotonic() - started < 2
 
     run(scenario())
 
