@@ -23,19 +23,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.system_packages import ensure_program
+from tests.system_packages import ensure_installed
 
 USER = "spot"
 
 
 def _bin_dir() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        ensure_program("initdb", "postgresql", required=True)
+    # The server's programs live under /usr/lib/postgresql/VERSION/bin, off PATH; the client
+    # package alone (psql) has that directory too, so look for initdb itself.
+    def find() -> Path | None:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        raise RuntimeError("postgresql is installed but no /usr/lib/postgresql/*/bin/initdb was found")
-    return Path(found[-1]).parent
+        return Path(found[-1]).parent if found else None
+
+    return ensure_installed("postgresql", find, what="PostgreSQL's initdb", required=True)
 
 
 def _free_port() -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,21 +18,27 @@ APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 def ensure_program(program: str | Path, package: str, *, required: bool = False) -> Path:
     """The program's path (an absolute path, or a name looked up on PATH), installing ``package``
     with apt when it is missing. Where it cannot be installed: skip, or with ``required`` fail."""
-    found = _find(program)
+    return ensure_installed(package, lambda: _find(program), what=str(program), required=required)
+
+
+def ensure_installed(package: str, find: Callable[[], Path | None], *, what: str, required: bool = False) -> Path:
+    """What ``find`` returns, installing ``package`` with apt first when it returns None (for
+    programs off PATH, such as PostgreSQL's initdb under /usr/lib/postgresql/VERSION/bin)."""
+    found = find()
     if found is not None:
         return found
     if shutil.which("apt-get") is None:
-        _cannot(f"{program} is not installed and there is no apt-get to install {package}", required)
+        _cannot(f"{what} is not installed and there is no apt-get to install {package}", required)
     if os.geteuid() != 0:
-        _cannot(f"{program} is not installed and installing {package} needs root", required)
+        _cannot(f"{what} is not installed and installing {package} needs root", required)
     install = ["apt-get", "install", "-y", "--no-install-recommends", package]
     if _apt(install).returncode != 0:
         # A fresh machine often has no package lists yet.
         _check(_apt(["apt-get", "update"]), "apt-get update")
         _check(_apt(install), f"apt-get install {package}")
-    found = _find(program)
+    found = find()
     if found is None:
-        raise RuntimeError(f"{package} installed but {program} is still missing")
+        raise RuntimeError(f"{package} installed but {what} is still missing")
     return found
 
 
