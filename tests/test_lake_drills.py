@@ -183,6 +183,7 @@ def test_a_gateway_killed_and_restarted_on_its_home_counts_each_request_once(  #
                 await asyncio.sleep(0.05)
             os.killpg(first[0].proc.pid, signal.SIGKILL)  # the gateway and its flusher, mid-traffic
             await asyncio.to_thread(first[0].proc.wait)
+            orphans.extend(n for n in spool_left(a) if n.startswith("requests.") and (a.home / "spool" / n).stat().st_size)
             again = await asyncio.to_thread(start_gateway, a, "--upstream", f"{MODEL}={engine_url}/v1")
             gateways.append(again)
             traffic.targets = [again[1]]
@@ -193,8 +194,10 @@ def test_a_gateway_killed_and_restarted_on_its_home_counts_each_request_once(  #
             await running
 
         left_by_the_dead: dict[str, int] = {}
+        orphans: list[str] = []  # segments holding rows when the gateway died
         asyncio.run(drill())
         assert first[0].proc.returncode == -signal.SIGKILL
+        assert orphans, "the gateway died with nothing spooled: the drill proved nothing"
         assert traffic.refused == []
         # While the restarted gateway serves, its flusher copies what the dead one acknowledged.
         deadline = time.monotonic() + 60
