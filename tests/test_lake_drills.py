@@ -6,7 +6,9 @@ host's `spot requests` holds every acknowledged request exactly once. A gateway 
 flusher with it) and started again on the same home: its new flusher copies what the dead one
 left, no row twice, none lost. One wake of a hibernated tier waited on by several gateway
 workers on several hosts: one restore, and one "woke" in `spot events` and in
-`spot_tier_wake_seconds` (the others record that they joined a wake under way).
+`spot_tier_wake_seconds` (the others record that they joined a wake under way). The budget gate
+on a lake: open through a catalog blink shorter than max_sample_age_s, closed (saying the store
+could not be read) once the samples it holds go stale, and open again by itself when it is back.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import ServerProcess, free_port, operator_headers, start_sim_engine
+from tests.servers import ServerProcess, free_port, operator_headers, start_sim_cloud, start_sim_engine
 from tests.test_lake_hosts import (  # noqa: F401 - fixtures, used by name
     Host,
     calls,
@@ -282,3 +284,67 @@ def test_one_wake_waited_on_by_two_workers_and_two_hosts_is_one_woke_event(fleet
     finally:
         for _, server, _ in gateways:
             server.stop()
+
+
+# -- the budget gate while the catalog is down ----------------------------------------------------
+
+@pytest.mark.slow
+def test_the_gate_stays_open_through_a_catalog_blink_and_closes_only_when_samples_go_stale(  # noqa: ANN001
+        postgres, catalog, lake_venv, tmp_path: Path) -> None:
+    from tests.fleet_config import sim_tier, write_fleet_config
+    from tests.test_fleet import Cloud
+    from tests.test_lake_hosts import FLEET_FLAGS
+
+    _, url = catalog
+    server, root = start_sim_cloud(tmp_path / "cloud", *FLEET_FLAGS)
+    cloud = Cloud(f"{root}/v1", server)
+    a = Host(tmp_path / "host-a", postgres.password, lake_venv.spot)
+    write_fleet_config(cloud.base_url, {"demo": sim_tier(idle_timeout_s=600, sim={"load_seconds": 0.5})},
+                       gateway={"health_interval_s": 0.5}, path=a.root / "spot.toml",
+                       extra=store_section(url, tmp_path / "lake") + "[budget]\ndaily_usd = 1000\n"
+                             "max_sample_age_s = 12\nrefresh_s = 0.5\n")
+    ok(a, "db", "migrate")
+    ok(a, "up", "demo")
+    sampler = a.popen("sample", "--every", "1")
+    gateway, gateway_url = start_fleet_gateway(a)
+    catalog_down = False
+
+    def gate() -> dict:
+        return httpx.get(f"{gateway_url}/health", headers=operator_headers(a.home), timeout=10).json()["budget_gate"]
+
+    def wait_for(check, what: str, timeout_s: float = 60) -> None:  # noqa: ANN001
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {gate()}"
+            time.sleep(0.3)
+
+    try:
+        wait_for(lambda: gate()["open"], "the gate to open on fresh samples")
+        # A blink shorter than max_sample_age_s: the last good samples still say what was spent.
+        catalog_down = True
+        postgres.stop("immediate")
+        seen = []
+        for _ in range(10):
+            seen.append(gate()["open"])
+            time.sleep(0.5)
+        postgres.start()
+        catalog_down = False
+        assert all(seen), seen  # never closed for the blink
+        # An outage longer than max_sample_age_s: spend is unobservable, never read as $0.
+        catalog_down = True
+        postgres.stop("immediate")
+        wait_for(lambda: not gate()["open"], "the gate to close on stale samples")
+        state = gate()
+        assert state["reason"] == "billing_unobservable" and "could not be read" in state["message"], state
+        postgres.start()
+        catalog_down = False
+        wait_for(lambda: gate()["open"], "the gate to reopen by itself")  # the sampler and the gate carry on
+        assert sampler.poll() is None, "the sampler loop died of the outage"
+    finally:
+        if catalog_down:
+            postgres.start()
+        sampler.terminate()
+        sampler.communicate(timeout=30)
+        gateway.stop()
+        a.spot("down", "demo", "--terminate", "--yes")
+        server.stop()
