@@ -64,7 +64,8 @@ class PostgresServer:
 
     def _run(self, program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [*self._as_user, str(self.bin_dir / program), *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+        # From "/": the postgres user may not enter the test's working directory (a tmp_path).
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/",
                               env={**os.environ, "PGPASSWORD": self.password})
         if check and done.returncode != 0:
             raise RuntimeError(f"{program} {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")

@@ -8,6 +8,7 @@ provider has, and the next run starts from there. Nodes of a tier are handled in
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from ..config import Tier
 from ..errors import InputError, SpotError
@@ -65,7 +66,7 @@ class Fleet:
         indexes = range(1, count + 1)
         return self._each(tier, indexes, lambda i: self._bring_up(tier, provider, i, UP_DEADLINE_S, "spot up"))
 
-    def wake(self, tier_name: str, *, reason: str = "spot wake", replace_lost: bool = True) -> list[str]:
+    def wake(self, tier_name: str, *, reason: str = "spot wake", replace_lost: bool = True) -> Woken:
         """Restore the tier's hibernated nodes and wait until they serve (a tier with no node gets
         its first one, as `up` would). Single flight: only a HIBERNATED VM is ever restored.
 
@@ -77,10 +78,14 @@ class Fleet:
         if not replace_lost:
             self._check_not_lost(tier, existing)
         if not existing:
-            return self.up(tier.name)
+            nodes = self.up(tier.name)
+            return Woken(nodes, restored=nodes)
         self.ctx.records.decision(tier=tier.name, reason=reason)
         indexes = sorted(int(vm.name.rsplit("-", 1)[1]) for vm in existing)
-        return self._each(tier, indexes, lambda i: self._bring_up(tier, provider, i, float(tier.wake_timeout_s), reason))
+        restored: set[str] = set()  # filled from the pool's threads: set.add is atomic
+        nodes = self._each(tier, indexes, lambda i: self._bring_up(tier, provider, i, float(tier.wake_timeout_s),
+                                                                   reason, restored=restored))
+        return Woken(nodes, restored=sorted(restored))
 
     def _check_not_lost(self, tier: Tier, existing: list[Vm]) -> None:
         failed = [vm for vm in existing if vm.phase is VmPhase.ERROR]
@@ -91,7 +96,10 @@ class Fleet:
             if record.tier == tier.name and record.name not in names and record.state not in (NodeState.TERMINATED,):
                 raise NodeLostError(f"node {record.name} is gone at the provider (spot VM reclaimed?)", node=record.name)
 
-    def _bring_up(self, tier: Tier, provider: Provider, index: int, deadline_s: float, reason: str) -> str:
+    def _bring_up(self, tier: Tier, provider: Provider, index: int, deadline_s: float, reason: str, *,
+                  restored: set[str] | None = None) -> str:
+        """Bring one node to serving; its name. ``restored`` gets the name if this call (not
+        another process's wake under way) asked the provider to restore the VM."""
         ctx = self.ctx
         name = node_name(tier.name, index)
         steps = _NodeSteps(ctx, tier, name)
@@ -147,6 +155,8 @@ class Fleet:
                         steps.say("restoring from hibernation", NodeState.HIBERNATED, vm)
                         provider.restore_vm(vm.provider_id)
                         restore_called = True
+                        if restored is not None:
+                            restored.add(name)
                 state = NodeState.WAKING
                 steps.note(vm, state, f"{reason}: restore requested")
             elif vm.phase is VmPhase.STOPPED:
@@ -354,6 +364,16 @@ class Fleet:
             return [work(i) for i in indexes]
         with ThreadPoolExecutor(max_workers=len(indexes), thread_name_prefix=f"fleet-{tier.name}") as pool:
             return list(pool.map(work, indexes))
+
+
+@dataclass(frozen=True)
+class Woken:
+    """What a wake did: the tier's serving nodes, and those this call restored itself. Empty
+    ``restored`` means it joined a wake another process (gateway worker, host, `spot wake`)
+    performed: only the process that restored a VM reports the wake as its own."""
+
+    nodes: list[str]
+    restored: list[str] = field(default_factory=list)
 
 
 class _NodeSteps:

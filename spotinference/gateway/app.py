@@ -15,6 +15,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import Receive, Scope, Send
 
 from ..config import Settings
+from ..errors import StoreBusyError
 from ..keys import KeyRing
 from ..store.flush_process import SpoolFlushProcess
 from ..store import Store
@@ -265,6 +266,8 @@ async def _refresh_keys(keys: KeyRing, names: KeyNames) -> None:
         try:
             if await asyncio.to_thread(keys.refresh):
                 await asyncio.to_thread(names.load)  # the access log's names of new keys
+        except StoreBusyError as exc:  # the lake's catalog restarting, say: expected, one line
+            log.warning("API key refresh failed; keeping the previous keys: %s", exc.message)
         except Exception:  # noqa: BLE001 - keep serving with the last known keys
             log.exception("API key refresh failed; keeping the previous keys")
 
@@ -285,6 +288,8 @@ async def _read_budgets(budgets: KeyBudgets) -> None:
     try:
         if budgets.wanted():
             await asyncio.to_thread(budgets.refresh)
+    except StoreBusyError as exc:
+        log.warning("per-key budget refresh failed; keeping the previous figures: %s", exc.message)
     except Exception:  # noqa: BLE001 - keep serving with the last prices and statements
         log.exception("per-key budget refresh failed; keeping the previous figures")
 

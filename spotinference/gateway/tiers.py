@@ -169,14 +169,21 @@ class TierController:
         try:
             if self.hibernate_task is not None:
                 await asyncio.shield(self.hibernate_task)  # wake what is going to sleep, once it has
-            await self.runtime.call(self.runtime.fleet.wake, name, reason=f"gateway: {why}",
-                                    replace_lost=self.fallback is None)
+            woken = await self.runtime.call(self.runtime.fleet.wake, name, reason=f"gateway: {why}",
+                                            replace_lost=self.fallback is None)
             await self.runtime.refresh_now()
             took_s = round(self.clock() - started, 1)
-            log.info("wake finished: tier %s serving after %.1f s (%s)", name, took_s, why,
-                     extra=fields(event="wake_finished", tier=name, why=why, wake_s=took_s))
-            await self.runtime.record(tier=name, reason=f"woke in {took_s:.1f} s (gateway: {why})",
-                                      detail={"kind": "woke", "wake_s": took_s, "why": why})
+            if woken.restored:
+                log.info("wake finished: tier %s serving after %.1f s (%s)", name, took_s, why,
+                         extra=fields(event="wake_finished", tier=name, why=why, wake_s=took_s))
+                await self.runtime.record(tier=name, reason=f"woke in {took_s:.1f} s (gateway: {why})",
+                                          detail={"kind": "woke", "wake_s": took_s, "why": why})
+            else:
+                # Another worker, host or `spot wake` restored it: one wake, counted where it was done.
+                log.info("wake joined: tier %s serving after %.1f s, restored by another process (%s)", name,
+                         took_s, why, extra=fields(event="wake_joined", tier=name, why=why, wake_s=took_s))
+                await self.runtime.record(tier=name, reason=f"joined a wake under way: serving after {took_s:.1f} s "
+                                          f"(gateway: {why})", detail={"kind": "wake_joined", "wake_s": took_s, "why": why})
         except NodeLostError as exc:
             # Replacing a reclaimed VM takes a whole create; the fallback serves meanwhile.
             log.warning("wake failed: tier %s lost a node: %s", name, exc.message,

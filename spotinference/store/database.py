@@ -275,6 +275,14 @@ class Store:
                     [name, segment.table, count, datetime.now(UTC)],
                 )
                 con.execute("COMMIT")
+            except lake_mod.CATALOG_ERRORS:
+                # The store went away mid-copy (the lake's catalog restarted): the rows stay in
+                # the segment for the next round, and spool_ingested decides if the commit landed.
+                try:
+                    con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # the transaction died with the connection
+                raise
             except duckdb.Error as exc:
                 con.execute("ROLLBACK")
                 # Keep the rows (never delete what cannot be loaded) but out of the way, so one

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import duckdb
+
 from ..errors import SpotError
 from .database import Store
 from .lake import LakeTarget
@@ -28,12 +30,20 @@ log = logging.getLogger("spotinference.flush_loop")
 def run(home: Path, interval_s: float, parent_pid: int, lake: LakeTarget | None = None) -> None:
     store = Store(home, lake=lake)
     while os.getppid() == parent_pid:
-        try:
-            store.flush()
-        except SpotError as exc:  # busy or unloadable: the rows stay spooled for the next round
-            log.warning("spool flush deferred: %s", exc)
+        _flush_once(store)
         time.sleep(interval_s)
-    store.flush()  # the parent is gone: copy what it left
+    _flush_once(store)  # the parent is gone: copy what it left
+
+
+def _flush_once(store: Store) -> None:
+    # Whatever the store raises, the rows stay spooled and this loop lives on: a flusher that died
+    # of one catalog outage would leave its gateway spooling, and the lake stale, until a restart.
+    try:
+        store.flush()
+    except SpotError as exc:  # busy, unreachable or unloadable
+        log.warning("spool flush deferred: %s", exc.message)
+    except duckdb.Error as exc:
+        log.warning("spool flush deferred: %s: %s", type(exc).__name__, " ".join(str(exc).split()))
 
 
 def main() -> None:

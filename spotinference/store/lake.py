@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from ..config.models import StoreSettings
 
 LAKE_ALIAS = "lake"
+# What the catalog or the shared files going away raise: the connection, a file, or a commit
+# PostgreSQL never confirmed (its session died mid-transaction; a conflict with another host's
+# commit raises it too). Each means "try again later", never "this data is bad".
+CATALOG_ERRORS = (duckdb.IOException, duckdb.ConnectionException, duckdb.TransactionException)
 INSTALL_HINT = "pip install 'spotinference[ducklake]'"
 # (wheel package, extension file name): postgres_scanner first, ducklake attaches through it.
 _EXTENSIONS = (
@@ -132,7 +136,7 @@ class LakeConnections:
     def failed(self, exc: BaseException) -> None:
         """After an error in a piece of work: if it was the connection (or the shared files), attach
         afresh next time and say so in one line (exit 4, HTTP 503: the store is unreachable)."""
-        if not isinstance(exc, (duckdb.IOException, duckdb.ConnectionException)):
+        if not isinstance(exc, CATALOG_ERRORS):
             return
         with self._lock:
             base, self._base = self._base, None
