@@ -275,3 +275,22 @@ def test_an_unreadable_store_keeps_the_last_snapshot_and_still_goes_stale(seeded
     clock.now = LAST_GOOD + timedelta(seconds=200)
     state = gate.refresh()
     assert state.open is False and state.reason == "billing_unobservable" and "could not be read" in state.message
+
+
+def test_a_gate_change_while_the_store_is_busy_is_recorded_once_it_is_free(seeded: Store, home: Path) -> None:
+    # The gate closing while the store cannot be written (busy, or a lake whose catalog is down)
+    # must still reach `spot events` afterwards, with the time it happened: it was logged and lost.
+    clock = FakeClock(NOW)
+    gate_store = Store(home, lock_timeout_s=0.2)
+    gate = BudgetGate(gate_store, settings_for(home, daily_usd="1.00"), clock=clock, record_changes=True)
+    assert gate.refresh().reason == "ok"
+    with Store(home).lock.exclusive():  # another process holds the database
+        clock.now = LAST_GOOD + timedelta(seconds=200)
+        closed = gate.refresh()
+        assert closed.reason == "billing_unobservable"
+    clock.now += timedelta(seconds=5)
+    assert gate.refresh().reason == "billing_unobservable"  # no change now: only the kept one is recorded
+    with seeded.reading() as con:
+        events = con.execute("SELECT event_at, reason FROM gate_events ORDER BY event_at").fetchall()
+    assert [reason for _, reason in events] == ["ok", "billing_unobservable"]
+    assert events[1][0] == closed.checked_at

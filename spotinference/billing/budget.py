@@ -55,6 +55,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..config import Settings
+from ..errors import SpotError
 from ..reports import query_text
 from ..store import Store
 from .runs import last_good_runs, sampled_providers
@@ -279,6 +280,9 @@ def gate_state(store: Store, settings: Settings, now: datetime) -> GateState:
     return evaluate(read_snapshot(store, settings, now), settings, now)
 
 
+_MAX_UNRECORDED = 100  # a store down for days keeps the last changes, not every flap
+
+
 class BudgetGate:
     """The gate's state, kept current by a background thread; ``state`` never touches the store.
 
@@ -306,6 +310,9 @@ class BudgetGate:
         self.refreshes = 0  # completed refreshes, for tests and metrics
         self.last_error: str | None = None
         self.record_changes = record_changes
+        # Changes not yet in gate_events because the store could not be written (busy, or a lake
+        # whose catalog is down): recorded, oldest first and with their own times, once it can.
+        self._unrecorded: list[GateState] = []
 
     @property
     def state(self) -> GateState:
@@ -327,16 +334,29 @@ class BudgetGate:
             first = self.refreshes == 1
         changed = old.change_key != new.change_key
         if self.record_changes and (changed or first):
-            try:
-                record_gate_state(self.store, new)
-            except Exception:  # noqa: BLE001 - an event lost to a busy store must not stop the gate
-                log.exception("budget gate: could not record the change to %s", new.reason)
+            self._unrecorded = [*self._unrecorded, new][-_MAX_UNRECORDED:]
+        if self._unrecorded:
+            self._record_unrecorded()
         if self.on_change is not None and changed:
             try:
                 self.on_change(old, new)
             except Exception:  # noqa: BLE001 - the caller's hook must not stop the refreshes
                 log.exception("budget gate: on_change failed")
         return new
+
+    def _record_unrecorded(self) -> None:
+        while self._unrecorded:
+            state = self._unrecorded[0]
+            try:
+                record_gate_state(self.store, state)
+            except SpotError as exc:  # busy or unreachable: keep it for the next refresh
+                log.warning("budget gate: the change to %s is not recorded yet (%s); retrying on the next refresh",
+                            state.reason, exc.message)
+                return
+            except Exception:  # noqa: BLE001 - a broken store must not stop the gate
+                log.exception("budget gate: could not record the change to %s", state.reason)
+                return
+            self._unrecorded.pop(0)
 
     def start(self) -> BudgetGate:
         """Refresh once (so the first request sees a real state), then keep refreshing."""
