@@ -446,3 +446,21 @@ def test_the_daily_rollup_changes_no_figure(seed: Seed) -> None:
     for (w, n), rows in raw.items():
         assert q(store, n, w.start, w.end) == rows, (n, w)
     assert rollup.refresh(store, start + timedelta(days=3, hours=2)) == 0  # nothing new to roll
+
+
+def test_a_second_refresh_does_not_walk_the_quiet_days_again(seed: Seed) -> None:
+    # The ledger's samples stop on day 2 and the report runs two months later (a fleet torn down,
+    # `spot cost` still run now and then). The quiet days add no rows, yet each is checked once:
+    # a second refresh at the same or a slightly later time reports no day walked again.
+    start = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)
+    seed.every_minute(start, start + timedelta(days=2), {"steady": lambda k: str(D(7) + D("0.05") * k)})
+    seed.request(start + timedelta(hours=3), 100, 10)
+    store = seed.write()
+    later = start + timedelta(days=61, hours=2)
+    raw = q(store, "spend", start, later)
+    assert rollup.refresh(store, later) == 61  # day 1 through day 61: two with rows, 59 quiet
+    assert rollup.refresh(store, later) == 0
+    assert rollup.refresh(store, later + timedelta(days=1)) == 1  # one new settled day, not 62
+    with store.reading() as con:
+        assert con.execute("SELECT count(DISTINCT day) FROM billing_daily").fetchone() == (2,)
+    assert q(store, "spend", start, later) == raw

@@ -96,7 +96,8 @@ def build(home: Path, *, days: int, resources: int, request_rows: int) -> Store:
     common = {"epoch": EPOCH, "failed_every": FAILED_EVERY}
     with store.writing() as con:
         con.execute("SET enable_progress_bar = false")
-        con.execute("DELETE FROM sample_runs; DELETE FROM billing_samples; DELETE FROM billing_daily")
+        con.execute("DELETE FROM sample_runs; DELETE FROM billing_samples; DELETE FROM billing_daily; "
+                    "DELETE FROM billing_rollup_progress")
         con.execute(_RUNS, {**common, "minutes": minutes, "resources": resources})
         con.execute(_SAMPLES, {**common, "minutes": minutes, "resources": resources, "tiers": TIERS})
         con.execute("DELETE FROM fleet_resources")
