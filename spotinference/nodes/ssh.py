@@ -155,33 +155,30 @@ class SshTransport(Transport):
         return result
 
     def put_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
-        directory, name = posixpath.split(path)
-        self.run(f"mkdir -p -- {shlex.quote(directory or '/')}")
-        tmp = posixpath.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-        sftp = self._sftp()
-        try:
+        def write(sftp: paramiko.SFTPClient, tmp: str) -> None:
             with sftp.open(tmp, "wb") as out:
                 out.chmod(mode)  # before the data, so a secret is never readable under a wider mode
                 out.write(data)
-            sftp.posix_rename(tmp, path)  # atomic over an existing file, unlike SFTP's rename
-        except (OSError, paramiko.SSHException) as exc:
-            try:
-                sftp.remove(tmp)
-            except (OSError, paramiko.SSHException):
-                pass
-            raise self._file_error("write", path, exc) from exc
-        finally:
-            sftp.close()
+
+        self._put_through_temporary(path, write)
 
     def put_local_file(self, path: str, local: Path, *, mode: int = 0o644) -> None:
+        def write(sftp: paramiko.SFTPClient, tmp: str) -> None:
+            sftp.put(str(local), tmp, confirm=True)  # streamed in chunks; confirm: the size is checked
+            sftp.chmod(tmp, mode)
+
+        self._put_through_temporary(path, write)
+
+    def _put_through_temporary(self, path: str, write: Callable[[paramiko.SFTPClient, str], None]) -> None:
+        """Write a temporary file beside ``path`` with ``write``, then rename it into place, so
+        a reader never sees half a file; the temporary is removed when anything fails."""
         directory, name = posixpath.split(path)
         self.run(f"mkdir -p -- {shlex.quote(directory or '/')}")
         tmp = posixpath.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
         sftp = self._sftp()
         try:
-            sftp.put(str(local), tmp, confirm=True)  # streamed in chunks; confirm: the size is checked
-            sftp.chmod(tmp, mode)
-            sftp.posix_rename(tmp, path)
+            write(sftp, tmp)
+            sftp.posix_rename(tmp, path)  # atomic over an existing file, unlike SFTP's rename
         except (OSError, paramiko.SSHException) as exc:
             try:
                 sftp.remove(tmp)
