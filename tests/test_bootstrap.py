@@ -209,7 +209,9 @@ def test_the_bootstrap_starts_a_tier_command_with_its_env_and_installs_nothing(n
     record = tmp_path / "record"
     fake = tmp_path / "bin" / "fake-vllm"
     fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}.argv\nenv > {record}.env\nexec sleep 120\n')
+    # The env file appears by rename, whole: the test waits for it and must not read it half written.
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}.argv\nenv > {record}.env.part\n'
+                    f'mv {record}.env.part {record}.env\nexec sleep 120\n')
     fake.chmod(0o755)
     port = free_port()
     plan = EnginePlan(tier=_cpu_tier([str(fake), "-m", "vllm.entrypoints.openai.api_server"]), layout=node,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli_cost import WINDOW, seeded  # noqa: F401 - the seeded data directory fixture
+from tests.test_cli_cost import WINDOW, seeded, seeded_once  # noqa: F401 - the seeded data directory fixtures
 
 BY = ["day", "tier", "model", "key", "resource", "type", "utilisation"]
 SQL_NAME = re.compile(r"\b[a-z]+(?:_[a-z]+)+\b")  # usd_per_mtok_output, spend_usd, key_id ...

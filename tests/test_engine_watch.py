@@ -37,9 +37,11 @@ def show(active: str, sub: str, restarts: int, result: str) -> str:
     return f"ActiveState={active}\nSubState={sub}\nNRestarts={restarts}\nResult={result}\n"
 
 
-def test_two_restarts_after_the_bootstrap_started_the_unit_are_a_crash_loop(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    transport = node_with(tmp_path, monkeypatch, show=show("activating", "auto-restart", 1, "exit-code"))
-    watch = EngineWatch(transport, started_by_us=True)
+def test_two_restarts_after_the_first_check_are_a_crash_loop(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    transport = node_with(tmp_path, monkeypatch, show=show("activating", "auto-restart", 0, "exit-code"))
+    watch = EngineWatch(transport)
+    watch.check()
+    (tmp_path / "show").write_text(show("activating", "auto-restart", 1, "exit-code"))
     watch.check()  # one restart: an engine killed once comes back; not yet a loop
     (tmp_path / "show").write_text(show("activating", "auto-restart", 2, "exit-code"))
     with pytest.raises(EngineUnitFailedError) as caught:
@@ -52,10 +54,11 @@ def test_two_restarts_after_the_bootstrap_started_the_unit_are_a_crash_loop(tmp_
     assert "spot logs spot-demo-1" in caught.value.hint
 
 
-def test_restarts_before_the_wait_began_do_not_count_when_spot_did_not_start_the_unit(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_restarts_before_the_wait_began_do_not_count(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    # Also when spot just restarted the unit: systemd keeps the count of the crash loop it replaced.
     transport = node_with(tmp_path, monkeypatch, show=show("active", "running", 5, "success"))
-    watch = EngineWatch(transport, started_by_us=False)
-    watch.check()  # killed five times last month, loading now: no crash loop
+    watch = EngineWatch(transport)
+    watch.check()  # killed five times last month (or a bad flag just fixed), loading now: no crash loop
     (tmp_path / "show").write_text(show("active", "running", 6, "success"))
     watch.check()
     (tmp_path / "show").write_text(show("activating", "auto-restart", 7, "signal"))
@@ -67,6 +70,6 @@ def test_a_unit_that_failed_or_exited_stops_the_wait_at_once(tmp_path: Path, mon
     transport = node_with(tmp_path, monkeypatch, show=show("failed", "failed", 0, "start-limit-hit"),
                           journal="Traceback (most recent call last):\nOSError: /mnt/weights/models/x does not exist\n")
     with pytest.raises(EngineUnitFailedError) as caught:
-        EngineWatch(transport, started_by_us=True).check()
+        EngineWatch(transport).check()
     assert "is stopped (systemd: 0 restarts, now failed/failed, last result start-limit-hit)" in str(caught.value)
     assert str(caught.value).endswith("its last words: OSError: /mnt/weights/models/x does not exist")

@@ -177,7 +177,7 @@ class Fleet:
                 if layout_for(vm).supervisor == "systemd" and (
                         unit_checked_at is None or steps.elapsed_s - unit_checked_at >= UNIT_CHECK_EVERY_S):
                     unit_checked_at = steps.elapsed_s
-                    self._check_engine_unit(tier, vm, steps, reason, started_by_us=engine_started)
+                    self._check_engine_unit(tier, vm, steps, reason)
                 steps.say(f"{state.value}: the engine is loading (waiting for its /health)", state, vm)
             else:
                 steps.say(_waiting_for(vm), state, vm)
@@ -196,14 +196,14 @@ class Fleet:
                 state = node_state(vm, engine_healthy=False, last_state=last.state if last else None)
                 steps.note(vm, state, reason, message=_waiting_for(vm))
 
-    def _check_engine_unit(self, tier: Tier, vm: Vm, steps: _NodeSteps, reason: str, *, started_by_us: bool) -> None:
+    def _check_engine_unit(self, tier: Tier, vm: Vm, steps: _NodeSteps, reason: str) -> None:
         """Stop waiting for /health once systemd says the engine unit crash-loops or stopped;
         the node is left running as it is, for `spot logs` and `spot ssh`."""
         watch = steps.engine_watch
         try:
             with self.ctx.transport(vm, tier) as transport:
                 if watch is None:
-                    watch = steps.engine_watch = EngineWatch(transport, started_by_us=started_by_us)
+                    watch = steps.engine_watch = EngineWatch(transport)
                 watch.transport = transport
                 watch.check()
         except EngineUnitFailedError:

@@ -82,13 +82,14 @@ def _clip(line: str) -> str:
 class EngineWatch:
     """Checks the engine unit between /health polls; raises EngineUnitFailedError once it fails.
 
-    ``started_by_us``: the bootstrap (re)started the unit just now, which resets systemd's
-    restart count, so every restart from here on counts; otherwise the count at the first check
-    is the baseline (an engine killed once last week is no crash loop today)."""
+    The restart count at the first check is the baseline, whoever started the unit: an engine
+    killed once last week is no crash loop today, and a `systemctl restart` of a unit that was
+    crash-looping keeps its count (seen on a real node: the fixed engine's first check read the
+    bad one's 2 restarts)."""
 
-    def __init__(self, transport: Transport, *, started_by_us: bool) -> None:
+    def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self.baseline: int | None = 0 if started_by_us else None
+        self.baseline: int | None = None
 
     def check(self) -> UnitState:
         state = unit_state(self.transport)
