@@ -31,6 +31,7 @@ MESSAGES = [{"role": "user", "content": "three word prompt"}]
 class Setup:
     def __init__(self, home: Path, url: str, engine_url: str) -> None:
         self.home, self.url, self.engine_url = home, url, engine_url
+        self.patient_url = ""  # a second gateway on the same engine with the default timeouts
 
     def post(self, body: dict, timeout_s: float = 30) -> httpx.Response:
         return httpx.post(f"{self.url}/v1/chat/completions", json=body, timeout=timeout_s)
@@ -55,7 +56,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "SPOT_GATEWAY__UPSTREAM_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
             "SPOT_GATEWAY__UPSTREAM_TOTAL_TIMEOUT_S": str(TOTAL_TIMEOUT_S),
         })
-        yield Setup(home, url, engine_url)
+        # The back-pressure test streams for as long as its client reads slowly: behind the small
+        # total timeout above that is a race with the machine's load, not a test of cross-talk.
+        patient, patient_url = start_gateway(tmp / "patient", models, extra_env={
+            "SPOT_GATEWAY__REQUIRE_KEYS": "false"})
+        try:
+            setup = Setup(home, url, engine_url)
+            setup.patient_url = patient_url
+            yield setup
+        finally:
+            patient.stop()
     finally:
         if gateway is not None:
             gateway.stop()
@@ -160,15 +170,17 @@ def test_a_slow_reader_and_a_second_client_never_see_each_others_bytes(setup: Se
     # other requests run on the same gateway and engine; afterwards each has only its own bytes.
     tokens = 20_000
     payload = json.dumps(body("normal", max_tokens=tokens, stream=True)).encode()
-    slow = socket.create_connection(("127.0.0.1", int(setup.url.rsplit(":", 1)[1])), timeout=60)
+    # The patient gateway: its total timeout is the default, so only cross-talk can fail this.
+    slow = socket.create_connection(("127.0.0.1", int(setup.patient_url.rsplit(":", 1)[1])), timeout=60)
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
     errors: list[str] = []
 
     def others() -> None:
-        for i in range(6):
-            response = setup.post(body("normal", max_tokens=3 + i))
+        for i in range(6):  # through the same gateway and its pool of engine connections
+            response = httpx.post(f"{setup.patient_url}/v1/chat/completions",
+                                  json=body("normal", max_tokens=3 + i), timeout=30)
             try:
                 assert_own_answer(response, 3 + i)
             except AssertionError as exc:
