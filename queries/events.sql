@@ -10,7 +10,7 @@
 --   source 'gate'    (gate_events, migration 0010): gate_opened / gate_closed, with the reason
 --                    in words: over budget, billing unobservable, clock fault;
 --   source 'billing' (billing_anomalies, migration 0008): billing_anomaly, a sample the ledger
---                    refused to count (decrease, missing_total);
+--                    refused to count (decrease, missing_total, unexplained_first_total);
 --   source 'sampler' (sample_runs): sample_failed, a run that could not read a provider's
 --                    billing (ok = false); sampler_clock_behind, a run whose clock read behind
 --                    the previous run's (clock_behind_s).
@@ -47,6 +47,9 @@ WITH events AS (
                       WHEN 'decrease' THEN 'the bill fell to $' || CAST(a.total_bill_usd AS VARCHAR)
                            || ' below its high-water mark $' || CAST(a.previous_high_usd AS VARCHAR) || ', counted nothing'
                       WHEN 'missing_total' THEN 'no readable total, a missing sample'
+                      WHEN 'unexplained_first_total' THEN 'first seen with a bill of $' || CAST(a.total_bill_usd AS VARCHAR)
+                           || ' and no create time, more than its rate could bill since the last good run:'
+                           || ' taken as its baseline, counted nothing'
                       ELSE a.kind END,
            CAST(json_object('anomaly', a.kind, 'provider', a.provider, 'resource_type', a.resource_type,
                             'resource_id', a.resource_id, 'run_id', a.run_id,

@@ -157,6 +157,7 @@ _LEDGER = """
 SELECT
     (SELECT count(*) FROM billing_anomalies WHERE sampled_at >= $since AND kind = 'decrease'),
     (SELECT count(*) FROM billing_anomalies WHERE sampled_at >= $since AND kind = 'missing_total'),
+    (SELECT count(*) FROM billing_anomalies WHERE sampled_at >= $since AND kind = 'unexplained_first_total'),
     (SELECT arg_max(provider || ' ' || resource_type || ' ' || resource_id || coalesce(' (' || name || ')', '')
                     || ' at ' || strftime(sampled_at, '%Y-%m-%d %H:%M UTC'), sampled_at)
      FROM billing_anomalies WHERE sampled_at >= $since),
@@ -170,14 +171,16 @@ def check_ledger(settings: Settings, now: datetime | None = None, days: int = 7)
     now = now or datetime.now(UTC)
     try:
         with Store.from_settings(settings).reading() as con:
-            decreases, missing, latest, steps, most = con.execute(
+            decreases, missing, unexplained, latest, steps, most = con.execute(
                 _LEDGER, {"since": now - timedelta(days=days)}).fetchone()
     except SpotError as exc:
         return Check("ledger", False, f"cannot read the samples: {exc}", exc.hint)
     notes = []
-    if decreases or missing:
-        notes.append(f"{decreases} bill total(s) below their high-water mark and {missing} missing total(s) "
-                     f"not counted (latest: {latest})")
+    if decreases or missing or unexplained:
+        parts = [f"{decreases} bill total(s) below their high-water mark", f"{missing} missing total(s)"]
+        if unexplained:
+            parts.append(f"{unexplained} first total(s) too large to be new, with no create time")
+        notes.append(f"{', '.join(parts[:-1])} and {parts[-1]} not counted (latest: {latest})")
     if steps:
         notes.append(f"the sampler's clock stepped behind its previous run {steps} time(s) (by up to {most:.0f} s); "
                      "those runs were recorded in sequence")

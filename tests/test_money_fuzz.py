@@ -61,6 +61,10 @@ class Resource:
     def exists(self, step: int) -> bool:
         return self.created <= step
 
+    @property
+    def usd_per_hour(self) -> Decimal:
+        return Decimal(self.micro_per_step * 60) * MICRO  # a step is a minute
+
 
 @dataclass
 class History:
@@ -126,7 +130,8 @@ class ScriptedProvider(Provider):
             elif r is target and fault == "exclude":
                 excluded = True
             active = r.deleted is None or r.deleted > step
-            items.append(BillingItem(r.rid, r.kind, r.name, Decimal("0.06") if active else None, total, active,
+            # The rate is the meter's (Hyperstack's bill_per_minute × 60), None once deleted.
+            items.append(BillingItem(r.rid, r.kind, r.name, r.usd_per_hour if active else None, total, active,
                                      created_at=T0 + STEP * r.created if r.reports_created else None,
                                      excluded=excluded))
         return BillingReading(items, provider_clock_at=T0 + STEP * step + timedelta(seconds=1))
@@ -200,7 +205,9 @@ def ledger_reference(history: History, runs: list[Run], answers: dict[tuple[str,
                      since: datetime, until: datetime) -> Decimal:
     """The ledger's rules restated over the answers, independently of the SQL: each resource's
     increases over its high-water mark, in run order; a first known total is a baseline unless
-    the resource was created after its account's good run before it first appeared."""
+    the resource was created after its account's good run before it first appeared (by its create
+    time; without one, by whether its rate could have billed that total since that run, plus 5
+    minutes)."""
     spend = Decimal(0)
     for res in (r for r in history.resources if r.in_fleet):
         good = [r for r in runs if r.ok and r.account == res.account]  # run order is step order
@@ -212,7 +219,14 @@ def ledger_reference(history: History, runs: list[Run], answers: dict[tuple[str,
                 appeared, before_first = True, previous
             if total is not None and not excluded:
                 if high is None:
-                    new = before_first is not None and (not res.reports_created or res.created > before_first.step)
+                    if before_first is None:
+                        new = False
+                    elif res.reports_created:
+                        new = res.created > before_first.step
+                    else:  # the item's rate is None once deleted: nothing is plausible then
+                        active = res.deleted is None or res.deleted > run.step
+                        minutes = run.step - before_first.step + 5  # provider clocks: whole steps apart
+                        new = total <= (res.usd_per_hour if active else 0) * minutes / 60
                     increase = total if new else Decimal(0)
                 else:
                     increase = max(Decimal(0), total - high)
@@ -246,6 +260,16 @@ def meter_delta(history: History, runs: list[Run], since: datetime, until: datet
 # Found by the fuzz: a second account joins with a long-lived resource whose item has no create_time.
 JOINS_LATE = History([Resource("acct-a", "vm", "1", "spot-t-acct-a-1", -100_000, None, 7, True, False),
                       Resource("acct-b", "vm", "101", "spot-t-acct-b-1", -100_000, None, 5, True, False)], 8, 3)
+# Found by the fuzz (CI, stop 26): the account's first answer is empty; the next shows a VM that
+# was there all along, with no create_time. Its lifetime bill was counted ($0.100001 for $0.000001).
+EMPTY_FIRST = History([Resource("acct-a", "vm", "1", "spot-t-acct-a-1", -100_000, None, 1, True, False)], 6, 0,
+                      {(0, "acct-a"): ("empty", 0)})
+# The same class: the first answer leaves out one of two long-lived resources (and a new one, made
+# at step 3 without a create_time, still counts whole).
+OMITTED_FIRST = History([Resource("acct-a", "vm", "1", "spot-t-acct-a-1", -100_000, None, 9, True, False),
+                         Resource("acct-a", "volume", "2", "acct-a-weights", -50, None, 3, True, False),
+                         Resource("acct-a", "vm", "3", "spot-t-acct-a-2", 3, None, 11, True, False)], 8, 8,
+                        {(0, "acct-a"): ("omit", 1)})
 
 
 @pytest.mark.slow
@@ -253,6 +277,8 @@ JOINS_LATE = History([Resource("acct-a", "vm", "1", "spot-t-acct-a-1", -100_000,
 @given(history=histories(), cuts=st.lists(st.tuples(st.integers(0, 16), st.integers(1, 16), st.integers(0, 5)),
                                           min_size=4, max_size=4))
 @example(history=JOINS_LATE, cuts=[(0, 9, 0), (2, 3, 1), (4, 4, 0), (0, 2, 0)])
+@example(history=EMPTY_FIRST, cuts=[(0, 7, 0), (1, 3, 0), (0, 2, 0), (2, 1, 5)])
+@example(history=OMITTED_FIRST, cuts=[(0, 9, 0), (1, 2, 0), (2, 3, 0), (3, 1, 0)])
 def test_spend_is_the_fleets_true_bill_delta_or_unobservable(tmp_path_factory: pytest.TempPathFactory,
                                                              history: History, cuts: list[tuple[int, int, int]]) -> None:
     home = tmp_path_factory.mktemp("fuzz")

@@ -259,6 +259,57 @@ def test_a_second_account_starts_from_its_own_baseline_even_after_an_empty_first
         s2.stop()
 
 
+@pytest.mark.parametrize("first_answer", ["empty", "without_the_fleet"])
+def test_an_incomplete_first_answer_then_items_without_create_time_never_count_a_lifetime_bill(
+        sim: Account, home: Path, first_answer: str) -> None:
+    # A provider that never says when it created a resource, and an account whose first answer
+    # left resources out: when they appear at the next run they have billed for 200 h, which is
+    # no resource created since one run ago. A VM really created between runs still counts whole.
+    ids = sim.ids()
+    sim.fault(kind="billing_no_create_time", count=40)  # every answer of this test
+    if first_answer == "empty":
+        sim.fault(kind="billing_empty", count=2)  # the active and the deleted list
+    else:  # the fleet's VM left out (the emulator drops one resource per answer)
+        sim.fault(kind="billing_missing_item", resource_type="vm", resource_id=ids[f"spot-{sim.name}-tier-1"],
+                  count=2)
+    first = good_sample()
+    assert first["runs"][0]["resources"] == (0 if first_answer == "empty" else 2)  # the volume and the dev box
+    at_first = sim.bills()
+    sim.advance(STEP_S)
+    at_second = sim.bills()
+    assert at_second[f"spot-{sim.name}-tier-1"] > 99  # the lifetime bill that must not be counted
+    # The truth: from the first run for what its answer held, from the second for what it left out.
+    in_first = {f"{sim.name}-weights"} if first_answer == "without_the_fleet" else set()
+    baseline = {name: (at_first if name in in_first else at_second)[name] for name in at_second if name != "dev-box"}
+    good_sample()
+    settings, _ = load_settings(None)
+    from spotinference.providers.registry import open_provider
+
+    with open_provider(settings, sim.name) as p:  # new since the last run, and undated too
+        p.create_vm(VmSpec(name=f"spot-{sim.name}-tier-2", flavor="sim-cpu-1", environment="sim-local",
+                           key_name="test-key"))
+    sim.advance(STEP_S)
+    good_sample()
+    sim.advance(STEP_S)
+    good_sample()
+    new_vm = sim.bills()[f"spot-{sim.name}-tier-2"]
+    assert new_vm > 0
+    report = cost_since(first["sampled_at"])
+    assert usd(report["spend_usd"]) == fleet_bill(sim) - sum(baseline.values())  # the new VM's whole bill too
+    # What was not counted is shown, with what the provider said.
+    events = json.loads(run_spot("events", "--json").stdout)
+    unexplained = {(e["detail"]["resource_type"], e["detail"]["resource_id"]): e for e in events
+                   if e["kind"] == "billing_anomaly" and e["detail"]["anomaly"] == "unexplained_first_total"}
+    vm, volume = ("vm", str(ids[f"spot-{sim.name}-tier-1"])), ("volume", str(ids[f"{sim.name}-weights"]))
+    assert vm in unexplained and (volume in unexplained) == (first_answer == "empty")
+    assert ("vm", str(sim.ids()[f"spot-{sim.name}-tier-2"])) not in unexplained
+    vm_event = unexplained[vm]
+    assert "no create time" in vm_event["message"] and "counted nothing" in vm_event["message"]
+    assert Decimal(vm_event["detail"]["total_bill_usd"]) > 99
+    ledger = next(c for c in json.loads(run_spot("doctor", "--json").stdout)["checks"] if c["name"] == "ledger")
+    assert "first total(s) too large to be new, with no create time" in ledger["detail"], ledger
+
+
 def test_one_failing_account_is_a_gap_in_its_own_coverage(tmp_path: Path, home: Path) -> None:
     s1, one = start(tmp_path, "one")
     s2, two = start(tmp_path, "two", "--id-offset", "1000")

@@ -259,6 +259,13 @@ def test_null_missing_and_jittered_totals_change_one_answer_only(start) -> None:
     assert set(sim.usage()) == set(truth) - {("vm", a["id"])} and ("vm", a["id"]) not in sim.usage(deleted=True)
     assert set(sim.usage()) == set(truth)
 
+    sim.fault({"kind": "billing_no_create_time", "resource_type": "vm", "count": 2})
+    for _ in range(2):
+        items = sim.usage()
+        assert "create_time" not in items[("vm", a["id"])] and items[("volume", vol["id"])]["create_time"]
+        assert {key: item["total_bill"] for key, item in items.items()} == truth  # nothing else changed
+    assert sim.usage()[("vm", a["id"])]["create_time"]
+
     sim.fault({"kind": "billing_null_total", "deleted": True})  # waits for a ?deleted=true answer
     assert sim.usage()[("vm", a["id"])]["total_bill"] == truth[("vm", a["id"])]
     assert len(sim.admin("GET", "/state")["faults"]) == 1

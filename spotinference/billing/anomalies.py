@@ -1,8 +1,10 @@
 """Recording what the ledger refused to count, as each good run is written.
 
-The verdicts are the ledger's own (``billing_increases``, migration 0008): a sample whose total
-fell below its resource's high-water mark (a decrease: counts nothing), and a sample without a
-readable total (a missing sample). They are kept with the run and the provider's item, so that
+The verdicts are the ledger's own (``billing_increases``, migrations 0008 and 0015): a sample
+whose total fell below its resource's high-water mark (a decrease: counts nothing), a sample
+without a readable total (a missing sample), and a resource first seen after its account's first
+good run, with no create time and a total larger than its rate could have billed since that run
+(an unexplained first total: a baseline, so its lifetime bill is never read as today's spend). They are kept with the run and the provider's item, so that
 `spot cost` and `spot doctor` can show them long after the days are rolled up.
 """
 
@@ -21,6 +23,14 @@ JOIN billing_samples AS b
     ON b.run_id = i.run_id AND b.provider = i.provider AND b.resource_type = i.resource_type
    AND b.resource_id = i.resource_id
 WHERE i.run_id = $run_id AND i.total_bill_usd < i.previous_high_usd
+UNION ALL
+SELECT i.run_id, i.sampled_at, i.provider, i.resource_type, i.resource_id, b.name, 'unexplained_first_total',
+       i.total_bill_usd, NULL, b.raw
+FROM billing_increases($at, $at + INTERVAL 1 MICROSECOND) AS i
+JOIN billing_samples AS b
+    ON b.run_id = i.run_id AND b.provider = i.provider AND b.resource_type = i.resource_type
+   AND b.resource_id = i.resource_id
+WHERE i.run_id = $run_id AND i.first_total = 'unexplained'
 UNION ALL
 SELECT run_id, sampled_at, provider, resource_type, resource_id, name, 'missing_total', NULL, NULL, raw
 FROM billing_samples

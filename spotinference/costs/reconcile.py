@@ -117,7 +117,7 @@ class RunPoint:
 
 @dataclass(frozen=True, slots=True)
 class AnomalyPoint:
-    """A sample the ledger refused (``decrease`` | ``missing_total``), placed by provider clock."""
+    """A sample the ledger refused (``decrease`` | ``missing_total`` | ``unexplained_first_total``), placed by provider clock."""
 
     provider: str
     resource_type: str

@@ -24,6 +24,8 @@ and/or ``resource_id`` to pick items (default: every item of the answer):
   lower (default 0.000001, not below 0) in that answer only; the meter itself never decreases.
 * ``{"kind": "billing_missing_item"}``: the items are left out of that answer (a resource that
   vanished from both lists for one answer).
+* ``{"kind": "billing_no_create_time"}``: the items have no ``create_time`` key (a provider, or
+  an older API version, that does not say when it created a resource).
 * ``{"kind": "billing_empty"}``: 200 ``{"status": true, "message": ..., "data": []}`` whatever
   exists.
 * ``{"kind": "billing_reshaped", "shape": S}``: a 200 without the documented shape. S is
@@ -58,8 +60,9 @@ from typing import Any
 
 REQUEST_KINDS = ("rate_limit", "server_error", "slow")
 BILLING_KINDS = ("billing_null_total", "billing_missing_total", "billing_jitter", "billing_missing_item",
-                 "billing_empty", "billing_reshaped", "billing_paged")
-ITEM_KINDS = ("billing_null_total", "billing_missing_total", "billing_jitter", "billing_missing_item")
+                 "billing_no_create_time", "billing_empty", "billing_reshaped", "billing_paged")
+ITEM_KINDS = ("billing_null_total", "billing_missing_total", "billing_jitter", "billing_missing_item",
+              "billing_no_create_time")
 KINDS = (*REQUEST_KINDS, "restore_capacity", *BILLING_KINDS)
 SHAPES = ("no_data", "data_null", "data_object", "renamed", "bare_list")
 DEFAULT_JITTER_USD = Decimal("0.000001")

@@ -52,6 +52,9 @@ def _item_faults(item: dict[str, Any], faults: dict[str, Fault]) -> dict[str, An
     missing = faults.get("billing_missing_total")
     if missing is not None and missing.targets(item):
         item.pop("total_bill", None)
+    undated = faults.get("billing_no_create_time")
+    if undated is not None and undated.targets(item):
+        item.pop("create_time", None)
     return item
 
 
