@@ -16,21 +16,17 @@ import duckdb
 
 _RECORD = """
 INSERT INTO billing_anomalies
-SELECT i.run_id, i.sampled_at, i.provider, i.resource_type, i.resource_id, b.name, 'decrease',
-       i.total_bill_usd, i.previous_high_usd, b.raw
-FROM billing_increases($at, $at + INTERVAL 1 MICROSECOND) AS i
-JOIN billing_samples AS b
-    ON b.run_id = i.run_id AND b.provider = i.provider AND b.resource_type = i.resource_type
-   AND b.resource_id = i.resource_id
-WHERE i.run_id = $run_id AND i.total_bill_usd < i.previous_high_usd
-UNION ALL
-SELECT i.run_id, i.sampled_at, i.provider, i.resource_type, i.resource_id, b.name, 'unexplained_first_total',
-       i.total_bill_usd, NULL, b.raw
-FROM billing_increases($at, $at + INTERVAL 1 MICROSECOND) AS i
-JOIN billing_samples AS b
-    ON b.run_id = i.run_id AND b.provider = i.provider AND b.resource_type = i.resource_type
-   AND b.resource_id = i.resource_id
-WHERE i.run_id = $run_id AND i.first_total = 'unexplained'
+WITH refused AS (  -- the ledger's verdicts on this run's totals (billing_increases read once)
+    SELECT i.run_id, i.sampled_at, i.provider, i.resource_type, i.resource_id, b.name,
+           CASE WHEN i.first_total = 'unexplained' THEN 'unexplained_first_total' ELSE 'decrease' END AS kind,
+           i.total_bill_usd, i.previous_high_usd, b.raw
+    FROM billing_increases($at, $at + INTERVAL 1 MICROSECOND) AS i
+    JOIN billing_samples AS b
+        ON b.run_id = i.run_id AND b.provider = i.provider AND b.resource_type = i.resource_type
+       AND b.resource_id = i.resource_id
+    WHERE i.run_id = $run_id AND (i.total_bill_usd < i.previous_high_usd OR i.first_total = 'unexplained')
+)
+SELECT * FROM refused
 UNION ALL
 SELECT run_id, sampled_at, provider, resource_type, resource_id, name, 'missing_total', NULL, NULL, raw
 FROM billing_samples
