@@ -52,6 +52,7 @@ class Resource:
     micro_per_step: int
     in_fleet: bool
     reports_created: bool = True  # whether the provider's item carries create_time
+    created_skew: int = 0  # steps the reported create_time is off (330: a local time +05:30 read as UTC)
 
     def bill(self, step: int) -> int:
         """Micro-dollars billed by the end of ``step`` (steps in which it existed)."""
@@ -92,7 +93,8 @@ def histories(draw: st.DrawFn) -> History:
             created = draw(st.sampled_from([-100_000, -100_000, -50, *range(0, steps)]))
             deleted = draw(st.one_of(st.none(), st.integers(max(created, 0) + 1, steps + 2)))
             resources.append(Resource(account, kind, str(100 * ACCOUNTS.index(account) + n + 1), name, created,
-                                      deleted, draw(st.integers(1, 5000)), fleet, draw(st.booleans())))
+                                      deleted, draw(st.integers(1, 5000)), fleet, draw(st.booleans()),
+                                      draw(st.sampled_from([0, 0, 0, 330]))))
     b_joins = draw(st.integers(0, steps // 2))
     kinds = st.sampled_from(["fail", "empty", "omit", "null", "jitter", "jitter", "exclude"])
     faults = draw(st.dictionaries(st.tuples(st.integers(0, steps - 1), st.sampled_from(ACCOUNTS)),
@@ -132,7 +134,7 @@ class ScriptedProvider(Provider):
             active = r.deleted is None or r.deleted > step
             # The rate is the meter's (Hyperstack's bill_per_minute × 60), None once deleted.
             items.append(BillingItem(r.rid, r.kind, r.name, r.usd_per_hour if active else None, total, active,
-                                     created_at=T0 + STEP * r.created if r.reports_created else None,
+                                     created_at=T0 + STEP * (r.created + r.created_skew) if r.reports_created else None,
                                      excluded=excluded))
         return BillingReading(items, provider_clock_at=T0 + STEP * step + timedelta(seconds=1))
 
@@ -206,8 +208,8 @@ def ledger_reference(history: History, runs: list[Run], answers: dict[tuple[str,
     """The ledger's rules restated over the answers, independently of the SQL: each resource's
     increases over its high-water mark, in run order; a first known total is a baseline unless
     the resource was created after its account's good run before it first appeared (by its create
-    time; without one, by whether its rate could have billed that total since that run, plus 5
-    minutes)."""
+    time, unless that is later than the provider's clock then, plus 5 minutes; without one, by
+    whether its rate could have billed that total since that run, plus 5 minutes)."""
     spend = Decimal(0)
     for res in (r for r in history.resources if r.in_fleet):
         good = [r for r in runs if r.ok and r.account == res.account]  # run order is step order
@@ -221,8 +223,8 @@ def ledger_reference(history: History, runs: list[Run], answers: dict[tuple[str,
                 if high is None:
                     if before_first is None:
                         new = False
-                    elif res.reports_created:
-                        new = res.created > before_first.step
+                    elif res.reports_created and res.created + res.created_skew <= run.step + 5:
+                        new = res.created + res.created_skew > before_first.step  # a believable create time
                     else:  # the item's rate is None once deleted: nothing is plausible then
                         active = res.deleted is None or res.deleted > run.step
                         minutes = run.step - before_first.step + 5  # provider clocks: whole steps apart
@@ -270,6 +272,10 @@ OMITTED_FIRST = History([Resource("acct-a", "vm", "1", "spot-t-acct-a-1", -100_0
                          Resource("acct-a", "volume", "2", "acct-a-weights", -50, None, 3, True, False),
                          Resource("acct-a", "vm", "3", "spot-t-acct-a-2", 3, None, 11, True, False)], 8, 8,
                         {(0, "acct-a"): ("omit", 1)})
+# And with a create time that is a local time (+05:30) read as UTC: 5.5 h ahead, the VM looked
+# created since the empty first run.
+SKEWED_FIRST = History([Resource("acct-a", "vm", "1", "spot-t-acct-a-1", -200, None, 9, True, True, 330)], 6, 0,
+                       {(0, "acct-a"): ("empty", 0)})
 
 
 @pytest.mark.slow
@@ -279,6 +285,7 @@ OMITTED_FIRST = History([Resource("acct-a", "vm", "1", "spot-t-acct-a-1", -100_0
 @example(history=JOINS_LATE, cuts=[(0, 9, 0), (2, 3, 1), (4, 4, 0), (0, 2, 0)])
 @example(history=EMPTY_FIRST, cuts=[(0, 7, 0), (1, 3, 0), (0, 2, 0), (2, 1, 5)])
 @example(history=OMITTED_FIRST, cuts=[(0, 9, 0), (1, 2, 0), (2, 3, 0), (3, 1, 0)])
+@example(history=SKEWED_FIRST, cuts=[(0, 7, 0), (1, 3, 0), (0, 2, 0), (2, 1, 5)])
 def test_spend_is_the_fleets_true_bill_delta_or_unobservable(tmp_path_factory: pytest.TempPathFactory,
                                                              history: History, cuts: list[tuple[int, int, int]]) -> None:
     home = tmp_path_factory.mktemp("fuzz")

@@ -1,4 +1,4 @@
--- A resource first seen without a create time no longer counts its whole bill by default.
+-- A resource first seen without a (believable) create time no longer counts its whole bill by default.
 --
 -- Found by tests/test_money_fuzz.py: an account's first good answer came back empty (or left one
 -- long-lived resource out), so the ledger's baseline for that account lacked the resource; at the
@@ -7,7 +7,8 @@
 -- such a first total counts whole only when the resource's own rate could have billed it since
 -- the account's good run before it appeared; otherwise it is a baseline and the sampler records
 -- an anomaly (kind 'unexplained_first_total', spotinference.billing.anomalies) so the operator
--- sees what was not counted.
+-- sees what was not counted. A create time later than the provider's clock at that answer is not
+-- believed (a local time without its offset, read as UTC, made an old resource look new).
 --
 -- billing_increases(window_start, window_end) is as in migration 0008, with one more column:
 -- first_total, how a resource's first known total was read: 'new' (counted whole), 'baseline'
@@ -99,10 +100,12 @@ first_known AS (  -- how each resource's first known total is read
         CASE
             WHEN j.previous_high_usd IS NOT NULL THEN NULL
             WHEN j.first_seen_prev_ok_at IS NULL THEN 'baseline'                       -- account's first good run
-            WHEN j.created_at IS NOT NULL THEN
+            -- A create time later than the provider's own clock when it answered (plus 5 minutes)
+            -- cannot be true (a local time sent without its offset reads hours ahead): not used.
+            WHEN j.created_at IS NOT NULL AND j.created_at <= j.ok_at + INTERVAL 5 MINUTE THEN
                 CASE WHEN j.created_at <= j.first_seen_prev_ok_at THEN 'baseline'      -- existed before
                      ELSE 'new' END                                                    -- created since: whole bill
-            -- No create time: new only if it could have billed that much since the account's
+            -- No usable create time: new only if it could have billed that much since the account's
             -- good run before it first appeared (its rate over that time, plus 5 minutes for the
             -- provider's per-minute rounding and refresh). Anything more is older than the runs
             -- that missed it (an empty or incomplete first answer): a baseline, and an anomaly.
