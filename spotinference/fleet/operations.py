@@ -54,8 +54,10 @@ class Fleet:
 
     # -- up and wake -------------------------------------------------------------------------
 
-    def up(self, tier_name: str, *, nodes: int | None = None) -> list[str]:
-        """Create (or restore) and bootstrap the tier's nodes until each serves; their names."""
+    def up(self, tier_name: str, *, nodes: int | None = None, brought: set[str] | None = None) -> list[str]:
+        """Create (or restore) and bootstrap the tier's nodes until each serves; their names.
+        ``brought`` gets the names of the nodes this call created or restored (not another
+        process's under way)."""
         tier = self.ctx.tier(tier_name)
         count = nodes if nodes is not None else max(tier.min_nodes, 1)
         if not 1 <= count <= tier.max_nodes:
@@ -64,7 +66,8 @@ class Fleet:
         check_tier(self.ctx.settings, tier, provider)
         self.ctx.records.decision(tier=tier.name, reason=f"spot up: {count} node(s)")
         indexes = range(1, count + 1)
-        return self._each(tier, indexes, lambda i: self._bring_up(tier, provider, i, UP_DEADLINE_S, "spot up"))
+        return self._each(tier, indexes, lambda i: self._bring_up(tier, provider, i, UP_DEADLINE_S, "spot up",
+                                                                   restored=brought))
 
     def wake(self, tier_name: str, *, reason: str = "spot wake", replace_lost: bool = True) -> Woken:
         """Restore the tier's hibernated nodes and wait until they serve (a tier with no node gets
@@ -78,8 +81,9 @@ class Fleet:
         if not replace_lost:
             self._check_not_lost(tier, existing)
         if not existing:
-            nodes = self.up(tier.name)
-            return Woken(nodes, restored=nodes)
+            made: set[str] = set()  # filled from the pool's threads: set.add is atomic
+            nodes = self.up(tier.name, brought=made)
+            return Woken(nodes, restored=sorted(made))
         self.ctx.records.decision(tier=tier.name, reason=reason)
         indexes = sorted(int(vm.name.rsplit("-", 1)[1]) for vm in existing)
         restored: set[str] = set()  # filled from the pool's threads: set.add is atomic
@@ -99,7 +103,7 @@ class Fleet:
     def _bring_up(self, tier: Tier, provider: Provider, index: int, deadline_s: float, reason: str, *,
                   restored: set[str] | None = None) -> str:
         """Bring one node to serving; its name. ``restored`` gets the name if this call (not
-        another process's wake under way) asked the provider to restore the VM."""
+        another process's wake under way) asked the provider to create or restore the VM."""
         ctx = self.ctx
         name = node_name(tier.name, index)
         steps = _NodeSteps(ctx, tier, name)
@@ -125,12 +129,19 @@ class Fleet:
                     # Under the lock too: the tier's nodes share its key pair and volumes, and two
                     # threads that both look first and find nothing would both create them.
                     spec = prepare(ctx.settings, tier, provider, index, own)
-                    # create_vm looks the name up first: a second process finds the first's VM.
-                    steps.say(f"creating a {tier.flavor} VM in {tier.environment}")
-                    vm = provider.create_vm(spec)
+                    # Looked up again under the lock: another process may have made it meanwhile
+                    # (then its wake, not ours, brought the node).
+                    vm = provider.find_vm(name)
+                    made_here = vm is None
+                    if made_here:
+                        steps.say(f"creating a {tier.flavor} VM in {tier.environment}")
+                        vm = provider.create_vm(spec)
+                        if restored is not None:
+                            restored.add(name)
                 own("vm", vm.provider_id, vm.name)
                 state = NodeState.PROVISIONING
-                steps.note(vm, state, f"{reason}: created VM {vm.provider_id}")
+                steps.note(vm, state, f"{reason}: created VM {vm.provider_id}" if made_here
+                           else f"{reason}: VM {vm.provider_id} created by another process")
             elif vm.phase is VmPhase.ERROR:
                 if recreated:
                     raise NodeError(f"node {name} went to ERROR again after being recreated ({vm.status})", node=name,
