@@ -306,9 +306,24 @@ def test_a_sampler_gap_across_an_hour_boundary_says_gap(cloud: Emulator) -> None
     assert abs(usd(after["difference_usd"]) - carried) <= MICRO
     assert all(d["within_tolerance"] for d in data["days"])
     # --since/--until are the provider's clock, in whole hours: only the hour from B.
-    only = reconcile("--since", boundary.isoformat(), "--until", (boundary + timedelta(minutes=30)).isoformat())
+    window = ("--since", boundary.isoformat(), "--until", (boundary + timedelta(minutes=30)).isoformat())
+    only = reconcile(*window)
     assert {h["hour_start"] for h in only["hours"]} == {boundary.isoformat()}
     assert [h for h in only["hours"] if h["resource_type"] == "vm"] == [after]
+    # A struggling provider: each retry of a history call is a line on stderr (JSON lines with
+    # --json), as in every command that waits on the provider; the figures are the same.
+    cloud.fault(kind="server_error", count=2, status=503, path_prefix="/v1/billing/billing/history")
+    table = run_spot("cost", "reconcile", *window)
+    assert table.returncode == 0, table.stderr
+    retries = [line for line in table.stderr.splitlines() if "retrying:" in line]
+    assert len(retries) == 2 and all("/billing/billing/history" in line and ": 503" in line for line in retries), \
+        table.stderr
+    cloud.fault(kind="server_error", count=1, status=502, path_prefix="/v1/billing/billing/history")
+    result = run_spot("cost", "reconcile", "--json", *window)
+    assert result.returncode == 0, result.stderr
+    [retry] = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert retry["event"] == "retry" and retry["answer"].startswith("502")
+    assert json.loads(result.stdout)["hours"] == only["hours"]
 
 
 @pytest.mark.slow
