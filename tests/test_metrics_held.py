@@ -45,6 +45,19 @@ def held_stream(url: str, key: str) -> tuple[socket.socket, str]:
     return sock, request_id.group(1).decode()[:20]
 
 
+def hold_on_both_workers(url: str, key: str, *, pause_s: float) -> list[tuple[socket.socket, str]]:
+    """Held streams sent ``HELD`` at a time until both of the gateway's workers hold some."""
+    held: list[tuple[socket.socket, str]] = []
+    with ThreadPoolExecutor(HELD) as pool:  # at once, so that both workers accept some
+        # /health answered once one worker was up; the other may still be starting: more until both hold.
+        while len({worker for _, worker in held}) < 2 and len(held) < 10 * HELD:
+            if held:
+                time.sleep(pause_s)
+            held += pool.map(lambda _: held_stream(url, key), range(HELD))
+    assert len({worker for _, worker in held}) == 2, f"{len(held)} held requests all reached one worker"
+    return held
+
+
 def scraped(url: str, home: Path, name: str) -> float:
     """One scrape's ``name`` for tier demo."""
     text = httpx.get(f"{url}/metrics", headers=operator_headers(home), timeout=5).text
@@ -67,14 +80,7 @@ def test_health_and_metrics_sum_every_workers_held_requests(fleet: Cloud, tmp_pa
     ok("hibernate", "demo")
     gateway = start_gateway(tmp_path, home)
     try:
-        held: list[tuple[socket.socket, str]] = []
-        with ThreadPoolExecutor(HELD) as pool:  # at once, so that both workers accept some
-            # /health answered once one worker was up; the other may still be starting: more until both hold.
-            while len({worker for _, worker in held}) < 2 and len(held) < 10 * HELD:
-                if held:
-                    time.sleep(1)
-                held += pool.map(lambda _: held_stream(gateway.url, gateway.key), range(HELD))
-        assert len({worker for _, worker in held}) == 2, f"{len(held)} held requests all reached one worker"
+        held = hold_on_both_workers(gateway.url, gateway.key, pause_s=1)
         count = len(held)
         # Each worker publishes its count every 0.25 s: wait for the last one, then every answer agrees.
         wait_for(lambda: gateway.tier("demo")["held_requests"] == count, 10, f"/health to count {count} held")

@@ -9,17 +9,12 @@ provider's name lookup make one VM. The wake is then counted where it was done: 
 from __future__ import annotations
 
 import json
-import socket
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.fleet_config import sim_tier, write_fleet_config
 from tests.test_fleet import Cloud, ok
-from tests.test_metrics_held import held_stream, scraped
+from tests.test_metrics_held import hold_on_both_workers, scraped
 from tests.test_scale_to_zero import fleet, start_gateway, wait_for  # noqa: F401 - fleet is a fixture
-
-HELD = 6
 
 
 def test_two_workers_waking_a_tier_with_no_vm_create_one_and_record_one_wake(
@@ -35,13 +30,7 @@ def test_two_workers_waking_a_tier_with_no_vm_create_one_and_record_one_wake(
     fleet.fault(kind="slow", count=1, delay_s=3, path_prefix="/v1/core/keypairs")
     gateway = start_gateway(tmp_path, home)
     try:
-        held: list[tuple[socket.socket, str]] = []
-        with ThreadPoolExecutor(HELD) as pool:  # at once, so that both workers hold some
-            while len({worker for _, worker in held}) < 2 and len(held) < 10 * HELD:
-                if held:
-                    time.sleep(0.2)
-                held += pool.map(lambda _: held_stream(gateway.url, gateway.key), range(HELD))
-        assert len({worker for _, worker in held}) == 2, f"{len(held)} held requests all reached one worker"
+        held = hold_on_both_workers(gateway.url, gateway.key, pause_s=0.2)
         for sock, _ in held:  # every held client gets its answer once the new node serves
             sock.settimeout(120)
             answer = b""
