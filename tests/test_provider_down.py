@@ -170,6 +170,9 @@ def test_refused_connections_end_the_call_after_the_grace_not_the_deadline() -> 
 
     class OneAnswer(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the look-up before the create: no VM of that name
+            # Stop listening before answering: the POST that follows is refused, never accepted by
+            # the kernel and then reset (which would really be ambiguous: the request was sent).
+            self.server.socket.close()
             body = b'{"status": true, "instances": []}'
             self.send_response(200)
             self.send_header("content-type", "application/json")
@@ -183,11 +186,7 @@ def test_refused_connections_end_the_call_after_the_grace_not_the_deadline() -> 
     server = http.server.HTTPServer(("127.0.0.1", 0), OneAnswer)
     port = server.server_address[1]
 
-    def answer_once_then_close() -> None:
-        server.handle_request()
-        server.server_close()  # from now on, connections are refused
-
-    threading.Thread(target=answer_once_then_close, daemon=True).start()
+    threading.Thread(target=server.handle_request, daemon=True).start()
     with make_provider(f"http://127.0.0.1:{port}/v1", timer, request_timeout_s=30) as provider:
         started = timer.now
         with pytest.raises(ProviderUnreachableError):
