@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import SPOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares("default-ports")]  # the demo takes 8780 and 8000 when free
 
 
 def processes_tied_to(marker: Path) -> list[str]:

@@ -29,6 +29,7 @@ def test_every_package_directory_is_listed_for_installation() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.shares("default-ports")  # its `spot demo` takes 8780 and 8000 when they are free
 def test_pip_install_into_a_fresh_venv_gives_a_working_spot(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -62,6 +62,7 @@ def test_every_spot_command_in_the_readme_exists() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.shares("default-ports")  # the tour needs 8780 and 8000 free
 def test_the_tour_runs_as_written(tmp_path: Path, home: Path) -> None:
     # The tour runs as a user would, on the embedded default's ports: never skipped, a taken port
     # is a failure that says so.
