@@ -4,9 +4,11 @@ asked for ``required=True`` (the real-node tests): then it fails with one line s
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,11 +33,17 @@ def ensure_installed(package: str, find: Callable[[], Path | None], *, what: str
         _cannot(f"{what} is not installed and there is no apt-get to install {package}", required)
     if os.geteuid() != 0:
         _cannot(f"{what} is not installed and installing {package} needs root", required)
-    install = ["apt-get", "install", "-y", "--no-install-recommends", package]
-    if _apt(install).returncode != 0:
-        # A fresh machine often has no package lists yet.
-        _check(_apt(["apt-get", "update"]), "apt-get update")
-        _check(_apt(install), f"apt-get install {package}")
+    # One apt at a time (xdist workers, parallel sessions): a second apt-get fails on dpkg's lock.
+    with open(Path(tempfile.gettempdir()) / "spotinference-tests-apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = find()  # another process installed it while this one waited
+        if found is not None:
+            return found
+        install = ["apt-get", "install", "-y", "--no-install-recommends", package]
+        if _apt(install).returncode != 0:
+            # A fresh machine often has no package lists yet.
+            _check(_apt(["apt-get", "update"]), "apt-get update")
+            _check(_apt(install), f"apt-get install {package}")
     found = find()
     if found is None:
         raise RuntimeError(f"{package} installed but {what} is still missing")
