@@ -70,7 +70,7 @@ def test_status_and_wake_with_the_emulator_stopped_answer_in_seconds_with_one_li
 @pytest.mark.parametrize("base_url, why", [
     (f"http://127.0.0.1:{free_port()}/v1", "connection refused"),
     ("http://spot-provider.invalid/v1", "host name not resolved"),
-])
+], ids=["closed-port", "unknown-host"])  # not the port: each xdist worker picks its own, the ids must agree
 def test_a_closed_port_or_an_unknown_host_fails_in_seconds(base_url: str, why: str) -> None:
     write_config(base_url)
     for args in (["status"], ["up", "demo"], ["wake", "demo"], ["hibernate", "demo"]):
