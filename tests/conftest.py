@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import xdist_groups
-
 # tests.real_node_fleet: the session's shared real node (real_node_image, real_fleet,
 # real_node_served), one fixture instance for every real-node module, which importing it into
 # each module would not give.
@@ -21,7 +19,33 @@ ROOT = Path(__file__).resolve().parents[1]
 SPOT = Path(sys.executable).with_name("spot")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# Under pytest-xdist (`-n 2 --dist loadgroup`), what a test shares with others beyond its own
+# tmp_path decides where it runs. A session fixture is made once per worker, so the real engines
+# (vLLM for the chat and the pooling model, the vLLM a tier starts, the real node with its vLLM)
+# would start on each worker, twice on two cores at once: their tests form one group, which runs on
+# one worker in collection order (the ``last`` test, too, stays after the other users of its
+# fixture). ``shares(NAME)`` names what a fixture cannot show (the README tour's default ports,
+# the engine a fixture takes by name). Every other test keeps its module's worker, in order: a
+# module fixture is made once per module, as in a serial run.
+SHARED_BY_FIXTURE = {
+    "vllm_engine": "real-engines",
+    "vllm_pooling_engine": "real-engines",
+    "vllm_installed": "real-engines",  # test_scale_to_zero_vllm.py: a tier's own vLLM
+    "real_node_image": "real-engines",  # the real nodes (their address slots are reused at once)
+    "real_fleet": "real-engines",
+}
+
+
+def xdist_group(item: pytest.Item) -> str:
+    shared = {marker.args[0] for marker in item.iter_markers("shares")}
+    shared |= {group for fixture, group in SHARED_BY_FIXTURE.items() if fixture in getattr(item, "fixturenames", ())}
+    if len(shared) > 1:
+        raise pytest.UsageError(f"{item.nodeid} shares {sorted(shared)}: one test can join one xdist group")
+    return shared.pop() if shared else item.nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test marked ``last("fixture")`` ends what the tests using that fixture share (the shared
     real node, which it terminates): it runs right after the last of them, not at the session's end."""
     for item in [item for item in items if item.get_closest_marker("last")]:
@@ -29,11 +53,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items.remove(item)
         users = [i for i, other in enumerate(items) if fixture in getattr(other, "fixturenames", ())]
         items.insert(users[-1] + 1 if users else len(items), item)
+    if hasattr(config, "workerinput"):  # an xdist worker
+        for item in items:
+            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # `pytest -n 2` (pytest-xdist): tests sharing a real engine or the default ports share a worker.
-    xdist_groups.register(config)
+    if not hasattr(config, "workerinput") and config.getoption("dist", "no") != "no" and config.getoption("tx", None):
+        if config.getoption("dist") != "loadgroup":
+            raise pytest.UsageError("this suite runs in parallel with --dist loadgroup only (tests/conftest.py: "
+                                    "tests sharing a real engine or the default ports run on one worker)")
+        # The groups go out in collection order, not largest first: the real engines' group
+        # (from tests/test_bench.py, the first module) starts at once, and the last units are
+        # small modules, never one long test left alone at the end.
+        config.option.loadscopereorder = False
     # A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so
     # would every `spot` it starts (spot keeps an ignored SIGINT ignored, as nohup'd programs must).
     # The tests that press Ctrl-C stand for a user at a terminal, whose SIGINT is not ignored.
