@@ -58,6 +58,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
 
 
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    """xdist's loadgroup carries each group as an ``@group`` suffix on the node id. pytest 9.2
+    drops that suffix (pytest-xdist issue 1386; pyproject pins pytest below 9.2 until a fix is
+    released): then every test would be spread alone, and vLLM would start on both workers at
+    once. Stop before running anything rather than run that way."""
+    ungrouped = [nodeid for nodeid in ids if "@" not in nodeid.rpartition("]")[2]]
+    if ungrouped:
+        pytest.exit(f"pytest {pytest.__version__} dropped xdist's group from {len(ungrouped)} node ids "
+                    f"(e.g. {ungrouped[0]}; pytest-xdist issue 1386): install the test extra's pytest "
+                    "(pip install -e '.[test]'), or run without -n", returncode=4)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput") and config.getoption("dist", "no") != "no" and config.getoption("tx", None):
         if config.getoption("dist") != "loadgroup":
