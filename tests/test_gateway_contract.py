@@ -101,24 +101,48 @@ def shape(value: Any) -> Any:
     return type(value).__name__
 
 
-def text_of(chunks: list[dict]) -> str:
-    return "".join((c["choices"][0].get("delta") or {}).get("content") or c["choices"][0].get("text") or ""
-                   for c in chunks if c["choices"])
+# The fields a stream spreads over its chunks: a merged chunk carries them joined.
+_JOINED = {"content", "text", "reasoning_content", "reasoning"}
+
+
+def _merge(into: Any, new: Any, key: str | None = None) -> Any:
+    if isinstance(new, dict):
+        merged = dict(into) if isinstance(into, dict) else {}
+        for k, v in new.items():
+            merged[k] = _merge(merged.get(k), v, k)
+        return merged
+    if isinstance(new, list):  # choices, by position
+        old = into if isinstance(into, list) else []
+        return [_merge(old[i] if i < len(old) else None, v) for i, v in enumerate(new)] + old[len(new):]
+    if key in _JOINED and isinstance(new, str):
+        return (into or "") + new
+    return into if new is None else new
+
+
+def coalesced(chunks: list[dict]) -> list[dict]:
+    """A stream with its chunk boundaries taken out: one chunk for all those with choices (text
+    joined, every other field its last value: the role, the finish reason, the running usage),
+    then each chunk without choices (the usage chunk) as it came."""
+    merged: dict = {}
+    rest = []
+    for chunk in chunks:
+        if chunk["choices"]:
+            merged = _merge(merged, chunk)
+        else:
+            rest.append(chunk)
+    return [merged, *rest]
 
 
 def assert_same_stream(stack: Stack, via: list[dict], direct: list[dict]) -> None:
     """Identical for the deterministic simulator. Real vLLM merges tokens into one chunk now and
-    then when its API server falls behind, so two runs of the same request can differ in chunk
-    boundaries only: the text, every chunk's structure, and the first and last chunks agree."""
+    then when its API server falls behind (often under a parallel suite's load), so two runs of
+    the same request can differ in chunk boundaries only: with the boundaries taken out every
+    field agrees, and the first and last chunks agree in structure."""
     if stack.engine == "sim":
         assert via == direct
         return
-    assert text_of(via) == text_of(direct)
-    assert {json.dumps(shape(c), sort_keys=True) for c in via} == {json.dumps(shape(c), sort_keys=True) for c in direct}
+    assert coalesced(via) == coalesced(direct)
     assert shape(via[0]) == shape(direct[0]) and shape(via[-1]) == shape(direct[-1])
-    assert via[-1].get("usage") == direct[-1].get("usage")
-    assert [c["choices"][0]["finish_reason"] for c in via if c["choices"] and c["choices"][0]["finish_reason"]] == [
-        c["choices"][0]["finish_reason"] for c in direct if c["choices"] and c["choices"][0]["finish_reason"]]
 
 
 @pytest.mark.parametrize("options", STREAM_OPTIONS, ids=["no-options", "include-usage", "continuous-usage"])
@@ -157,9 +181,10 @@ def test_stream_bytes_are_the_engines_byte_for_byte(stack: Stack, options: dict 
         # Chunk boundaries may differ between two runs on real vLLM (see assert_same_stream):
         # compare the events' bytes with the token text masked, first and last exactly.
         mask = lambda events: [re.sub(r'"content":"(?:[^"\\]|\\.)*"', '"content":"T"', e) for e in events]  # noqa: E731
+        chunks = lambda events: [json.loads(e.removeprefix("data: ")) for e in events if e.startswith("data: {")]  # noqa: E731
+        assert coalesced(chunks(via)) == coalesced(chunks(direct))
         direct, via = mask(direct), mask(via)
         assert via[:2] == direct[:2] and via[-4:] == direct[-4:]
-        assert {re.sub(r"\d+", "N", e) for e in via} == {re.sub(r"\d+", "N", e) for e in direct}
         return
     assert via == direct
 
