@@ -181,7 +181,7 @@ def test_stream_bytes_are_the_engines_byte_for_byte(stack: Stack, options: dict 
         # Chunk boundaries may differ between two runs on real vLLM (see assert_same_stream):
         # compare the events' bytes with the token text masked, first and last exactly.
         mask = lambda events: [re.sub(r'"content":"(?:[^"\\]|\\.)*"', '"content":"T"', e) for e in events]  # noqa: E731
-        chunks = lambda events: [json.loads(e.removeprefix("data: ")) for e in events if e.startswith("data: {")]  # noqa: E731
+        chunks = lambda events: [json.loads(e.removeprefix("data: ")) for e in events if e.startswith("data: {")]
         assert coalesced(chunks(via)) == coalesced(chunks(direct))
         direct, via = mask(direct), mask(via)
         assert via[:2] == direct[:2] and via[-4:] == direct[-4:]
