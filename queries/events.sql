@@ -5,7 +5,8 @@
 -- Output, oldest first: event_at (UTC), source, kind, tier, node, message, detail (JSON).
 --   source 'fleet'   (fleet_events, migration 0005): a node's change of state (kind: the state
 --                    it went to: waking, serving, hibernating, hibernated, ...) or a decision
---                    (kind: detail.kind where the gateway set it: woke, wake_failed, failover;
+--                    (kind: detail.kind where the gateway set it: woke, wake_failed, failover,
+--                    recovered (failover and recovered once per tier change, not per worker);
 --                    else 'decision', e.g. "gateway: request for tiny-chat held", "spot down");
 --   source 'gate'    (gate_events, migration 0010): gate_opened / gate_closed, with the reason
 --                    in words: over budget, billing unobservable, clock fault;

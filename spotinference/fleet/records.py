@@ -130,6 +130,30 @@ class FleetRecords:
                 [self.clock(), tier, node, reason, json.dumps(detail) if detail else None],
             )
 
+    def tier_change(self, *, tier: str, kind: str, reason: str, detail: dict[str, Any]) -> bool:
+        """Record a tier's ``failover`` or ``recovered`` once; True if this call recorded it.
+
+        Every gateway worker, on every host, meets the same failure and fails the tier over for
+        its own held requests; the fleet changed once. So a change is skipped when it is already
+        the tier's last one: a failover while the last change was a failover and no node of the
+        tier has served since (a gateway stopped mid-outage records no recovery), a recovery
+        while the last change was a recovery. The caller holds the tier's lock (fleet.locks),
+        which makes the look and the insert one step across processes and hosts."""
+        with self.store.writing() as con:
+            last = con.execute(
+                "SELECT event_at, json_extract_string(detail, '$.kind') FROM fleet_events WHERE tier = ?"
+                " AND json_extract_string(detail, '$.kind') IN ('failover', 'recovered')"
+                " ORDER BY event_at DESC LIMIT 1", [tier]).fetchone()
+            if last is not None and last[1] == kind:
+                served_since = kind == "failover" and con.execute(
+                    "SELECT count(*) FROM fleet_events WHERE tier = ? AND to_state = 'serving' AND event_at > ?",
+                    [tier, last[0]]).fetchone()[0] > 0
+                if not served_since:
+                    return False
+            con.execute("INSERT INTO fleet_events VALUES (?, ?, NULL, NULL, NULL, NULL, ?, ?)",
+                        [self.clock(), tier, reason, json.dumps({**detail, "kind": kind})])
+        return True
+
     def nodes(self) -> dict[str, NodeRecord]:
         with self.store.reading() as con:
             rows = con.execute(

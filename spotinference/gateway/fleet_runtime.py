@@ -25,7 +25,7 @@ from ..config import Settings
 from ..fleet.connect import engine_url
 from ..fleet.context import FleetContext
 from ..fleet.engine_keys import engine_key
-from ..fleet.locks import try_tier_lock
+from ..fleet.locks import tier_lock, try_tier_lock
 from ..fleet.naming import PREFIX, parse_node_name
 from ..fleet.operations import Fleet
 from ..fleet.states import NodeState
@@ -97,6 +97,22 @@ class FleetRuntime:
             await self.call(self.context.records.decision, tier=tier, reason=reason, node=node, detail=detail)
         except Exception:  # noqa: BLE001 - an event lost to a busy database must not stop serving
             log.exception("could not record fleet event for tier %s", tier)
+
+    async def record_tier_change(self, *, tier: str, kind: str, reason: str, detail: dict[str, Any]) -> None:
+        """A failover or recovery of ``tier``, kept once however many workers and hosts saw it
+        (FleetRecords.tier_change); counted in the metrics by the worker that kept it."""
+
+        def keep() -> bool:
+            with tier_lock(self.settings, tier):
+                return self.context.records.tier_change(tier=tier, kind=kind, reason=reason, detail=detail)
+
+        try:
+            kept = await self.call(keep)
+        except Exception:  # noqa: BLE001 - an event lost to a busy database must not stop serving
+            log.exception("could not record fleet event for tier %s", tier)
+            return
+        if kept and self.on_decision is not None:
+            self.on_decision(tier, {**detail, "kind": kind})
 
     # -- the watch loop --------------------------------------------------------------------------
 

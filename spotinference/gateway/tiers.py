@@ -244,9 +244,10 @@ class TierController:
         name, to = self.tier.name, self.fallback.tier.name if self.fallback else None
         said = f"failover: tier {name} to {to} ({reason})" if to else f"tier {name} cannot serve, no fallback ({reason})"
         log.warning(said, extra=fields(event="failover", tier=name, to_tier=to, why=reason))
-        asyncio.ensure_future(self.runtime.record(
-            tier=name, reason=f"failover to {to}: {reason}" if to else f"cannot serve (no fallback tier): {reason}",
-            detail={"kind": "failover", "to_tier": to}))
+        asyncio.ensure_future(self.runtime.record_tier_change(
+            tier=name, kind="failover",
+            reason=f"failover to {to}: {reason}" if to else f"cannot serve (no fallback tier): {reason}",
+            detail={"to_tier": to}))
 
     def _adopt(self, future: asyncio.Future[Node]) -> None:
         self.held.append(future)
@@ -256,7 +257,8 @@ class TierController:
         self.degraded_since = self.degraded_reason = None
         log.info("tier %s serving again after: %s", self.tier.name, reason,
                  extra=fields(event="recovered", tier=self.tier.name, why=reason))
-        asyncio.ensure_future(self.runtime.record(tier=self.tier.name, reason=f"serving again after: {reason}"))
+        asyncio.ensure_future(self.runtime.record_tier_change(
+            tier=self.tier.name, kind="recovered", reason=f"serving again after: {reason}", detail={}))
 
     def retry_if_degraded(self) -> None:
         """While traffic runs on the fallback, try the tier itself again now and then."""
