@@ -17,20 +17,8 @@ import httpx
 
 from tests.fleet_config import sim_tier, write_fleet_config
 from tests.test_fleet import Cloud, ok
-from tests.test_metrics_held import hold_on_both_workers, scraped
+from tests.test_metrics_held import hold_on_both_workers, read_held_answers, scraped
 from tests.test_scale_to_zero import fleet, start_gateway, wait_for  # noqa: F401 - fleet is a fixture
-
-
-def _read_answers(held: list) -> None:
-    for sock, _ in held:  # every held client is answered, by the fallback
-        sock.settimeout(120)
-        answer = b""
-        while not answer.endswith(b"0\r\n\r\n"):
-            piece = sock.recv(65536)
-            assert piece, answer[-300:]
-            answer += piece
-        assert b"data: [DONE]" in answer, answer[-300:]
-        sock.close()
 
 
 def test_two_workers_failing_a_tier_over_and_back_record_one_failover_and_one_recovery(fleet: Cloud, tmp_path: Path, home: Path) -> None:  # noqa: F811
@@ -47,7 +35,8 @@ def test_two_workers_failing_a_tier_over_and_back_record_one_failover_and_one_re
     fleet.fault(kind="slow", count=4, delay_s=2, path_prefix="/v1/core/virtual-machines")
     gateway = start_gateway(tmp_path, home)
     try:
-        _read_answers(hold_on_both_workers(gateway.url, gateway.key, pause_s=0.2))
+        # Every held client is answered, by the fallback.
+        read_held_answers(hold_on_both_workers(gateway.url, gateway.key, pause_s=0.2))
 
         def kinds() -> list[str]:
             events = json.loads(ok("events", "--tier", "demo", "--limit", "500", "--json").stdout)

@@ -58,6 +58,19 @@ def hold_on_both_workers(url: str, key: str, *, pause_s: float) -> list[tuple[so
     return held
 
 
+def read_held_answers(held: list[tuple[socket.socket, str]], timeout_s: float = 120) -> None:
+    """Every held stream read to its end: each must end in ``[DONE]`` (it was served)."""
+    for sock, _ in held:
+        sock.settimeout(timeout_s)
+        answer = b""
+        while not answer.endswith(b"0\r\n\r\n"):  # the chunked body's last chunk
+            piece = sock.recv(65536)
+            assert piece, answer[-300:]
+            answer += piece
+        assert b"data: [DONE]" in answer, answer[-300:]
+        sock.close()
+
+
 def scraped(url: str, home: Path, name: str) -> float:
     """One scrape's ``name`` for tier demo."""
     text = httpx.get(f"{url}/metrics", headers=operator_headers(home), timeout=5).text

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.fleet_config import sim_tier, write_fleet_config
 from tests.test_fleet import Cloud, ok
-from tests.test_metrics_held import hold_on_both_workers, scraped
+from tests.test_metrics_held import hold_on_both_workers, read_held_answers, scraped
 from tests.test_scale_to_zero import fleet, start_gateway, wait_for  # noqa: F401 - fleet is a fixture
 
 
@@ -30,16 +30,8 @@ def test_two_workers_waking_a_tier_with_no_vm_create_one_and_record_one_wake(
     fleet.fault(kind="slow", count=1, delay_s=3, path_prefix="/v1/core/keypairs")
     gateway = start_gateway(tmp_path, home)
     try:
-        held = hold_on_both_workers(gateway.url, gateway.key, pause_s=0.2)
-        for sock, _ in held:  # every held client gets its answer once the new node serves
-            sock.settimeout(120)
-            answer = b""
-            while not answer.endswith(b"0\r\n\r\n"):
-                piece = sock.recv(65536)
-                assert piece, answer[-300:]
-                answer += piece
-            assert b"data: [DONE]" in answer, answer[-300:]
-            sock.close()
+        # Every held client gets its answer once the new node serves.
+        read_held_answers(hold_on_both_workers(gateway.url, gateway.key, pause_s=0.2))
         assert [vm["name"] for vm in fleet.vms()] == ["spot-demo-1"]
         creates = sum(n for call, n in fleet.state()["requests"].items()
                       if call == "POST /v1/core/virtual-machines")
