@@ -58,16 +58,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
 
 
-def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+class _GroupsKept:
     """xdist's loadgroup carries each group as an ``@group`` suffix on the node id. pytest 9.2
     drops that suffix (pytest-xdist issue 1386; pyproject pins pytest below 9.2 until a fix is
     released): then every test would be spread alone, and vLLM would start on both workers at
-    once. Stop before running anything rather than run that way."""
-    ungrouped = [nodeid for nodeid in ids if "@" not in nodeid.rpartition("]")[2]]
-    if ungrouped:
-        pytest.exit(f"pytest {pytest.__version__} dropped xdist's group from {len(ungrouped)} node ids "
-                    f"(e.g. {ungrouped[0]}; pytest-xdist issue 1386): install the test extra's pytest "
-                    "(pip install -e '.[test]'), or run without -n", returncode=4)
+    once. Stop before running anything rather than run that way. A plugin of its own, registered
+    only where xdist is loaded: pytest refuses a hook it has no spec for (``-p no:xdist``)."""
+
+    @staticmethod
+    def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+        ungrouped = [nodeid for nodeid in ids if "@" not in nodeid.rpartition("]")[2]]
+        if ungrouped:
+            pytest.exit(f"pytest {pytest.__version__} dropped xdist's group from {len(ungrouped)} node ids "
+                        f"(e.g. {ungrouped[0]}; pytest-xdist issue 1386): install the test extra's pytest "
+                        "(pip install -e '.[test]'), or run without -n", returncode=4)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -79,6 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # (from tests/test_bench.py, the first module) starts at once, and the last units are
         # small modules, never one long test left alone at the end.
         config.option.loadscopereorder = False
+        config.pluginmanager.register(_GroupsKept(), "spot-xdist-groups-kept")
     # A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so
     # would every `spot` it starts (spot keeps an ignored SIGINT ignored, as nohup'd programs must).
     # The tests that press Ctrl-C stand for a user at a terminal, whose SIGINT is not ignored.
